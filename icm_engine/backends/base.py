@@ -1,0 +1,94 @@
+"""The one interface every language-model backend implements.
+
+A backend answers a batch of *label queries*: for each prompt, the log-probability of each
+label word as the next token. Prompts are given as segments (demonstrations, then the query)
+so a backend may reuse computation across prompts that share leading segments; the
+token sequence of a prompt is always BOS + tokens(segment_1) + tokens(segment_2) + ...,
+each segment tokenized on its own, so cached and uncached paths see identical tokens.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelQuery:
+    """One prompt whose next token is scored against the label words."""
+
+    segments: tuple[str, ...]
+    label_words: tuple[str, ...]
+
+
+@dataclass
+class BackendStats:
+    """Counters a backend keeps so each search step can report its cost."""
+
+    model_calls: int = 0  # forward passes run
+    tokens_forwarded: int = 0  # tokens pushed through the model (cache hits excluded)
+    seconds: float = 0.0
+
+    def snapshot(self) -> "BackendStats":
+        return BackendStats(self.model_calls, self.tokens_forwarded, self.seconds)
+
+    def since(self, earlier: "BackendStats") -> "BackendStats":
+        return BackendStats(
+            self.model_calls - earlier.model_calls,
+            self.tokens_forwarded - earlier.tokens_forwarded,
+            self.seconds - earlier.seconds,
+        )
+
+
+class LanguageModel(ABC):
+    """A pretrained model that scores label words; see the module docstring."""
+
+    name: str = "unnamed"
+    revision: str | None = None
+    stats: BackendStats
+
+    @abstractmethod
+    def label_logprobs(self, queries: Sequence[LabelQuery]) -> np.ndarray:
+        """Return float64 [len(queries), n_labels]: log P(first token of each label word | prompt),
+        normalized over the whole vocabulary (the caller renormalizes over label words)."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens the text takes as one segment (no BOS)."""
+
+    @property
+    @abstractmethod
+    def context_window(self) -> int:
+        """Most tokens one prompt may hold, BOS included."""
+
+    def sequence_label_logprobs(
+        self, segments: tuple[str, ...], read_after: Sequence[int], label_words: tuple[str, ...]
+    ) -> np.ndarray:
+        """Label log-probs at the position after segment k, for each k in read_after: [len, n_labels].
+
+        Backends that can read many positions from one forward pass override this; the default
+        asks one prompt per position, which gives the same numbers.
+        """
+        queries = [LabelQuery(tuple(segments[: k + 1]), label_words) for k in read_after]
+        return self.label_logprobs(queries)
+
+    def naive(self) -> "LanguageModel":
+        """The reference view of this model: one independent forward per prompt, nothing cached."""
+        return self
+
+    def close(self) -> None:
+        """Release memory held by caches or weights; optional."""
+
+
+@dataclass
+class ModelInfo:
+    """What a run records about the model it used."""
+
+    name: str
+    revision: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    quantization: str = "none"
+    extra: dict = field(default_factory=dict)

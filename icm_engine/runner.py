@@ -1,0 +1,78 @@
+"""Glue between a Search and the Store: create runs, advance them step by step, resume them.
+
+Every step is written to the store in one transaction together with the state needed to
+continue, so a killed process loses at most the step in flight; `open_search` rebuilds the
+search from the last committed step. The CLI and the app's background worker both use this.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import Callable
+
+from .backends.base import LanguageModel, ModelInfo
+from .config import RunConfig
+from .records import StepRecord
+from .scoring import Scorer
+from .search import Search
+from .store import Store
+from .tasks import load_task
+
+
+def create_run(store: Store, dataset_id: int, config: RunConfig, backend: LanguageModel, name: str = "") -> int:
+    info = getattr(backend, "info", None) or ModelInfo(name=backend.name, revision=backend.revision)
+    return store.create_run(dataset_id, config.to_dict(), asdict(info), name=name)
+
+
+def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Scorer:
+    search = config.search
+    return Scorer(
+        backend.naive() if search.scorer == "naive" else backend,
+        task,
+        examples,
+        calibration=search.calibration,
+        use_consistency=search.use_consistency,
+        mode="prequential" if search.scorer == "prequential" else "exact",
+    )
+
+
+def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | None = None) -> Search:
+    """The run's search at its last committed step; `steps` may extend the run's step budget."""
+    run = store.run(run_id)
+    config = RunConfig.from_dict(run["config"])
+    if steps is not None:
+        config = replace(config, search=replace(config.search, steps=steps))
+    task = load_task(store.dataset_task(run["dataset_id"]))
+    # Only inputs are loaded: gold labels stay in their own table and never reach the search.
+    examples = store.load_examples(run["dataset_id"])
+    scorer = make_scorer(backend, task, examples, config)
+    return Search(scorer, config.search, store.load_snapshot(run_id))
+
+
+def advance(
+    store: Store,
+    run_id: int,
+    search: Search,
+    max_steps: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> int:
+    """Run up to max_steps iterations (default: to the end), committing each; returns steps taken."""
+    store.set_status(run_id, "running")
+    taken = 0
+    try:
+        while not search.done and (max_steps is None or taken < max_steps) and not should_stop():
+            record = search.step()
+            store.record_step(run_id, record, search.snapshot())
+            taken += 1
+            if on_step is not None:
+                on_step(record)
+    except BaseException as error:  # a KeyboardInterrupt too: the run is marked, then the error goes on
+        store.set_status(run_id, "failed" if isinstance(error, Exception) else "stopped", error=repr(error))
+        raise
+    store.set_status(run_id, "finished" if search.done else "paused")
+    return taken
+
+
+def record_steering(store: Store, run_id: int, search: Search, record: StepRecord) -> None:
+    """Persist a person's action (pin, unpin, exclude, include, set_param) as an event."""
+    store.record_step(run_id, record, search.snapshot())

@@ -1,0 +1,332 @@
+"""The ICM search (paper Algorithm 1, with ConsistencyFix, Algorithm 2) as a stepping object.
+
+`Search.step()` runs one iteration and returns a StepRecord describing it; `snapshot()` holds
+everything needed to continue exactly there (labels, demonstration order, RNG state). The
+object never reads gold labels: it is only ever given the examples' inputs.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from .config import SearchConfig
+from .records import Fix, Flip, LabelState, SearchSnapshot, StepRecord
+from .scoring import Evaluation, Scorer, normalize
+from .tasks import consistent_options
+
+
+def temperature(iteration: int, t0: float, t_min: float, beta: float) -> float:
+    """T = max(T_min, T_0 / (1 + beta * log n)), n counted from 1 (Algorithm 1, line 4)."""
+    return max(t_min, t0 / (1.0 + beta * math.log(max(iteration, 1))))
+
+
+def acceptance_probability(delta: float, temp: float) -> float:
+    """min(1, exp(delta / T)), without overflow for large positive or negative delta."""
+    if delta >= 0:
+        return 1.0
+    return math.exp(max(delta / temp, -745.0))
+
+
+class Search:
+    """One ICM run over `examples`, scored by `scorer`; see the module docstring."""
+
+    def __init__(self, scorer: Scorer, config: SearchConfig, snapshot: SearchSnapshot | None = None) -> None:
+        self.scorer = scorer
+        self.config = config
+        self.n_examples = len(scorer.examples)
+        self._current: Evaluation | None = None
+        if snapshot is None:
+            self.iteration = -1  # -1: not initialized; 0 after initialization
+            self.labels: dict[int, LabelState] = {}
+            self.excluded: set[int] = set()
+            self.next_position = 0
+            self.alpha = config.alpha
+            self.t0 = config.t0
+            self.rng = np.random.default_rng(config.seed)
+        else:
+            self.iteration = snapshot.iteration
+            self.labels = {i: replace(state) for i, state in snapshot.labels.items()}
+            self.excluded = set(snapshot.excluded)
+            self.next_position = snapshot.next_position
+            self.alpha = snapshot.alpha
+            self.t0 = snapshot.t0
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = snapshot.rng_state
+            self._current = self._restore_evaluation(snapshot)
+
+    # state views ----------------------------------------------------------------------
+    @property
+    def initialized(self) -> bool:
+        return self.iteration >= 0
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.config.steps
+
+    def order(self, labels: dict[int, LabelState] | None = None) -> list[int]:
+        labels = self.labels if labels is None else labels
+        return sorted(labels, key=lambda i: labels[i].position)
+
+    def label_map(self, labels: dict[int, LabelState] | None = None) -> dict[int, int]:
+        labels = self.labels if labels is None else labels
+        return {i: state.label for i, state in labels.items()}
+
+    def snapshot(self) -> SearchSnapshot:
+        current = self._current
+        return SearchSnapshot(
+            iteration=self.iteration,
+            labels={i: replace(state) for i, state in self.labels.items()},
+            excluded=set(self.excluded),
+            rng_state=self.rng.bit_generator.state,
+            next_position=self.next_position,
+            alpha=self.alpha,
+            t0=self.t0,
+            u=None if current is None else current.utility(self.alpha),
+            ap=None if current is None else self.alpha * current.predictability,
+            inconsistencies=None if current is None else current.inconsistencies,
+        )
+
+    def _restore_evaluation(self, snapshot: SearchSnapshot) -> Evaluation | None:
+        # Reuse the scores stored with the snapshot, summed in the same order as before, so a
+        # resumed run decides exactly as an uninterrupted one would, without re-running the model.
+        if snapshot.ap is None or any(state.logp is None for state in self.labels.values()):
+            return None
+        raw = {i: np.asarray(self.labels[i].logp, dtype=np.float64) for i in self.order()}
+        return self.scorer.score_raw(raw, self.label_map())
+
+    # scoring helpers --------------------------------------------------------------------
+    def _evaluate(self, labels: dict[int, LabelState]) -> Evaluation:
+        return self.scorer.evaluate(self.order(labels), self.label_map(labels))
+
+    def _current_evaluation(self) -> Evaluation:
+        if self._current is None:
+            self._current = self._evaluate(self.labels)
+            self._store_scores(self.labels, self._current)
+        return self._current
+
+    @staticmethod
+    def _store_scores(labels: dict[int, LabelState], evaluation: Evaluation) -> None:
+        for i, state in labels.items():
+            if i in evaluation.raw:
+                state.logp = (float(evaluation.raw[i][0]), float(evaluation.raw[i][1]))
+
+    # Algorithm 2 --------------------------------------------------------------------------
+    def _consistency_fix(
+        self, labels: dict[int, LabelState], evaluation: Evaluation
+    ) -> tuple[dict[int, LabelState], Evaluation, list[Fix]]:
+        fixes: list[Fix] = []
+        if not self.config.use_consistency:
+            return labels, evaluation, fixes
+        tried: set[tuple[int, int]] = set()
+        for _ in range(self.config.max_fix_iters):
+            pairs = [p for p in self.scorer.consistency.inconsistent_pairs(self.label_map(labels)) if p not in tried]
+            if not pairs:
+                break
+            a, b = pairs[int(self.rng.integers(len(pairs)))]
+            tried.add((a, b))
+            options = [
+                (ya, yb)
+                for ya, yb in consistent_options(self.scorer.consistency.rule, self.scorer.examples[a], self.scorer.examples[b])
+                if not (labels[a].pinned and ya != labels[a].label) and not (labels[b].pinned and yb != labels[b].label)
+            ]
+            if not options:
+                continue
+            candidates = []
+            for ya, yb in options:
+                option = {i: replace(state) for i, state in labels.items()}
+                option[a].label, option[b].label = ya, yb
+                candidates.append(option)
+            evaluations = self.scorer.evaluate_many([(self.order(c), self.label_map(c)) for c in candidates])
+            utilities = [e.utility(self.alpha) for e in evaluations]
+            best = int(np.argmax(utilities))
+            u_now = evaluation.utility(self.alpha)
+            applied = utilities[best] >= u_now
+            fixes.append(
+                Fix((a, b), (labels[a].label, labels[b].label), options[best], applied, u_now, utilities[best])
+            )
+            if applied:
+                labels, evaluation = candidates[best], evaluations[best]
+                tried.clear()  # labels changed, so earlier verdicts on other pairs may differ now
+        return labels, evaluation, fixes
+
+    # the search ---------------------------------------------------------------------------
+    def initialize(self) -> StepRecord:
+        """Algorithm 1, lines 1-2: K random examples with random labels, then ConsistencyFix."""
+        if self.initialized:
+            raise RuntimeError("search already initialized")
+        started, calls = time.perf_counter(), self._backend_stats()
+        pool = [i for i in range(self.n_examples) if i not in self.excluded]
+        if not pool:
+            raise ValueError("no examples to label")
+        chosen = self.rng.choice(pool, size=min(self.config.k_init, len(pool)), replace=False)
+        labels = {int(i): LabelState(label=int(self.rng.integers(2)), position=p) for p, i in enumerate(chosen)}
+        self.next_position = len(labels)
+        evaluation = self._evaluate(labels)
+        u_initial = evaluation.utility(self.alpha)
+        ap_initial, i_initial = self.alpha * evaluation.predictability, evaluation.inconsistencies
+        initial_labels = self.label_map(labels)
+        labels, evaluation, fixes = self._consistency_fix(labels, evaluation)
+        self._store_scores(labels, evaluation)
+        flips = [Flip(i, None, y, "initial") for i, y in initial_labels.items()]
+        flips += self._fix_flips(initial_labels, labels, fixes)
+        self.labels, self._current, self.iteration = labels, evaluation, 0
+        return self._record(
+            StepRecord(
+                iteration=0, kind="init", fixes=fixes, u_before=u_initial, ap_before=ap_initial, i_before=i_initial,
+                accepted=True, flips=flips,
+            ),
+            started, calls,
+        )
+
+    def _sampling_weights(self, candidates: Sequence[int]) -> np.ndarray:
+        weights = np.ones(len(candidates))
+        if not self.config.use_consistency or self.scorer.consistency.rule == "none":
+            return weights
+        for k, i in enumerate(candidates):
+            if i not in self.labels and any(p in self.labels for p in self.scorer.consistency.partners(i)):
+                weights[k] = self.config.group_weight
+        return weights
+
+    def step(self) -> StepRecord:
+        """Algorithm 1, lines 4-16, once."""
+        if not self.initialized:
+            return self.initialize()
+        started, calls = time.perf_counter(), self._backend_stats()
+        n = self.iteration + 1
+        temp = temperature(n, self.t0, self.config.t_min, self.config.beta)
+        current = self._current_evaluation()
+        u_before = current.utility(self.alpha)
+        record = StepRecord(
+            iteration=n, kind="propose", temperature=temp, u_before=u_before,
+            ap_before=self.alpha * current.predictability, i_before=current.inconsistencies,
+        )
+        candidates = [i for i in range(self.n_examples) if i not in self.excluded and not self._pinned(i)]
+        if not candidates:
+            self.iteration = n
+            record.note = "nothing left to propose: every example is pinned or excluded"
+            return self._record(record, started, calls)
+        weights = self._sampling_weights(candidates)
+        example = candidates[int(self.rng.choice(len(candidates), p=weights / weights.sum()))]
+        old = self.labels[example].label if example in self.labels else None
+        raw = self.scorer.predict(self.order(), self.label_map(), example)
+        logp = normalize(raw, self.scorer.calibration, current.center())[0]
+        proposed = int(np.argmax(logp))
+        record.example, record.old_label, record.proposed_label = example, old, proposed
+        record.proposal_logp = (float(logp[0]), float(logp[1]))
+        if proposed == old:
+            # D unchanged: U(D-hat) = U(D), delta 0, accepted without asking the model again.
+            record.u_after, record.ap_after, record.i_after = u_before, record.ap_before, record.i_before
+            record.delta, record.accept_prob, record.accepted = 0.0, 1.0, True
+            record.note = "proposal equals current label"
+            self.iteration = n
+            return self._record(record, started, calls)
+        labels = {i: replace(state) for i, state in self.labels.items()}
+        if example in labels:
+            labels[example].label = proposed
+        else:
+            labels[example] = LabelState(label=proposed, position=self.next_position)
+        evaluation = self._evaluate(labels)
+        before_fix = self.label_map(labels)
+        labels, evaluation, record.fixes = self._consistency_fix(labels, evaluation)
+        record.u_after = evaluation.utility(self.alpha)
+        record.ap_after, record.i_after = self.alpha * evaluation.predictability, evaluation.inconsistencies
+        record.delta = record.u_after - u_before
+        record.accept_prob = acceptance_probability(record.delta, temp)
+        record.draw = float(self.rng.random())
+        record.accepted = record.delta > 0 or record.draw < record.accept_prob
+        if record.accepted:
+            if example not in self.labels:
+                self.next_position += 1
+            flips = [Flip(example, old, proposed, "proposal")] + self._fix_flips(before_fix, labels, record.fixes)
+            record.flips = [f for f in flips if f.cause != "fix" or f.old != f.new]
+            self._store_scores(labels, evaluation)
+            self.labels, self._current = labels, evaluation
+        self.iteration = n
+        return self._record(record, started, calls)
+
+    def _fix_flips(self, before: dict[int, int], labels: dict[int, LabelState], fixes: list[Fix]) -> list[Flip]:
+        partner = {}
+        for fix in fixes:
+            if fix.applied:
+                partner[fix.pair[0]], partner[fix.pair[1]] = fix.pair[1], fix.pair[0]
+        return [
+            Flip(i, before[i], labels[i].label, "fix", partner.get(i))
+            for i in sorted(before)
+            if before[i] != labels[i].label
+        ]
+
+    # steering (a person's actions; each becomes an event) ---------------------------------
+    def _pinned(self, example: int) -> bool:
+        return example in self.labels and self.labels[example].pinned
+
+    def pin(self, example: int, label: int) -> StepRecord:
+        """A person's override: set the label and forbid the search to change it."""
+        if example in self.excluded:
+            raise ValueError(f"example {example} is excluded; include it before pinning")
+        old = self.labels[example].label if example in self.labels else None
+        if example in self.labels:
+            self.labels[example].label, self.labels[example].pinned = int(label), True
+        else:
+            self.labels[example] = LabelState(label=int(label), position=self.next_position, pinned=True)
+            self.next_position += 1
+        flips = [Flip(example, old, int(label), "human")] if old != label else []
+        return self._steer("pin", example, old, int(label), flips, dirty=old != label)
+
+    def unpin(self, example: int) -> StepRecord:
+        if example in self.labels:
+            self.labels[example].pinned = False
+        return self._steer("unpin", example, None, None, [], dirty=False)
+
+    def exclude(self, example: int) -> StepRecord:
+        """Take an example out of the search: it is unlabeled and never proposed again."""
+        old = self.labels.pop(example).label if example in self.labels else None
+        self.excluded.add(example)
+        flips = [Flip(example, old, None, "human")] if old is not None else []
+        return self._steer("exclude", example, old, None, flips, dirty=old is not None)
+
+    def include(self, example: int) -> StepRecord:
+        self.excluded.discard(example)
+        return self._steer("include", example, None, None, [], dirty=False)
+
+    def set_params(self, alpha: float | None = None, t0: float | None = None) -> StepRecord:
+        notes = []
+        if alpha is not None:
+            self.alpha = float(alpha)
+            notes.append(f"alpha={self.alpha:g}")
+        if t0 is not None:
+            if t0 <= 0:
+                raise ValueError("t0 must be positive")
+            self.t0 = float(t0)
+            notes.append(f"t0={self.t0:g}")
+        record = self._steer("set_param", None, None, None, [], dirty=False)
+        record.note = ", ".join(notes)
+        return record
+
+    def _steer(self, kind: str, example, old, new, flips, dirty: bool) -> StepRecord:
+        if dirty:
+            self._current = None  # scored lazily at the next step, so steering answers at once
+            for state in self.labels.values():
+                state.logp = None
+        return StepRecord(
+            iteration=max(self.iteration, 0), kind=kind, example=example, old_label=old, proposed_label=new,
+            accepted=True, flips=flips, labeled_count=len(self.labels),
+        )
+
+    # bookkeeping ---------------------------------------------------------------------------
+    def _backend_stats(self):
+        return self.scorer.backend.stats.snapshot()
+
+    def _record(self, record: StepRecord, started: float, calls) -> StepRecord:
+        used = self.scorer.backend.stats.since(calls)
+        record.model_calls, record.tokens_forwarded = used.model_calls, used.tokens_forwarded
+        record.seconds = time.perf_counter() - started
+        record.labeled_count = len(self.labels)
+        if record.u_after is None and self._current is not None and record.kind == "init":
+            record.u_after = self._current.utility(self.alpha)
+            record.ap_after = self.alpha * self._current.predictability
+            record.i_after = self._current.inconsistencies
+        return record

@@ -1,0 +1,37 @@
+"""Small datasets for engine tests, built from word lists so the fake model has a concept to find."""
+from __future__ import annotations
+
+import random
+
+from icm_engine.backends.fake import NEGATIVE, POSITIVE
+from icm_engine.tasks import Example, Task
+
+SINGLE = Task(name="polarity", template="Review: {text}\nPositive?", fields=("text",), rule="none")
+PAIRED = Task(
+    name="polarity_pairs",
+    template="Review: {text}\nClaim: {claim}\nTrue?",
+    fields=("text", "claim"),
+    rule="complementary",
+    group_field="group",
+)
+
+
+def polarity_examples(n: int, seed: int = 0, paired: bool = False) -> tuple[list[Example], dict[int, int]]:
+    """n reviews (2n claims when paired) and their gold labels, kept apart as the loaders do."""
+    rng = random.Random(seed)
+    examples, gold = [], {}
+    for k in range(n):
+        positive = k % 2 == 0
+        words = rng.sample(sorted(POSITIVE if positive else NEGATIVE), 2) + ["food", "place"]
+        rng.shuffle(words)
+        text = " ".join(words)
+        if not paired:
+            gold[len(examples)] = int(positive)
+            examples.append(Example(uid=f"r{k}", fields={"text": text}))
+            continue
+        claims = [("positive", positive), ("negative", not positive)]
+        rng.shuffle(claims)
+        for claim, truth in claims:
+            gold[len(examples)] = int(truth)
+            examples.append(Example(uid=f"r{k}-{claim[:3]}", fields={"text": text, "claim": claim}, group=f"g{k}", key=claim))
+    return examples, gold

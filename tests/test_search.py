@@ -1,0 +1,173 @@
+"""Algorithm 1 and 2 on the fake model: schedule, acceptance, fixes, steering, determinism, resume."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from icm_engine.backends.fake import FakeLM
+from icm_engine.config import SearchConfig
+from icm_engine.scoring import Scorer, normalize
+from icm_engine.search import Search, acceptance_probability, temperature
+from tests.fakes import PAIRED, SINGLE, polarity_examples
+
+
+def make_search(n=16, paired=False, seed=0, steps=40, **overrides):
+    examples, gold = polarity_examples(n, seed=1, paired=paired)
+    config = SearchConfig(seed=seed, steps=steps, k_init=4, **overrides)
+    scorer = Scorer(FakeLM(strength=6), PAIRED if paired else SINGLE, examples,
+                    calibration=config.calibration, use_consistency=config.use_consistency)
+    return Search(scorer, config), gold
+
+
+def run_all(search):
+    records = [search.initialize()]
+    while not search.done:
+        records.append(search.step())
+    return records
+
+
+def accuracy(search, gold):
+    labels = search.label_map()
+    return np.mean([labels[i] == gold[i] for i in labels])
+
+
+def test_temperature_follows_the_paper_schedule():
+    assert temperature(1, 10, 0.01, 0.99) == 10
+    assert temperature(100, 10, 0.01, 0.99) == pytest.approx(10 / (1 + 0.99 * math.log(100)))
+    assert temperature(10**9, 1e-3, 0.01, 0.99) == 0.01
+
+
+def test_acceptance_probability_never_overflows():
+    assert acceptance_probability(1e6, 0.01) == 1.0
+    assert acceptance_probability(-1e6, 0.01) < 1e-300
+    assert acceptance_probability(-1.0, 1.0) == pytest.approx(math.exp(-1))
+
+
+def test_initialization_labels_k_random_examples():
+    search, _ = make_search()
+    record = search.initialize()
+    assert record.kind == "init" and record.iteration == 0
+    assert len(search.labels) == 4
+    assert sorted(f.example for f in record.flips if f.cause == "initial") == sorted(search.labels)
+    assert sorted(s.position for s in search.labels.values()) == [0, 1, 2, 3]
+
+
+def test_search_finds_the_concept_up_to_orientation():
+    search, gold = make_search(n=16, steps=60)
+    run_all(search)
+    assert len(search.labels) >= 12
+    acc = accuracy(search, gold)
+    assert max(acc, 1 - acc) >= 0.9
+
+
+def test_step_record_is_complete_and_consistent():
+    search, _ = make_search(steps=10)
+    records = run_all(search)
+    for r in records[1:]:
+        assert r.temperature == temperature(r.iteration, 10, 0.01, 0.99)
+        assert r.example is not None and r.proposed_label in (0, 1)
+        if r.proposed_label != r.old_label:
+            assert r.delta == pytest.approx(r.u_after - r.u_before)
+            assert 0 <= r.draw < 1 and 0 <= r.accept_prob <= 1
+            assert r.accepted == (r.delta > 0 or r.draw < r.accept_prob)
+            assert r.model_calls > 0 and r.tokens_forwarded > 0
+        if r.accepted and r.proposed_label != r.old_label:
+            assert r.flips[0].cause == "proposal" and r.flips[0].new == r.proposed_label
+        if not r.accepted:
+            assert r.flips == []
+
+
+def test_consistency_fix_leaves_complementary_pairs_consistent():
+    search, gold = make_search(n=10, paired=True, steps=50)
+    records = run_all(search)
+    assert any(r.fixes for r in records), "random initial labels on pairs should need fixing"
+    assert search.scorer.consistency.inconsistent_pairs(search.label_map()) == []
+    for r in records:
+        for fix in r.fixes:
+            assert fix.after[0] != fix.after[1]  # complementary options differ
+    acc = accuracy(search, gold)
+    assert max(acc, 1 - acc) >= 0.9
+
+
+def test_group_mates_are_sampled_first():
+    search, _ = make_search(n=10, paired=True, steps=1)
+    search.initialize()
+    candidates = list(range(search.n_examples))
+    weights = search._sampling_weights(candidates)
+    for i, w in zip(candidates, weights):
+        has_labeled_mate = any(p in search.labels for p in search.scorer.consistency.partners(i))
+        assert w == (100 if (i not in search.labels and has_labeled_mate) else 1)
+
+
+def test_without_consistency_there_is_no_fix_and_no_penalty():
+    search, _ = make_search(n=10, paired=True, steps=20, use_consistency=False)
+    records = run_all(search)
+    assert all(not r.fixes for r in records)
+    assert all(r.i_after in (0, None) for r in records)
+
+
+def test_same_seed_same_trajectory_other_seed_differs():
+    a, _ = make_search(seed=3)
+    b, _ = make_search(seed=3)
+    c, _ = make_search(seed=4)
+    ra, rb, rc = run_all(a), run_all(b), run_all(c)
+    assert [(r.example, r.proposed_label, r.accepted) for r in ra] == [(r.example, r.proposed_label, r.accepted) for r in rb]
+    assert [r.example for r in ra] != [r.example for r in rc]
+
+
+def test_resume_from_snapshot_matches_uninterrupted():
+    full, _ = make_search(n=10, paired=True, seed=5, steps=30)
+    run_all(full)
+    first, _ = make_search(n=10, paired=True, seed=5, steps=30)
+    first.initialize()
+    for _ in range(12):
+        first.step()
+    resumed = Search(first.scorer, first.config, first.snapshot())
+    while not resumed.done:
+        resumed.step()
+    assert resumed.label_map() == full.label_map()
+    assert resumed.order() == full.order()
+
+
+def test_pinned_labels_are_never_changed_by_the_search():
+    search, gold = make_search(n=10, paired=True, steps=40)
+    search.initialize()
+    target = next(iter(search.labels))
+    wrong = 1 - gold[target]
+    record = search.pin(target, wrong)
+    assert record.kind == "pin" and search.labels[target].pinned
+    while not search.done:
+        r = search.step()
+        assert r.example != target
+    assert search.labels[target].label == wrong
+
+
+def test_excluded_examples_leave_and_stay_out():
+    search, _ = make_search(n=10, steps=30)
+    search.initialize()
+    target = next(iter(search.labels))
+    record = search.exclude(target)
+    assert record.flips and record.flips[0].new is None and record.flips[0].cause == "human"
+    while not search.done:
+        assert search.step().example != target
+    assert target not in search.labels
+
+
+def test_set_params_changes_alpha_mid_run():
+    search, _ = make_search(steps=5)
+    search.initialize()
+    record = search.set_params(alpha=20, t0=3)
+    assert search.alpha == 20 and search.t0 == 3 and "alpha=20" in record.note
+    r = search.step()
+    assert r.temperature == temperature(1, 3, 0.01, 0.99)
+
+
+def test_centered_calibration_removes_a_label_bias():
+    raw = np.log(np.array([[0.05, 0.9], [0.02, 0.95], [0.2, 0.7]]))
+    plain = normalize(raw)
+    centered = normalize(raw, "centered")
+    assert (plain.argmax(axis=1) == 1).all()  # a biased model says True to everything
+    assert (centered.argmax(axis=1) == [1, 1, 0]).all()  # relative to its habit, the third is False
+    np.testing.assert_allclose(np.exp(centered).sum(axis=1), 1.0)
