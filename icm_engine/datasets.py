@@ -1,0 +1,531 @@
+"""Datasets: gold-labelled data and user tables turned into the Examples the search sees.
+
+The search reads only `LoadedDataset.examples` (inputs, group, key); gold labels ride beside
+them in `LoadedDataset.gold`, for evaluation. Builders keep gold out of everything else:
+- uids are neutral (source positions, never "chosen" or "correct"),
+- keys come from inputs only (a GSM8K solution's final answer; the order "ab"/"ba" of a pair,
+  where which response sits first in "ab" is a seeded coin, not the chosen one),
+- the claims of a group are shuffled with a RNG seeded per group, so position is no tell.
+
+Real data lives in /work/shared/data (override with ICM_SHARED_DATA or a `path` argument);
+see its README for sources and licenses. Bundled samples live in sample_data/ and are built
+from it by icm_engine.sample_builder.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from itertools import zip_longest
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from .tasks import Example, Task, builtin_task_names, load_task
+
+if TYPE_CHECKING:  # pandas costs a second to import; the real-data loaders do not need it
+    import pandas as pd
+
+DEFAULT_SHARED_DATA = Path("/work/shared/data")
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+
+ATTRIBUTION = {
+    "truthfulqa": "TruthfulQA (Lin, Hilton & Evans, 2022), Apache-2.0; claims as released with the ICM paper.",
+    "gsm8k": "GSM8K model solutions, openai/grade-school-math (Cobbe et al., 2021), MIT License.",
+    "hh_rlhf": "Anthropic HH-RLHF harmless-base test split (Bai et al., 2022), MIT License.",
+    "sentiment": "Sentiment Labelled Sentences (Kotzias et al., 'From Group to Individual Labels using "
+    "Deep Features', KDD 2015), UCI Machine Learning Repository, CC BY 4.0.",
+}
+SENTIMENT_FILES = {"yelp": "sentiment/yelp_labelled.txt", "amazon": "sentiment/amazon_cells_labelled.txt"}
+SENTIMENT_CLAIMS = {"positive": "This review is positive.", "negative": "This review is negative."}
+GSM8K_SOLVERS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+HH_ASSISTANT = "\n\nAssistant:"
+GOLD_WORDS = {"0": 0, "1": 1, "false": 0, "true": 1, "False": 0, "True": 1}
+
+
+class DatasetError(ValueError):
+    """Bad input data; the message names the place and the column.
+
+    The place is the JSONL line where known, else the 1-based data row (a CSV header is not a row).
+    """
+
+    def __init__(self, problem: str, *, row: int | None = None, column: str | None = None, line: int | None = None):
+        self.problem, self.row, self.column, self.line = problem, row, column, line
+        place = f"line {line}" if line is not None else f"row {row}" if row is not None else None
+        where = ", ".join(w for w in (place, None if column is None else f"column {column!r}") if w)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+@dataclass
+class LoadedDataset:
+    name: str
+    task: Task
+    examples: list[Example]
+    gold: dict[int, int] | None  # example index -> 0/1; evaluation only, never shown to the search
+    source: str
+    attribution: str = ""
+    notes: list[str] = field(default_factory=list)  # what a loader skipped or could not parse
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def shared_data_dir(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("ICM_SHARED_DATA") or DEFAULT_SHARED_DATA)
+
+
+def _data_file(path, relative: str) -> Path:
+    """A builder's `path` may be the data folder or the file itself."""
+    base = shared_data_dir(path)
+    file = base / relative if base.is_dir() else base
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found (set ICM_SHARED_DATA or pass path=)")
+    return file
+
+
+def _jsonl(text: str) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; split on '\n' only, like the sources."""
+    records = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"not valid JSON ({error.msg})", line=n) from None
+        if not isinstance(record, dict):
+            raise DatasetError("each line must be a JSON object", line=n)
+        records.append((n, record))
+    return records
+
+
+def _require(record: dict, columns, **where) -> None:
+    for column in (c for c in columns if c not in record):
+        raise DatasetError("missing", column=column, **where)
+
+
+def _rng(*parts) -> random.Random:
+    # string seeds hash the same in every process, unlike hash() of a tuple
+    return random.Random(":".join(str(p) for p in parts))
+
+
+def _choose(count: int, limit: int | None, seed: int, strata: list | None = None) -> list[int]:
+    """Indices of `limit` of `count` groups, in source order; split evenly across strata if given."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    pools: dict = {}
+    for index, stratum in enumerate(strata or [None] * count):
+        pools.setdefault(stratum, []).append(index)
+    rng = _rng("choose", seed)
+    for stratum in sorted(pools):
+        rng.shuffle(pools[stratum])
+    # deal round-robin from the shuffled strata: as balanced as their sizes allow
+    dealt = [i for batch in zip_longest(*(pools[s] for s in sorted(pools))) for i in batch if i is not None]
+    return sorted(dealt[:limit])
+
+
+def _gold_value(value) -> int | None:
+    """0/1 from 0, 1, true, false, True, False (bool, number or text); None for anything else."""
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()  # numpy scalars from pandas
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str):
+        return GOLD_WORDS.get(value.strip())
+    return None
+
+
+def gsm8k_final_answer(solution: str) -> str | None:
+    """The final answer after "A:" on the solution's last line, normalized; None if there is none.
+
+    Normalizing: strip, drop commas, a leading "$" and trailing "."; numbers are written
+    canonically ("18.00" -> "18", "0.50" -> "0.5"); other text is lowercased ("1/5").
+    """
+    last = solution.rstrip().split("\n")[-1].strip()
+    if not last.startswith("A:"):
+        return None
+    answer = last[2:].strip().replace(",", "").rstrip(".").strip().removeprefix("$").strip()
+    if not answer:
+        return None
+    try:
+        number = Decimal(answer)
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite():
+        return answer.lower()
+    return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
+
+
+# Keys a task can derive from its own inputs when a table has no key column.
+KEY_DERIVERS: dict[str, Callable[[Mapping[str, str]], str | None]] = {
+    "gsm8k_verification": lambda fields: gsm8k_final_answer(fields["solution"]),
+}
+
+
+def _labelled(name: str, task: str, labelled: list[tuple[Example, int]], file, attribution: str, notes=()):
+    """A LoadedDataset from (example, gold) pairs in dataset order."""
+    gold = {index: label for index, (_, label) in enumerate(labelled)}
+    examples = [example for example, _ in labelled]
+    return LoadedDataset(name, load_task(task), examples, gold, str(file), ATTRIBUTION[attribution], list(notes))
+
+
+# ---- real data from /work/shared/data -------------------------------------------------------
+
+
+def load_truthfulqa(path=None, limit: int | None = None, seed: int = 0) -> LoadedDataset:
+    """TruthfulQA claims, one group per question; rule none (no input-only rule exists)."""
+    file = _data_file(path, "truthfulqa/train_truthfulqa.json")
+    groups: dict[str, list[tuple[dict, int]]] = {}
+    for n, record in enumerate(json.loads(file.read_text(encoding="utf-8")), 1):
+        _require(record, ("question", "choice", "label", "consistency_id"), row=n)
+        label = _gold_value(record["label"])
+        if label is None:
+            raise DatasetError(f"label must be 0 or 1, got {record['label']!r}", row=n, column="label")
+        groups.setdefault(str(record["consistency_id"]), []).append((record, label))
+    labelled, ids = [], list(groups)
+    for gid in (ids[i] for i in _choose(len(ids), limit, seed)):
+        claims = groups[gid][:]
+        _rng("truthfulqa", seed, gid).shuffle(claims)  # the source lists a question's true claims first
+        for j, (record, label) in enumerate(claims):
+            fields = {"question": record["question"], "choice": record["choice"]}
+            labelled.append((Example(f"truthfulqa-q{gid}-c{j}", fields, group=f"q{gid}"), label))
+    return _labelled("truthfulqa", "truthfulqa", labelled, file, "truthfulqa")
+
+
+def load_gsm8k(path=None, limit: int | None = None, seed: int = 0) -> LoadedDataset:
+    """GSM8K-verification: 4 model solutions per question; key = the parsed final answer."""
+    file = _data_file(path, "gsm8k/model_solutions_dev.jsonl")
+    rows = _jsonl(file.read_text(encoding="utf-8"))
+    for n, record in rows:
+        _require(record, ("question", *GSM8K_SOLVERS), line=n)
+    labelled, unparsed = [], 0
+    for n, record in (rows[i] for i in _choose(len(rows), limit, seed)):
+        # which model wrote a solution correlates with correctness, so slots are shuffled and unnamed
+        solutions = [record[s] for s in GSM8K_SOLVERS]
+        _rng("gsm8k", seed, n).shuffle(solutions)
+        for j, solution in enumerate(solutions):
+            uid, answer = f"gsm8k-q{n:03d}-s{j}", gsm8k_final_answer(solution["solution"])
+            unparsed += answer is None
+            # no final answer: a key of its own, so it neither matches nor may join another True answer
+            key = answer or f"unparsed:{uid}"
+            fields = {"question": record["question"], "solution": solution["solution"]}
+            labelled.append((Example(uid, fields, f"q{n:03d}", key), int(bool(solution["is_correct"]))))
+    notes = [f"{unparsed} of {len(labelled)} solutions have no 'A:' final answer; each got a key of its own"]
+    return _labelled("gsm8k_verification", "gsm8k_verification", labelled, file, "gsm8k", notes)
+
+
+def _split_dialogue(dialogue: str) -> tuple[str, str]:
+    prompt, _, response = dialogue.rpartition(HH_ASSISTANT)
+    return prompt.strip(), response.strip()
+
+
+def load_hh_rlhf(path=None, limit: int | None = None, seed: int = 0) -> LoadedDataset:
+    """HH-RLHF harmlessness pairs; both orders of a pair form one group with keys "ab"/"ba".
+
+    Pairs whose two dialogues differ before the last assistant turn, or with an empty response,
+    are skipped (9 of 2,312): they are not a clean comparison of two responses.
+    """
+    file = _data_file(path, "hh_rlhf/harmless_base_test.jsonl.gz")
+    with gzip.open(file, "rt", encoding="utf-8") as handle:
+        records = _jsonl(handle.read())
+    pairs, skipped = [], 0
+    for n, record in records:
+        for column in ("chosen", "rejected"):
+            if HH_ASSISTANT not in record.get(column, ""):
+                raise DatasetError(f"no {HH_ASSISTANT.strip()!r} turn", line=n, column=column)
+        (prompt, chosen), (other_prompt, rejected) = map(_split_dialogue, (record["chosen"], record["rejected"]))
+        if prompt != other_prompt or not chosen or not rejected:
+            skipped += 1
+            continue
+        pairs.append((n, prompt, chosen, rejected))
+    labelled = []
+    for n, prompt, chosen, rejected in (pairs[i] for i in _choose(len(pairs), limit, seed)):
+        rng = _rng("hh_rlhf", seed, n)
+        chosen_first = rng.random() < 0.5  # which response "ab" puts first: a coin, so keys tell nothing
+        first, second = (chosen, rejected) if chosen_first else (rejected, chosen)
+        orders = [("ab", first, second, int(chosen_first)), ("ba", second, first, int(not chosen_first))]
+        rng.shuffle(orders)
+        for key, response_a, response_b, label in orders:
+            fields = {"prompt": prompt, "response_a": response_a, "response_b": response_b}
+            labelled.append((Example(f"hh-{n:04d}-{key}", fields, f"pair{n:04d}", key), label))
+    notes = [f"skipped {skipped} pairs: prompts differ or a response is empty"]
+    return _labelled("hh_rlhf_harmless", "hh_rlhf_harmless", labelled, file, "hh_rlhf", notes)
+
+
+def _sentiment_claims(uid: str, text: str, positive: int, seed) -> list[tuple[Example, int]]:
+    """A sentence's two complementary claims in seeded order, each with its gold."""
+    keys = list(SENTIMENT_CLAIMS)
+    _rng("sentiment", seed, uid).shuffle(keys)
+    claim = lambda key: {"text": text, "claim": SENTIMENT_CLAIMS[key]}  # noqa: E731
+    return [(Example(f"{uid}-{key[:3]}", claim(key), uid, key), int((key == "positive") == bool(positive)))
+            for key in keys]
+
+
+def load_sentiment(source="yelp", single=False, limit: int | None = None, seed=0, path=None) -> LoadedDataset:
+    """UCI sentiment sentences: two complementary claims each (or one, with single=True).
+
+    A limit picks sentences evenly from both classes: gold shapes which subset is drawn (a
+    balanced evaluation set), never anything the search sees.
+    """
+    if source not in SENTIMENT_FILES:
+        raise ValueError(f"source must be one of {sorted(SENTIMENT_FILES)}, got {source!r}")
+    file = _data_file(path, SENTIMENT_FILES[source])
+    # split on '\n' only: str.splitlines would also break at \x85, \u2028 and friends
+    lines = file.read_bytes().decode("utf-8").split("\n")
+    sentences = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            if n < len(lines):
+                raise DatasetError("empty line", line=n)
+            continue
+        text, tab, label = line.rpartition("\t")
+        if not tab or label.strip() not in ("0", "1"):
+            raise DatasetError("expected a sentence, a tab, then 0 or 1", line=n, column="label")
+        if not text.strip():
+            raise DatasetError("empty sentence", line=n, column="text")
+        sentences.append((n, text, int(label.strip())))
+    chosen = _choose(len(sentences), limit, seed, strata=[label for _, _, label in sentences])
+    labelled = []
+    for n, text, label in (sentences[i] for i in chosen):
+        uid = f"{source}-{n:04d}"
+        labelled += [(Example(uid, {"text": text}), label)] if single else _sentiment_claims(uid, text, label, seed)
+    task = "sentiment_single" if single else "sentiment"
+    return _labelled(f"{task}_{source}", task, labelled, file, "sentiment")
+
+
+SHARED = {
+    "truthfulqa": lambda task, limit: load_truthfulqa(limit=limit),
+    "gsm8k": lambda task, limit: load_gsm8k(limit=limit),
+    "hh_rlhf": lambda task, limit: load_hh_rlhf(limit=limit),
+    "sentiment": lambda task, limit: load_sentiment("yelp", task == "sentiment_single", limit),
+    "yelp": lambda task, limit: load_sentiment("yelp", task == "sentiment_single", limit),
+    "amazon": lambda task, limit: load_sentiment("amazon", task == "sentiment_single", limit),
+}
+
+
+# ---- tables: uploads and bundled samples ---------------------------------------------------
+
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+           ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _format_of(source) -> str:
+    """The format from a path's suffix, or from .name of an upload (e.g. Streamlit's UploadedFile)."""
+    name = str(source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "")).lower()
+    if Path(name).suffix in FORMATS:
+        return FORMATS[Path(name).suffix]
+    raise DatasetError(f"cannot tell the format of {name!r}: pass fmt= (csv, tsv, jsonl, json, parquet)")
+
+
+def read_table(path_or_buffer, fmt: str | None = None) -> pd.DataFrame:
+    """A CSV/TSV, JSONL, JSON (records or columns) or Parquet table; text cells stay text.
+
+    JSONL frames carry their file line numbers in df.attrs["icm_lines"] so errors can name them.
+    """
+    import pandas as pd
+
+    fmt = fmt or _format_of(path_or_buffer)
+    data = path_or_buffer.read() if hasattr(path_or_buffer, "read") else Path(path_or_buffer).read_bytes()
+    if fmt == "parquet":
+        return pd.read_parquet(io.BytesIO(data) if isinstance(data, bytes) else data)
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    if fmt in ("csv", "tsv"):
+        # every cell as text and "" for blanks: a review reading "NA" must stay a review
+        return pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+    if fmt == "json":
+        records = json.loads(text)
+        if isinstance(records, dict) and not all(isinstance(v, list) for v in records.values()):
+            raise DatasetError("JSON must be a list of records or a dict of column lists")
+        return pd.DataFrame(records)
+    if fmt != "jsonl":
+        raise DatasetError(f"unknown format {fmt!r}")
+    numbered = _jsonl(text)
+    frame = pd.DataFrame.from_records([record for _, record in numbered])
+    frame.attrs["icm_lines"] = [n for n, _ in numbered]
+    return frame
+
+
+def _where(frame: pd.DataFrame, position: int) -> dict:
+    """Where a row came from: its JSONL line while the frame is still as read, else its 1-based row."""
+    lines = frame.attrs.get("icm_lines")  # pandas copies attrs onto filtered frames: check it still fits
+    fits = lines is not None and len(lines) == len(frame) and list(frame.index) == list(range(len(lines)))
+    return {"row": position + 1, "line": lines[position] if fits else None}
+
+
+def _missing(value) -> bool:
+    try:
+        return value is None or bool(value != value)  # NaN and NaT differ from themselves
+    except (TypeError, ValueError):  # pd.NA (its comparisons are NA too), or an array cell
+        return True
+
+
+def _text(value) -> str | None:
+    """A cell as input text; None when missing or blank."""
+    if not isinstance(value, str) and _missing(value):
+        return None
+    value = value if isinstance(value, str) else str(value.item() if hasattr(value, "item") else value)
+    return value if value.strip() else None
+
+
+def _column(frame: pd.DataFrame, column: str | None, what: str) -> list:
+    if column is None:
+        return [None] * len(frame)
+    if column not in frame.columns:
+        have = ", ".join(map(str, frame.columns))
+        raise DatasetError(f"no such column for {what}; the table has: {have}", column=column)
+    return frame[column].tolist()
+
+
+def build_dataset(df: pd.DataFrame, task: Task | str, columns: Mapping[str, str] | None = None,
+                  id_column: str | None = None, group_column: str | None = None, key_column: str | None = None,
+                  gold_column: str | None = None, name: str = "uploaded", source: str = "",
+                  attribution: str = "") -> LoadedDataset:
+    """Examples from a table. `columns` maps task field -> table column (default: same names).
+
+    Gold values go to `gold` only; a gold column used as any input is refused.
+    """
+    task = task if isinstance(task, Task) else load_task(task)
+    columns = dict(columns or {f: f for f in task.fields})
+    for f in task.fields:
+        if f not in columns:
+            raise DatasetError(f"task {task.name!r} field {f!r} has no column", column=f)
+    if gold_column is not None and gold_column in {*columns.values(), id_column, group_column, key_column}:
+        raise DatasetError("the gold column cannot also be an input, id, group or key", column=gold_column)
+    if task.rule != "none" and group_column is None:
+        raise DatasetError(f"rule {task.rule!r} needs a group column", column=task.group_field)
+    derive = KEY_DERIVERS.get(task.name) if key_column is None else None
+    if task.rule == "exclusive" and key_column is None and derive is None:
+        raise DatasetError("rule 'exclusive' needs a key column", column=task.key_field)
+    values = {f: _column(df, c, f"field {f!r}") for f, c in columns.items() if f in task.fields}
+    ids, groups, keys = (_column(df, c, w) for c, w in ((id_column, "id"), (group_column, "group"), (key_column, "key")))
+    golds = _column(df, gold_column, "gold")
+    examples, gold, seen, members = [], {}, set(), {}
+    for i in range(len(df)):
+        fields = {f: _text(values[f][i]) for f in task.fields}
+        for f in (f for f in task.fields if fields[f] is None):
+            raise DatasetError("empty value", column=columns[f], **_where(df, i))
+        uid = _text(ids[i]) if id_column else f"{name}-{i + 1:05d}"
+        if uid is None or uid in seen:
+            raise DatasetError("ids must be present and unique", column=id_column, **_where(df, i))
+        seen.add(uid)
+        group, key = _text(groups[i]), _text(keys[i])
+        if group is None and task.rule != "none":
+            raise DatasetError(f"rule {task.rule!r} needs a group", column=group_column, **_where(df, i))
+        if derive is not None:
+            key = derive(fields) or f"unparsed:{uid}"
+        if key is None and task.rule == "exclusive":
+            raise DatasetError("rule 'exclusive' needs a key", column=key_column, **_where(df, i))
+        if task.rule in ("asymmetric_pair", "complementary"):
+            members.setdefault(group, []).append(key)
+            if len(members[group]) > 2 or (key is not None and members[group].count(key) > 1):
+                raise DatasetError(f"group {group!r}: rule {task.rule!r} pairs exactly two claims with different keys",
+                                   column=group_column, **_where(df, i))
+        if gold_column is not None:
+            gold[i] = _gold_value(golds[i])
+            if gold[i] is None:
+                raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **_where(df, i))
+        examples.append(Example(uid, fields, group=group, key=key))
+    return LoadedDataset(name, task, examples, gold if gold_column else None, source, attribution)
+
+
+def expand_sentiment(df: pd.DataFrame, text_column="text", gold_column=None, id_column=None, seed=0) -> pd.DataFrame:
+    """Sentence rows -> claim rows (id, text, claim, group, key[, gold]) for the complementary task.
+
+    A sentence-level gold (1 = positive) becomes per-claim gold: the claim matching it is True.
+    """
+    import pandas as pd
+
+    texts, golds, ids = (_column(df, c, w) for c, w in ((text_column, "text"), (gold_column, "gold"), (id_column, "id")))
+    rows, seen = [], set()
+    for i in range(len(df)):
+        text = _text(texts[i])
+        if text is None:
+            raise DatasetError("empty value", column=text_column, **_where(df, i))
+        positive = _gold_value(golds[i]) if gold_column else 0
+        if positive is None:
+            raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **_where(df, i))
+        uid = _text(ids[i]) if id_column else f"s{i + 1:05d}"
+        if uid is None or uid in seen:
+            raise DatasetError("ids must be present and unique", column=id_column, **_where(df, i))
+        seen.add(uid)
+        for example, value in _sentiment_claims(uid, text, positive, seed):
+            row = {"id": example.uid, **example.fields, "group": example.group, "key": example.key}
+            rows.append(row | ({"gold": value} if gold_column else {}))
+    return pd.DataFrame(rows, columns=["id", "text", "claim", "group", "key"] + (["gold"] if gold_column else []))
+
+
+def dataset_from_table(df: pd.DataFrame, task: Task | str, name="uploaded", source="", attribution="") -> LoadedDataset:
+    """build_dataset with columns guessed: task fields by name; id, gold/label, group, key if present."""
+    task = task if isinstance(task, Task) else load_task(task)
+    present = lambda *names: next((n for n in names if n and n in df.columns), None)  # noqa: E731
+    gold, ids = present("gold", "label"), present("id")
+    if task.rule == "complementary" and "claim" in task.fields and "claim" not in df.columns:
+        # sentence rows (text[, gold]) as for sentiment_single: make the two claims of each
+        df, ids, gold = expand_sentiment(df, present("text") or "text", gold, ids), "id", gold and "gold"
+    return build_dataset(
+        df, task, id_column=ids, group_column=present("group", task.group_field),
+        key_column=present("key", task.key_field), gold_column=gold, name=name, source=source, attribution=attribution,
+    )
+
+
+SAMPLES = {  # name -> (file, default task, attribution)
+    "sentiment_yelp": ("sentiment_yelp.csv", "sentiment", ATTRIBUTION["sentiment"]),
+    "truthfulqa": ("truthfulqa.jsonl", "truthfulqa", ATTRIBUTION["truthfulqa"]),
+    "gsm8k_verification": ("gsm8k_verification.jsonl", "gsm8k_verification", ATTRIBUTION["gsm8k"]),
+    "hh_rlhf_harmless": ("hh_rlhf_harmless.jsonl", "hh_rlhf_harmless", ATTRIBUTION["hh_rlhf"]),
+}
+
+
+def list_samples() -> list[str]:
+    return sorted(SAMPLES)
+
+
+def load_sample(name: str, task: Task | str | None = None) -> LoadedDataset:
+    """A bundled sample, read like an upload; `task` may override (sentiment_yelp + sentiment_single)."""
+    if name not in SAMPLES:
+        raise KeyError(f"unknown sample {name!r}; samples: {', '.join(list_samples())}")
+    file, default_task, attribution = SAMPLES[name]
+    path = SAMPLE_DIR / file
+    return dataset_from_table(read_table(path), task or default_task, name, str(path), attribution)
+
+
+def _first_groups(dataset: LoadedDataset, limit: int | None) -> LoadedDataset:
+    """Keep the examples of the first `limit` groups (an ungrouped example is its own group)."""
+    if limit is None:
+        return dataset
+    rank: dict = {}  # group -> order of first appearance
+    keep = []
+    for i, example in enumerate(dataset.examples):
+        group = example.group if example.group is not None else ("", i)
+        if rank.setdefault(group, len(rank)) < limit:
+            keep.append(i)
+    gold = {new: dataset.gold[old] for new, old in enumerate(keep)} if dataset.gold is not None else None
+    return LoadedDataset(dataset.name, dataset.task, [dataset.examples[i] for i in keep], gold,
+                         dataset.source, dataset.attribution, dataset.notes)
+
+
+def load_any(spec: str, task: Task | str | None = None, limit: int | None = None) -> LoadedDataset:
+    """"sample:<name>", "shared:<dataset>" or a table file (then `task` is required)."""
+    task_name = task.name if isinstance(task, Task) else task
+    if spec.startswith("shared:"):
+        which = spec.split(":", 1)[1]
+        if which not in SHARED:
+            raise KeyError(f"unknown shared dataset {which!r}; one of {', '.join(SHARED)}")
+        dataset = SHARED[which](task_name, limit)
+    elif spec.startswith("sample:"):
+        dataset = _first_groups(load_sample(spec.split(":", 1)[1], task), limit)
+    else:
+        if task is None:
+            raise ValueError(f"{spec}: a table file needs a task ({', '.join(builtin_task_names())} or a custom one)")
+        dataset = _first_groups(dataset_from_table(read_table(spec), task, Path(spec).stem, spec), limit)
+    if task_name is not None and dataset.task.name != task_name:
+        raise ValueError(f"{spec} is a {dataset.task.name!r} dataset, not {task_name!r}")
+    return dataset

@@ -1,0 +1,120 @@
+"""Runs end to end through the store: one event per step, resume after SIGKILL, gold never read."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from icm_engine.backends.fake import FakeLM
+from icm_engine.config import RunConfig, SearchConfig
+from icm_engine.runner import advance, create_run, open_search
+from icm_engine.store import Store
+from tests.fakes import PAIRED, polarity_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _trajectory(store, run_id):
+    events = store.events(run_id)
+    return list(zip(events["iteration"], events["example"].fillna(-1), events["proposed_label"].fillna(-1), events["accepted"]))
+
+
+def _run_with(gold, steps=25, seed=7):
+    examples, _ = polarity_examples(10, seed=2, paired=True)
+    store = Store(":memory:")
+    dataset_id = store.add_dataset("polarity", PAIRED.to_dict(), examples, gold)
+    config = RunConfig(task=PAIRED.name, dataset="polarity", search=SearchConfig(seed=seed, steps=steps, k_init=4))
+    backend = FakeLM(strength=6)
+    run_id = create_run(store, dataset_id, config, backend)
+    advance(store, run_id, open_search(store, run_id, backend))
+    return store, run_id
+
+
+def test_every_step_is_one_event_and_every_change_one_flip():
+    store, run_id = _run_with(None)
+    events = store.events(run_id)
+    assert list(events["iteration"]) == list(range(26))
+    flips = store.flips(run_id)
+    accepted_changes = events[(events["kind"] == "propose") & events["accepted"] & (events["old_label"] != events["proposed_label"])]
+    assert set(accepted_changes["iteration"]) <= set(flips[flips["cause"] == "proposal"]["iteration"])
+    labels = store.labels(run_id)
+    # replaying the flips reproduces the current labels exactly
+    replay = {}
+    for flip in flips.sort_values(["seq"]).itertuples(index=False):
+        replay[int(flip.example)] = None if flip.new_label is None or flip.new_label != flip.new_label else int(flip.new_label)
+    assert {k: v for k, v in replay.items() if v is not None} == dict(zip(labels["example"].astype(int), labels["label"].astype(int)))
+    assert store.run(run_id)["status"] == "finished"
+    assert json.loads(store.run(run_id)["config"] and json.dumps(store.run(run_id)["config"]))["search"]["seed"] == 7
+
+
+def test_gold_labels_never_change_the_trajectory():
+    examples, gold = polarity_examples(10, seed=2, paired=True)
+    shuffled = dict(zip(gold, reversed(list(gold.values()))))
+    inverted = {i: 1 - y for i, y in gold.items()}
+    runs = [_run_with(g) for g in (gold, shuffled, inverted, None)]
+    trajectories = [_trajectory(store, run_id) for store, run_id in runs]
+    assert all(t == trajectories[0] for t in trajectories[1:])
+    labels = [store.labels(run_id)[["example", "label"]].values.tolist() for store, run_id in runs]
+    assert all(l == labels[0] for l in labels[1:])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.tiny_model import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def _icm(*args, **kwargs):
+    return [sys.executable, "-m", "icm_engine.cli", *args]
+
+
+def _run_cli(db, model, *extra):
+    return subprocess.run(
+        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(db), "--model", str(model),
+             "--steps", "24", "--seed", "3", "--k-init", "4", *extra),
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+
+
+def _final_labels(db, run_id=1):
+    with Store(str(db)) as store:
+        labels = store.labels(run_id)
+        return sorted(zip(labels["example"].astype(int), labels["label"].astype(int))), int(store.run(run_id)["last_iteration"])
+
+
+def test_sigkill_mid_search_then_resume_gives_the_uninterrupted_labels(tmp_path, tiny_model):
+    reference = _run_cli(tmp_path / "reference.duckdb", tiny_model)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected, last = _final_labels(tmp_path / "reference.duckdb")
+    assert last == 24
+
+    killed_db = tmp_path / "killed.duckdb"
+    process = subprocess.Popen(
+        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(killed_db), "--model", str(tiny_model),
+             "--steps", "24", "--seed", "3", "--k-init", "4", "--print-steps"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    seen = 0
+    for line in process.stdout:
+        if line.startswith("{"):
+            seen += 1
+            if seen == 10:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    partial, last_partial = _final_labels(killed_db)
+    assert 9 <= last_partial < 24  # the kill landed mid-search, after committed steps
+
+    resumed = subprocess.run(_icm("run", "--resume", "1", "--db", str(killed_db), "--model", str(tiny_model)),
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final, last_final = _final_labels(killed_db)
+    assert last_final == 24
+    assert final == expected
