@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list bundled models")
 
+    from . import bench, eval_cli
+
+    bench.add_arguments(sub.add_parser("bench", help="naive vs fast exact scorer: tokens, seconds, |dU|, memory"))
+    eval_cli.add_parser(sub)
+
     app = sub.add_parser("app", help="start the Streamlit studio")
     app.add_argument("--db", default=DEFAULT_DB)
     app.add_argument("--port", type=int, default=8501)
@@ -185,7 +190,10 @@ def cmd_app(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "export": cmd_export, "runs": cmd_runs, "models": cmd_models, "app": cmd_app}
+    from . import bench, eval_cli
+
+    handlers = {"run": cmd_run, "export": cmd_export, "runs": cmd_runs, "models": cmd_models, "app": cmd_app,
+                "bench": bench.run, "eval": eval_cli.run}
     return handlers[args.command](args)
 
 

@@ -1,0 +1,178 @@
+"""`icm bench`: the naive reference scorer against the fast exact scorer, in one process.
+
+It prints, per step type (adding a label, relabeling one, a ConsistencyFix with its options)
+and for the mix of step types a real search produces: tokens forwarded and seconds per step for
+both scorers, their ratio, the largest |U difference|, peak memory, and the model's raw
+throughput on one long forward measured in the same run. It also reports how often the
+approximate prequential mode makes the same accept/reject decisions as the exact mode.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import SearchConfig
+from .records import LabelState, SearchSnapshot
+from .scoring import Scorer
+from .search import Search, acceptance_probability
+
+
+@dataclass
+class Cost:
+    tokens: int = 0
+    seconds: float = 0.0
+    count: int = 0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens, self.seconds, self.count = self.tokens + tokens, self.seconds + seconds, self.count + 1
+
+    def per_step(self) -> tuple[float, float]:
+        return (self.tokens / self.count, self.seconds / self.count) if self.count else (float("nan"), float("nan"))
+
+
+def _measure(scorer: Scorer, candidates):
+    before = scorer.backend.stats.snapshot()
+    started = time.perf_counter()
+    evaluations = scorer.evaluate_many(candidates)
+    seconds = time.perf_counter() - started
+    return evaluations, scorer.backend.stats.since(before).tokens_forwarded, seconds
+
+
+def step_type_candidates(labels: dict[int, int], order: list[int], new_example: int, rng, scorer: Scorer):
+    """The labeled sets each step type asks to score, starting from (order, labels)."""
+    add_order, add_labels = order + [new_example], dict(labels, **{new_example: int(rng.integers(2))})
+    middle = order[int(rng.integers(len(order) // 4, 3 * len(order) // 4))]
+    relabel = dict(labels, **{middle: 1 - labels[middle]})
+    # a fix acts on a pair inside one consistency group; any two labeled examples where there is none
+    pairs = list(_group_pairs(scorer, order)) or [tuple(sorted(rng.choice(order, size=2, replace=False).tolist()))]
+    a, b = pairs[int(rng.integers(len(pairs)))]
+    fix_options = [(order, dict(labels, **{a: ya, b: yb})) for ya, yb in ((0, 1), (1, 0))]
+    return {"add": [(add_order, add_labels)], "relabel": [(order, relabel)], "fix": fix_options}
+
+
+def _group_pairs(scorer: Scorer, order: list[int]):
+    labeled = set(order)
+    for members in scorer.consistency.groups.values():
+        inside = [m for m in members if m in labeled]
+        if len(inside) >= 2:
+            yield inside[0], inside[1]
+
+
+def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, run_naive: bool):
+    pool = list(range(len(fast.examples)))
+    results = {kind: {"fast": Cost(), "naive": Cost(), "max_du": 0.0} for kind in ("add", "relabel", "fix")}
+    for _ in range(repeats):
+        chosen = rng.choice(pool, size=n + 1, replace=False).tolist()
+        order, new_example = chosen[:n], chosen[n]
+        labels = {i: int(rng.integers(2)) for i in order}
+        if hasattr(fast.backend, "clear_cache"):
+            fast.backend.clear_cache()
+        fast.evaluate(order, labels)  # warm: the state a search holds before its next step
+        for kind, candidates in step_type_candidates(labels, order, new_example, rng, fast).items():
+            fast_evals, tokens, seconds = _measure(fast, candidates)
+            results[kind]["fast"].add(tokens, seconds)
+            fast.evaluate(order, labels)  # back to the state before this step type
+            if run_naive:
+                naive_evals, tokens, seconds = _measure(naive, candidates)
+                results[kind]["naive"].add(tokens, seconds)
+                for f, g in zip(fast_evals, naive_evals):
+                    results[kind]["max_du"] = max(results[kind]["max_du"], abs(f.utility(50.0) - g.utility(50.0)))
+    return results
+
+
+def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rng):
+    """A real search from n random labels: step-type counts, fast cost, prequential agreement."""
+    order = rng.choice(len(fast.examples), size=n, replace=False).tolist()
+    labels = {int(i): LabelState(label=int(rng.integers(2)), position=p) for p, i in enumerate(order)}
+    config = SearchConfig(seed=seed, steps=steps)
+    snapshot = SearchSnapshot(0, labels, set(), np.random.default_rng(seed).bit_generator.state, n, config.alpha, config.t0)
+    search = Search(fast, config, snapshot)
+    search._current_evaluation()  # the first full scoring is not a step
+    counts = {"add": 0, "relabel": 0, "fix": 0, "unchanged": 0}
+    cost, agree, compared = Cost(), 0, 0
+    for _ in range(steps):
+        before_labels = search.label_map()
+        before_order = search.order()
+        before = fast.backend.stats.snapshot()
+        record = search.step()
+        used = fast.backend.stats.since(before)
+        cost.add(used.tokens_forwarded, record.seconds)
+        if record.old_label == record.proposed_label:
+            counts["unchanged"] += 1
+            continue
+        counts["add" if record.old_label is None else "relabel"] += 1
+        counts["fix"] += sum(1 for _ in record.fixes)
+        candidate = dict(before_labels, **{record.example: record.proposed_label})
+        candidate_order = before_order + ([record.example] if record.old_label is None else [])
+        for fix in record.fixes:
+            if fix.applied:
+                candidate[fix.pair[0]], candidate[fix.pair[1]] = fix.after
+        approx_before, approx_after = prequential.evaluate_many([(before_order, before_labels), (candidate_order, candidate)])
+        delta = approx_after.utility(search.alpha) - approx_before.utility(search.alpha)
+        approx_accept = delta > 0 or record.draw < acceptance_probability(delta, record.temperature)
+        agree += approx_accept == record.accepted
+        compared += 1
+    return counts, cost, (agree / compared if compared else float("nan")), compared
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="icm bench", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantization", default="auto")
+    parser.add_argument("--data", default="sample:sentiment_yelp")
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--n", type=int, default=64, help="labeled examples in D")
+    parser.add_argument("--repeats", type=int, default=1, help="samples per step type")
+    parser.add_argument("--mix-steps", type=int, default=20, help="steps of a real search for the step-type mix")
+    parser.add_argument("--no-naive", action="store_true", help="skip the (slow) naive reference")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    from .datasets import load_any
+    from .models import load_model
+    from .tasks import load_task
+
+    backend = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
+    loaded = load_any(args.data, task=args.task)
+    task = load_task(args.task) if args.task else loaded.task
+    fast = Scorer(backend, task, loaded.examples)
+    naive = Scorer(backend.naive(), task, loaded.examples)
+    prequential = Scorer(backend, task, loaded.examples, mode="prequential")
+    rng = np.random.default_rng(args.seed)
+    print(f"model {backend.name} on {getattr(backend, 'device', 'cpu')}; task {task.name}; n = {args.n} labeled")
+    raw = backend.raw_throughput(1024)
+    print(f"raw model throughput (one 1024-token forward): {raw:,.0f} tokens/s")
+
+    results = compare_step_types(fast, naive, args.n, rng, args.repeats, not args.no_naive)
+    print(f"\n{'step type':10s} {'fast tok':>10s} {'fast s':>8s} {'naive tok':>10s} {'naive s':>8s} {'speedup':>8s} {'max|dU|':>9s}")
+    for kind, r in results.items():
+        ft, fs = r["fast"].per_step()
+        nt, ns = r["naive"].per_step()
+        print(f"{kind:10s} {ft:10.0f} {fs:8.2f} {nt:10.0f} {ns:8.2f} {ns / fs:8.1f}x {r['max_du']:9.2e}")
+
+    counts, cost, agreement, compared = run_mix(fast, prequential, args.n, args.mix_steps, args.seed, rng)
+    fast_tokens, fast_seconds = cost.tokens / cost.count, cost.seconds / cost.count
+    naive_seconds = sum(counts[k] * results[k]["naive"].per_step()[1] for k in ("add", "relabel", "fix"))
+    naive_tokens = sum(counts[k] * results[k]["naive"].per_step()[0] for k in ("add", "relabel", "fix"))
+    print(f"\nreal search, {cost.count} steps from n={args.n}: step types {counts}")
+    print(f"fast: {fast_tokens:,.0f} tokens/step, {fast_seconds:.2f} s/step, "
+          f"search throughput {cost.tokens / cost.seconds:,.0f} tokens/s = {cost.tokens / cost.seconds / raw:.0%} of raw")
+    if not args.no_naive:
+        naive_per_step = naive_seconds / cost.count
+        print(f"naive (per-type cost x counts): {naive_tokens / cost.count:,.0f} tokens/step, {naive_per_step:.2f} s/step; "
+              f"mix speedup {naive_per_step / fast_seconds:.1f}x")
+    print(f"prequential (approximate) mode agrees with exact accept/reject on {agreement:.0%} of {compared} changed steps")
+    print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    return 0

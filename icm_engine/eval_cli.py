@@ -1,0 +1,146 @@
+"""`icm eval`: the paper's comparison on a gold-labelled dataset, from the shell.
+
+cli.py wires it: `add_parser(subparsers)` adds the subcommand, `run(args)` executes it. The work
+is in evaluation.py (the runs) and eval_report.py (table, chart); this file parses, loads,
+prints and saves.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+DEFAULT_DB = os.environ.get("ICM_STUDIO_DB", "runs/icm.duckdb")  # the same default as `icm run`
+# The shared data set behind each built-in task (see /work/shared/data/README.md).
+DEFAULT_DATA = {
+    "truthfulqa": "shared:truthfulqa",
+    "gsm8k_verification": "shared:gsm8k",
+    "hh_rlhf_harmless": "shared:hh_rlhf",
+    "sentiment": "shared:sentiment",
+    "sentiment_single": "shared:sentiment",
+}
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """"3" means seeds 0, 1, 2; "0,5,9" lists them."""
+    try:
+        if "," in text:
+            return tuple(int(s) for s in text.split(",") if s.strip())
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count or a comma list, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("--seeds must be at least 1")
+    return tuple(range(count))
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from .evaluation import all_methods
+
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in all_methods()]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {', '.join(all_methods())}")
+    return methods
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `eval` to an argparse subparsers object; returns the new parser."""
+    from .config import SCORERS, SearchConfig
+    from .evaluation import SIZE_UNITS, all_methods
+
+    defaults = SearchConfig()
+    parser = subparsers.add_parser(
+        "eval", help="compare zero-shot, gold, ICM and perturbed-label prompting on a gold-labelled dataset",
+        description="Split a gold-labelled dataset by consistency group into a search split (gold hidden from the "
+                    "search) and a test split; report test accuracy of each method over several seeds; store the "
+                    "results in the database and write a chart.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--task", default="sentiment", help=f"task name ({', '.join(DEFAULT_DATA)} or a custom one)")
+    data.add_argument("--data", default=None, help="shared:NAME, sample:NAME or a CSV/JSONL/Parquet file with a gold column "
+                                                   "(default: the task's shared data set)")
+    data.add_argument("--search-size", type=int, default=32, help="groups (sentences, questions, pairs) in the search split")
+    data.add_argument("--test-size", type=int, default=100, help="groups in the test split")
+    data.add_argument("--size-unit", choices=SIZE_UNITS, default="groups", help="count sizes in groups or in examples (claims)")
+    data.add_argument("--split-seed", type=int, default=0)
+
+    method = parser.add_argument_group("methods")
+    method.add_argument("--methods", type=_methods, default=all_methods(), help=f"comma list (default all): {','.join(all_methods())}")
+    method.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="a count (default 3: seeds 0,1,2) or a comma list")
+    method.add_argument("--steps", type=int, default=None, help="ICM iterations per search (default: twice the search split's examples)")
+    method.add_argument("--max-demos", type=int, default=None, help="cap on demonstrations (default: as many as fit the context)")
+    method.add_argument("--scorer", choices=SCORERS, default=defaults.scorer)
+    method.add_argument("--alpha", type=float, default=defaults.alpha)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="gemma3-270m", help="bundled name, local path or cached HF id")
+    model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    model.add_argument("--quantization", default="auto", choices=["auto", "nf4", "none"])
+    model.add_argument("--max-context", type=int, default=None)
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--db", default=DEFAULT_DB)
+    output.add_argument("--out", default=None, help="chart path (.html, plus .png when kaleido is installed; default runs/eval_<id>.html)")
+    output.add_argument("--name", default="", help="a name for the evaluation (default: task, model and date)")
+    return parser
+
+
+def config_from_args(args):
+    from .config import ModelConfig, SearchConfig
+    from .evaluation import EvalConfig
+
+    return EvalConfig(
+        task=args.task, data=args.data or DEFAULT_DATA.get(args.task, ""), search_size=args.search_size,
+        test_size=args.test_size, size_unit=args.size_unit, split_seed=args.split_seed, seeds=tuple(args.seeds),
+        steps=args.steps, max_demos=args.max_demos, methods=tuple(args.methods),
+        search=SearchConfig(alpha=args.alpha, scorer=args.scorer),
+        model=ModelConfig(args.model, args.device, args.dtype, args.quantization, args.max_context),
+    )
+
+
+def run(args, backend=None) -> int:
+    """Execute `icm eval`; `backend` replaces loading --model (tests pass a fake one)."""
+    from .datasets import load_any
+    from .eval_report import accuracy_figure, format_table, summarize, write_figure
+    from .evaluation import evaluate
+    from .store import Store
+
+    started = time.perf_counter()
+    config = config_from_args(args)
+    if not config.data:
+        raise SystemExit(f"task {config.task!r} has no default data set: pass --data")
+    # Loading only as many groups as the split needs keeps big files cheap; by examples we cannot know.
+    limit = config.search_size + config.test_size if config.size_unit == "groups" else None
+    dataset = load_any(config.data, task=config.task, limit=limit)
+    print(f"data: {dataset.name} from {dataset.source}: {len(dataset.examples)} examples, task {dataset.task.name}", flush=True)
+    if backend is None:
+        from .models import load_model
+
+        m = config.model
+        backend = load_model(m.name, device=m.device, dtype=m.dtype, quantization=m.quantization, max_context=m.max_context)
+    print(f"model: {backend.name} (context {backend.context_window} tokens)", flush=True)
+
+    result = evaluate(dataset, backend, config, log=lambda message: print(message, flush=True))
+    name = args.name or f"{dataset.task.name} · {backend.name} · {time.strftime('%Y-%m-%d %H:%M')}"
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    with Store(args.db) as store:
+        eval_id = result.save(store, name)
+
+    summary = summarize(result.rows)
+    print()
+    print(format_table(summary))
+    print()
+    print(f"evaluation {eval_id} ({name}) saved to {args.db}")
+    print(f"data: {dataset.name}; split by group: {len(result.split.search)} search examples (gold hidden from the search), "
+          f"{len(result.split.test)} test examples")
+    print(f"decision rule: {config.decision_rule}")
+    print(f"model: {backend.name}; ICM steps per search: {result.config['steps_resolved']}; seeds: {list(config.seeds)}")
+    print("std: sample std over seeds; zero-shot is deterministic, so it is run once")
+    out = args.out or str(Path(args.db).parent / f"eval_{eval_id}.html")
+    written, skipped = write_figure(accuracy_figure(result.rows, title=f"{dataset.name} · {backend.name}"), out)
+    print(f"chart: {', '.join(map(str, written))}" + (f" ({skipped})" if skipped else ""))
+    print(f"wall time: {time.perf_counter() - started:.1f} s")
+    return 0

@@ -1,0 +1,317 @@
+"""The evaluation harness on the fake model: each row's demonstrations carry the right labels,
+the split keeps groups whole, no test example is ever a demonstration, gold never reaches the
+search, results land in the store with their config, and the chart builds."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icm_engine import eval_cli
+from icm_engine.backends.base import LanguageModel
+from icm_engine.backends.fake import FakeLM
+from icm_engine.config import RunConfig, SearchConfig
+from icm_engine.datasets import LoadedDataset
+from icm_engine.eval_report import accuracy_figure, format_table, summarize, write_figure
+from icm_engine.evaluation import (
+    DECISION_RULE, GOLD, ICM, NO_CONSISTENCY, PERTURBED, ZERO_SHOT, EvalConfig, all_methods, demo_prefix, evaluate,
+    fit_demo_count, perturb_to_match, split_by_group,
+)
+from icm_engine.runner import make_scorer
+from icm_engine.search import Search
+from icm_engine.store import Store
+from tests.fakes import PAIRED, SINGLE, polarity_examples
+
+
+class Recording(LanguageModel):
+    """Wraps a backend and keeps every query it is asked, to inspect what prompts held."""
+
+    def __init__(self, inner: LanguageModel) -> None:
+        self.inner, self.queries = inner, []
+        self.name, self.revision, self.stats = inner.name, inner.revision, inner.stats
+
+    def label_logprobs(self, queries):
+        self.queries += list(queries)
+        return self.inner.label_logprobs(queries)
+
+    def count_tokens(self, text):
+        return self.inner.count_tokens(text)
+
+    @property
+    def context_window(self):
+        return self.inner.context_window
+
+
+def dataset(n=30, paired=True, seed=3) -> LoadedDataset:
+    """Polarity reviews made unique by a neutral tag, so a prompt's text names its example.
+
+    Every third review is made ambiguous to the fake model (one positive and one negative word,
+    gold kept), so ICM gets some labels wrong and the perturbed control has something to match.
+    """
+    examples, gold = polarity_examples(n, seed=seed, paired=paired)
+    unique = []
+    for e in examples:
+        review = int((e.group or e.uid)[1:])
+        text = "good bad food" if review % 3 == 2 else e.fields["text"]
+        unique.append(replace(e, fields={**e.fields, "text": f"{text} item {e.group or e.uid}"}))
+    return LoadedDataset("polarity", PAIRED if paired else SINGLE, unique, gold, "memory")
+
+
+CONFIG = EvalConfig(task="polarity_pairs", data="memory", search_size=8, test_size=12, seeds=(0, 1), steps=24,
+                    search=SearchConfig(k_init=4))
+
+
+@pytest.fixture(scope="module")
+def run():
+    data = dataset()
+    backend = Recording(FakeLM(strength=6))
+    return data, backend, evaluate(data, backend, CONFIG)
+
+
+def by_uid(data):
+    return {e.uid: i for i, e in enumerate(data.examples)}
+
+
+# ---- the split --------------------------------------------------------------------------
+
+
+def test_split_keeps_groups_whole_and_apart():
+    data = dataset(n=30)
+    split = split_by_group(data.examples, 8, 12, seed=5)
+    search_groups = {data.examples[i].group for i in split.search}
+    test_groups = {data.examples[i].group for i in split.test}
+    assert len(search_groups) == 8 and len(test_groups) == 12 and not search_groups & test_groups
+    assert len(split.search) == 16 and len(split.test) == 24  # every group brought both its claims
+    assert split_by_group(data.examples, 8, 12, seed=5) == split  # seeded
+    assert split_by_group(data.examples, 8, 12, seed=6) != split
+
+
+def test_split_by_examples_takes_whole_groups_within_the_size():
+    data = dataset(n=30)
+    split = split_by_group(data.examples, 7, 10, unit="examples")
+    assert len(split.search) == 6 and len(split.test) == 10
+    assert not {data.examples[i].group for i in split.search} & {data.examples[i].group for i in split.test}
+
+
+def test_split_refuses_sizes_the_data_cannot_give():
+    with pytest.raises(ValueError, match="too few"):
+        split_by_group(dataset(n=10).examples, 8, 5)
+
+
+# ---- building blocks --------------------------------------------------------------------
+
+
+def test_perturbation_has_exactly_the_reference_accuracy():
+    rng = np.random.default_rng(0)
+    gold = [int(x) for x in rng.integers(0, 2, size=50)]
+    reference = [1 - g if k % 5 == 0 else g for k, g in enumerate(gold)]  # 10 wrong
+    perturbed = perturb_to_match(gold, reference, rng)
+    assert sum(p != g for p, g in zip(perturbed, gold)) == 10
+    assert perturbed != reference  # random positions, not a copy of the reference
+
+
+def test_demo_count_fits_the_context_and_the_cap():
+    data = dataset(n=10, paired=False)
+    pool, tests = data.examples[:8], data.examples[8:]
+    roomy = FakeLM()
+    assert fit_demo_count(roomy, SINGLE, pool, tests) == 8
+    assert fit_demo_count(roomy, SINGLE, pool, tests, max_demos=3) == 3
+    tight = FakeLM(context_window=40)
+    count = fit_demo_count(tight, SINGLE, pool, tests)
+    longest = max(tight.count_tokens(SINGLE.render_query(e)) for e in tests)
+    prefix = demo_prefix(SINGLE, pool[:count], [0] * count)
+    assert 0 < count < 8 and 1 + sum(map(tight.count_tokens, prefix)) + longest <= 40
+
+
+# ---- each row from the right labels -----------------------------------------------------
+
+
+def test_every_method_and_seed_has_a_row(run):
+    data, _, result = run
+    rows = result.rows
+    assert list(rows[rows["method"] == ZERO_SHOT]["seed"].isna()) == [True]  # deterministic: run once
+    for method in all_methods():
+        if method != ZERO_SHOT:
+            assert sorted(rows[rows["method"] == method]["seed"]) == [0, 1]
+    test_gold = np.array([data.gold[i] for i in result.split.test])
+    for _, row in rows.iterrows():
+        assert row["n_test"] == len(result.split.test)
+        assert row["accuracy"] == pytest.approx(np.mean(np.array(row["predictions"]) == test_gold))
+
+
+def test_rows_of_a_seed_share_their_demonstrations(run):
+    _, _, result = run
+    for seed, part in result.rows.dropna(subset=["seed"]).groupby("seed"):
+        assert len({tuple(u) for u in part["demo_uids"]}) == 1
+        assert part["n_demos"].nunique() == 1 and part["n_demos"].iloc[0] > 0
+
+
+def test_gold_row_shows_gold_labels(run):
+    data, _, result = run
+    index = by_uid(data)
+    for _, row in result.rows[result.rows["method"] == GOLD].iterrows():
+        assert row["demo_labels"] == [data.gold[index[u]] for u in row["demo_uids"]]
+        assert row["demo_accuracy"] == 1.0
+
+
+def test_perturbed_row_has_exactly_the_icm_rows_accuracy(run):
+    data, _, result = run
+    index = by_uid(data)
+    rows = result.rows
+    partial = 0
+    for seed in (0, 1):
+        icm = rows[(rows["method"] == ICM) & (rows["seed"] == seed)].iloc[0]
+        perturbed = rows[(rows["method"] == PERTURBED) & (rows["seed"] == seed)].iloc[0]
+        gold = [data.gold[index[u]] for u in perturbed["demo_uids"]]
+        icm_wrong = sum(y != g for y, g in zip(icm["demo_labels"], gold))
+        assert sum(y != g for y, g in zip(perturbed["demo_labels"], gold)) == icm_wrong
+        assert perturbed["demo_accuracy"] == icm["demo_accuracy"] == pytest.approx(1 - icm_wrong / len(gold))
+        partial += 0 < icm_wrong < len(gold)
+    assert partial, "the fixture should give ICM some but not all demonstrations wrong"
+
+
+def test_icm_rows_show_the_labels_their_search_produced(run):
+    data, _, result = run
+    search_examples = [data.examples[i] for i in result.split.search]
+    for _, row in result.rows[result.rows["method"].str.startswith("icm")].iterrows():
+        # Rerun the search independently, from the row's stored config, on the search split only.
+        config = SearchConfig(**row["search_config"])
+        search = Search(make_scorer(FakeLM(strength=6), data.task, search_examples,
+                                    RunConfig(task=data.task.name, dataset="x", search=config)), config)
+        while not search.done:
+            search.step()
+        labels = {search_examples[k].uid: y for k, y in search.label_map().items()}
+        assert labels == result.icm_labels[(row["method"], row["seed"])]
+        assert row["demo_labels"] == [labels[u] for u in row["demo_uids"]]
+        assert row["label_accuracy"] == pytest.approx(np.mean([y == data.gold[by_uid(data)[u]] for u, y in labels.items()]))
+    ablation = result.rows[result.rows["method"] == NO_CONSISTENCY]
+    assert all(not SearchConfig(**c).use_consistency for c in ablation["search_config"])
+    centered = result.rows[result.rows["method"] == "icm_centered"]
+    assert all(SearchConfig(**c).calibration == "centered" for c in centered["search_config"])
+
+
+# ---- honesty ----------------------------------------------------------------------------
+
+
+def test_prompts_carry_the_rows_labels_and_never_a_test_example(run):
+    data, backend, result = run
+    test_texts = {data.task.render_query(data.examples[i]) for i in result.split.test}
+    search_texts = {data.task.render_query(data.examples[i]) for i in result.split.search}
+    for query in backend.queries:
+        assert not test_texts & set(query.segments[:-1]), "a test example was shown as a demonstration"
+        assert set(query.segments[:-1:2]) <= search_texts
+    prompts = [q.segments for q in backend.queries]
+    index = by_uid(data)
+    for _, row in result.rows.iterrows():
+        prefix = demo_prefix(data.task, [data.examples[index[u]] for u in row["demo_uids"]], row["demo_labels"])
+        asked = [p for p in prompts if p[:-1] == prefix and p[-1] in test_texts]
+        assert len(asked) >= row["n_test"]  # the prompts really held these labels
+
+
+def test_search_results_do_not_depend_on_gold():
+    data = dataset()
+    flipped = LoadedDataset(data.name, data.task, data.examples, {i: 1 - y for i, y in data.gold.items()}, data.source)
+    config = replace(CONFIG, seeds=(0,), methods=(ICM, "icm_centered"))
+    assert evaluate(data, FakeLM(strength=6), config).icm_labels == evaluate(flipped, FakeLM(strength=6), config).icm_labels
+
+
+def test_a_subset_of_methods_and_a_task_without_rule():
+    data = dataset(n=30, paired=False)
+    config = replace(CONFIG, task="polarity", seeds=(0,), methods=(GOLD, NO_CONSISTENCY, PERTURBED))
+    result = evaluate(data, FakeLM(strength=6), config)
+    assert list(result.rows["method"]) == [GOLD, NO_CONSISTENCY, PERTURBED]  # icm ran for the control, unreported
+    # No rule: the ablation is the same search as icm, reused rather than rerun.
+    assert result.icm_labels[(NO_CONSISTENCY, 0)] == result.icm_labels[(ICM, 0)]
+    ablation = result.rows[result.rows["method"] == NO_CONSISTENCY].iloc[0]
+    assert not ablation["search_config"]["use_consistency"] and "no consistency rule" in ablation["note"]
+
+
+def test_evaluation_needs_gold():
+    data = dataset()
+    with pytest.raises(ValueError, match="gold"):
+        evaluate(LoadedDataset(data.name, data.task, data.examples, None, ""), FakeLM(), CONFIG)
+
+
+# ---- store, report, CLI -----------------------------------------------------------------
+
+
+def test_results_and_config_are_stored_and_the_figure_builds(run, tmp_path):
+    _, _, result = run
+    with Store(":memory:") as store:
+        eval_id = result.save(store, "fake comparison")
+        listed = store.evals()
+        rows = store.eval_rows(eval_id)
+    assert list(listed["name"]) == ["fake comparison"]
+    assert DECISION_RULE in listed["config_json"].iloc[0] and '"seeds": [0, 1]' in listed["config_json"].iloc[0]
+    assert list(rows["method"]) == list(result.rows["method"])
+    assert np.allclose(rows["accuracy"], result.rows["accuracy"])
+    assert rows["demo_labels"].tolist() == result.rows["demo_labels"].tolist()
+    summary = summarize(rows)
+    assert list(summary["method"])[:3] == [ZERO_SHOT, GOLD, ICM] and "mean acc" in format_table(summary)
+    fig = accuracy_figure(rows)
+    bars = [t for t in fig.data if t.type == "bar"][0]
+    assert len(bars.x) == len(all_methods()) - 1  # zero-shot is a line, not a bar
+    assert bars.error_y.array is not None
+    written, _ = write_figure(fig, tmp_path / "chart.html")
+    assert written[0].stat().st_size > 1000
+
+
+def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
+    examples, gold = polarity_examples(24, seed=2)
+    table = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": [f"{e.fields['text']} item {k}" for k, e in enumerate(examples)],
+                  "gold": [gold[k] for k in range(len(examples))]}).to_csv(table, index=False)
+    parser = argparse.ArgumentParser()
+    eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    db, out = tmp_path / "icm.duckdb", tmp_path / "fig.html"
+    args = parser.parse_args(["eval", "--task", "sentiment", "--data", str(table), "--search-size", "6", "--test-size", "8",
+                              "--steps", "12", "--seeds", "2", "--db", str(db), "--out", str(out)])
+    assert eval_cli.run(args, backend=FakeLM(strength=6)) == 0
+    printed = capsys.readouterr().out
+    assert "decision rule: " + DECISION_RULE in printed and "wall time" in printed and "perturbed" in printed
+    assert out.exists()
+    with Store(str(db)) as store:
+        assert len(store.eval_rows(int(store.evals()["eval_id"].iloc[0]))) == 1 + 5 * 2
+
+
+def test_cli_rejects_unknown_methods():
+    parser = argparse.ArgumentParser()
+    eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--methods", "gold,oracle"])
+
+
+@pytest.mark.slow
+def test_cli_with_a_real_tiny_model_keeps_every_prompt_inside_its_context(tmp_path, monkeypatch):
+    """The --model path end to end on a tiny random Llama and a short context: demonstrations
+    are cut to fit the longest test query, the same count for every row, nothing truncated."""
+    from icm_engine import models
+    from tests.tiny_model import build_tiny_model_dir
+
+    model_dir = build_tiny_model_dir(tmp_path / "tiny")
+    loaded: list[Recording] = []
+    real_load = models.load_model
+
+    def recording_load(*args, **kwargs):
+        loaded.append(Recording(real_load(*args, **kwargs)))
+        return loaded[-1]
+
+    monkeypatch.setattr(models, "load_model", recording_load)
+    parser = argparse.ArgumentParser()
+    eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "--task", "sentiment", "--data", "sample:sentiment_yelp", "--search-size", "4",
+                              "--test-size", "2", "--steps", "2", "--seeds", "1", "--methods", "zero_shot,gold,icm", "--model", str(model_dir),
+                              "--device", "cpu", "--max-context", "160", "--db", str(tmp_path / "db.duckdb"),
+                              "--out", str(tmp_path / "fig.html")])
+    assert eval_cli.run(args) == 0
+    backend = loaded[0]
+    assert backend.context_window == 160
+    for query in backend.queries:
+        assert 1 + sum(backend.count_tokens(s) for s in query.segments) <= 160
+    with Store(str(tmp_path / "db.duckdb")) as store:
+        rows = store.eval_rows(1)
+    many_shot = rows[rows["method"] != ZERO_SHOT]
+    assert many_shot["n_demos"].nunique() == 1 and 0 < many_shot["n_demos"].iloc[0] < 8  # cut by the context
