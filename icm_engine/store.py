@@ -353,6 +353,13 @@ class Store:
             )
         return int(run_id)
 
+    def set_run_model(self, run_id: int, model_info: dict) -> None:
+        """Replace the requested model settings with what loading resolved (device, dtype, revision)."""
+        model_info = dataclasses.asdict(model_info) if dataclasses.is_dataclass(model_info) else dict(model_info)
+        with self._transaction() as con:
+            con.execute("UPDATE runs SET model_json = ?, updated_at = ? WHERE run_id = ?",
+                        [_dumps(model_info), _now(), run_id])
+
     def record_step(self, run_id: int, record: StepRecord, snapshot: SearchSnapshot) -> None:
         """Persist one step atomically: its event, its flips, the labeled set and the state to resume from."""
         if record.kind not in EVENT_KINDS or any(f.cause not in FLIP_CAUSES for f in record.flips):

@@ -1,0 +1,84 @@
+"""Audit: every example's label, and for one example why each change happened and what the model saw."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from icm_engine.manager import RunManager
+from icm_engine.scoring import normalize
+
+from .. import charts, readers
+from ..services import run_picker, run_view
+
+SORTS = {"example": True, "flips": False, "confidence": True, "uid": True}
+
+
+def _filtered(table: pd.DataFrame) -> pd.DataFrame:
+    cols = st.columns(4)
+    labels = cols[0].multiselect("Label", ["True", "False", "unlabeled"], key="audit.labels")
+    pinned_only = cols[1].checkbox("Pinned only", key="audit.pinned")
+    min_flips = cols[2].number_input("At least this many flips", 0, 100_000, 0, key="audit.min_flips")
+    sort = cols[3].selectbox("Sort by", list(SORTS), key="audit.sort")
+    text = st.text_input("Text contains", key="audit.text")
+    shown = table
+    if labels:
+        shown = shown[shown["label"].fillna("unlabeled").isin(labels)]
+    if pinned_only:
+        shown = shown[shown["pinned"]]
+    if min_flips:
+        shown = shown[shown["flips"] >= min_flips]
+    if text:
+        shown = shown[shown["text"].str.contains(text, case=False, regex=False) | shown["uid"].str.contains(text, regex=False)]
+    return shown.sort_values(sort, ascending=SORTS[sort], na_position="last")
+
+
+def _detail(manager: RunManager, view, example: int) -> None:
+    uid = view.uids[example]
+    st.subheader(f"Example {uid}")
+    st.json(dict(view.examples[example].fields), expanded=True)
+    history = readers.label_reasons(manager.store.label_history(int(view.run["run_id"]), example), view.uids)
+    if len(history):
+        st.plotly_chart(charts.label_timeline_figure(history, view.last_iteration), key="audit.timeline")
+        st.dataframe(history, hide_index=True, key="audit.history")
+    else:
+        st.caption("Never labeled.")
+    current = view.labels[view.labels["example"] == example]
+    if len(current):
+        row = current.iloc[0]
+        if not (pd.isna(row["logp_false"]) or pd.isna(row["logp_true"])):
+            renormalized = normalize([[row["logp_false"], row["logp_true"]]])[0]
+            st.markdown("**Label log-probabilities** (given every other labeled example as demonstrations)")
+            st.dataframe(pd.DataFrame({
+                "label": ["False", "True"], "word": list(view.task.label_words),
+                "log P (whole vocabulary)": [row["logp_false"], row["logp_true"]],
+                "log P (over the two label words)": renormalized,
+            }), hide_index=True)
+        else:
+            st.caption("Not scored since the last steering action; scores return with the next step.")
+    st.markdown("**The prompt the model sees for this example** (demonstrations in position order, then the "
+                "query; before any trimming to the model's context window)")
+    st.code(readers.prompt_text(view.task, view.examples, view.labels, example), language=None, wrap_lines=True)
+
+
+def render_audit(manager: RunManager) -> None:
+    st.title("Audit")
+    run_id = run_picker(manager, "audit")
+    if run_id is None:
+        return
+    view = run_view(manager, run_id)
+    show_gold = view.gold is not None and st.checkbox("Show gold labels (audit only: the search never sees them)",
+                                                       key="audit.gold")
+    table = readers.audit_table(view.examples, view.labels, view.excluded, view.gold if show_gold else None)
+    shown = _filtered(table)
+    st.caption(f"{len(shown)} of {len(table)} examples · {len(view.labels)} labeled · "
+               f"{int(table['pinned'].sum())} pinned · {len(view.excluded)} excluded")
+    st.dataframe(shown, hide_index=True, height=320, key="audit.table", column_config={
+        "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="%.2f")})
+    if not len(shown):
+        return
+    options = [int(e) for e in shown["example"]]
+    if st.session_state.get("audit.example") not in options:
+        st.session_state["audit.example"] = options[0]
+    example = st.selectbox("Example to inspect", options, key="audit.example",
+                           format_func=lambda e: f"{view.uids[e]} · {readers.example_text(view.examples[e], 80)}")
+    _detail(manager, view, example)

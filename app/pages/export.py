@@ -1,0 +1,67 @@
+"""Export: a run's labels as files, byte for byte what `icm export` writes."""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import streamlit as st
+
+from icm_engine.export import export
+from icm_engine.manager import RunManager
+from icm_engine.tasks import load_task
+
+from ..services import run_picker
+
+FORMATS = {  # format -> (description, file suffix, mime type)
+    "csv": ("Labeled CSV: inputs, label, confidence, pinned", "csv", "text/csv"),
+    "sft": ("JSONL for supervised fine-tuning: prompt and completion (the label word)", "sft.jsonl", "application/jsonl"),
+    "preference": ("Preference JSONL for pairwise tasks: prompt, chosen, rejected", "preference.jsonl",
+                   "application/jsonl"),
+    "provenance": ("Provenance JSON: config, model, seed, steps and counts", "provenance.json", "application/json"),
+}
+
+
+def _prepare(manager: RunManager, run_id: int, fmt: str, last_seq: int) -> bytes:
+    """Build the file with visible progress; big runs take a moment to read and write."""
+    with st.status(f"Exporting run #{run_id} as {fmt}…", expanded=True) as box:
+        bar = st.progress(0.0, text="Reading the labeled set")
+        n = len(manager.store.labels(run_id))
+        bar.progress(0.3, text=f"Writing {n} labeled examples")
+        data = export(manager.store, run_id, fmt)
+        bar.progress(1.0, text=f"{len(data):,} bytes")
+        box.update(label=f"Export ready: {n} labeled examples, {len(data):,} bytes", state="complete", expanded=False)
+    st.session_state["export.ready"] = {"run": run_id, "fmt": fmt, "seq": last_seq, "data": data}
+    return data
+
+
+def render_export(manager: RunManager) -> None:
+    st.title("Export")
+    run_id = run_picker(manager, "export")
+    if run_id is None:
+        return
+    run = manager.store.run(run_id)
+    task = load_task(manager.store.dataset_task(run["dataset_id"]))
+    formats = [f for f in FORMATS if f != "preference" or task.pairwise_fields is not None]
+    fmt = st.radio("Format", formats, key="export.format", format_func=lambda f: f"{f}: {FORMATS[f][0]}")
+    if task.pairwise_fields is None:
+        st.caption(f"Preference JSONL needs a pairwise task; {task.name} is not one.")
+    if run["status"] in ("running",):
+        st.caption("The run is still going: an export holds the labels as of the moment it is prepared.")
+    ready = st.session_state.get("export.ready")
+    fresh = ready is not None and (ready["run"], ready["fmt"], ready["seq"]) == (run_id, fmt, int(run["last_seq"]))
+    if st.button("Prepare file", type="primary", key="export.prepare"):
+        data = _prepare(manager, run_id, fmt, int(run["last_seq"]))
+        fresh = True
+    elif fresh:
+        data = ready["data"]
+    if not fresh:
+        st.caption("Prepare the file to download it.")
+        return
+    suffix, mime = FORMATS[fmt][1], FORMATS[fmt][2]
+    st.download_button(f"Download run{run_id}.{suffix}", data, file_name=f"run{run_id}.{suffix}", mime=mime,
+                       key="export.download", on_click="ignore", type="primary")
+    with st.expander("Preview", expanded=fmt == "csv"):
+        if fmt == "csv":
+            st.dataframe(pd.read_csv(io.BytesIO(data)).head(50), hide_index=True)
+        else:
+            st.code(data[:4000].decode("utf-8", errors="replace"), language="json")

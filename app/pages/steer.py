@@ -1,0 +1,109 @@
+"""Steer: a person's actions on a run (pin, unpin, exclude, include, alpha and T_0), each recorded as an event."""
+from __future__ import annotations
+
+import concurrent.futures
+
+import streamlit as st
+
+from icm_engine.manager import RunManager
+from icm_engine.tasks import LABEL_NAMES
+
+from .. import readers
+from ..services import run_picker, run_view
+
+ANSWER_WAIT_S = 0.5  # how long the page waits for the worker before saying "queued"
+POLL_SECONDS = 0.5  # then how often it looks again
+ACTIONS = ("Pin True", "Pin False", "Unpin", "Exclude", "Include")
+
+
+def _outcome(future: concurrent.futures.Future, what: str) -> None:
+    """Say what became of one action: applied (with its event), refused, or still waiting for the worker."""
+    if not future.done():
+        st.info(f"{what}: queued; it applies when the step in flight ends (or once the model has loaded).")
+    elif future.exception() is not None:  # refused by the search, e.g. pinning an excluded example
+        st.error(f"{what} was refused: {future.exception()}")
+    else:
+        record = future.result()
+        st.success(f"{what}: recorded as a '{record.kind}' event at iteration {record.iteration}.")
+
+
+def _submit(run_id: int, future: concurrent.futures.Future, what: str) -> None:
+    """Wait briefly (most actions land at once), then leave the rest to the polling fragment below."""
+    try:
+        future.result(timeout=ANSWER_WAIT_S)
+    except Exception:  # timeout or refusal: _outcome tells which
+        pass
+    st.session_state[f"steer.pending.{run_id}"] = [(future, what)]
+
+
+def _outcomes(run_id: int) -> None:
+    pending = st.session_state.get(f"steer.pending.{run_id}", [])
+    waiting = any(not f.done() for f, _ in pending)
+
+    # A model step can take seconds: poll until the worker has answered, then redraw the page once.
+    @st.fragment(run_every=POLL_SECONDS if waiting else None)
+    def poll() -> None:
+        for future, what in pending:
+            _outcome(future, what)
+        if waiting and all(f.done() for f, _ in pending):
+            st.rerun(scope="app")
+
+    poll()
+
+
+def _act(manager: RunManager, run_id: int, action: str, example: int):
+    if action.startswith("Pin"):
+        return manager.pin(run_id, example, 1 if action == "Pin True" else 0)
+    return {"Unpin": manager.unpin, "Exclude": manager.exclude, "Include": manager.include}[action](run_id, example)
+
+
+def render_steer(manager: RunManager) -> None:
+    st.title("Steer")
+    run_id = run_picker(manager, "steer")
+    if run_id is None:
+        return
+    status = manager.status(run_id)
+    view = run_view(manager, run_id)
+    st.caption(f"Run #{run_id} is {status['state']} at iteration {status['iteration']}. Actions apply between two "
+               "steps; a run that is not loaded loads its model first.")
+    current = {int(r.example): (int(r.label), bool(r.pinned)) for r in view.labels.itertuples()}
+
+    def describe(e: int) -> str:
+        label = "excluded" if e in view.excluded else (
+            "unlabeled" if e not in current else LABEL_NAMES[current[e][0]] + (" (pinned)" if current[e][1] else ""))
+        return f"{view.uids[e]} · {label} · {readers.example_text(view.examples[e], 70)}"
+
+    st.subheader("An example")
+    with st.form("steer.example_form"):
+        example = st.selectbox("Example", range(len(view.examples)), format_func=describe, key="steer.example")
+        action = st.radio("Action", ACTIONS, horizontal=True, key="steer.action",
+                          help="Pin: a person's label the search may not change. Exclude: out of the search.")
+        apply_example = st.form_submit_button("Apply", type="primary")
+    if apply_example:
+        _submit(run_id, _act(manager, run_id, action, int(example)), f"{action} {view.uids[int(example)]}")
+
+    st.subheader("Search parameters")
+    snapshot = manager.store.load_snapshot(run_id)
+    config = view.run["config"]["search"]
+    alpha_now = snapshot.alpha if snapshot else config["alpha"]
+    t0_now = snapshot.t0 if snapshot else config["t0"]
+    with st.form("steer.params_form"):
+        cols = st.columns(2)
+        alpha = cols[0].number_input("alpha", 0.0, 1e6, float(alpha_now), key="steer.alpha")
+        t0 = cols[1].number_input("T_0 (the schedule continues from the current iteration)", 1e-6, 1e6,
+                                  float(t0_now), key="steer.t0")
+        apply_params = st.form_submit_button("Apply parameters")
+    if apply_params:
+        changed = {k: v for k, v, now in (("alpha", alpha, alpha_now), ("t0", t0, t0_now)) if v != now}
+        if changed:
+            _submit(run_id, manager.set_params(run_id, **changed), ", ".join(f"{k}={v:g}" for k, v in changed.items()))
+        else:
+            st.info("Nothing changed.")
+
+    _outcomes(run_id)
+    st.subheader("Steering so far")
+    marks = readers.steering_marks(run_view(manager, run_id).events, view.uids)
+    if len(marks):
+        st.dataframe(marks, hide_index=True, key="steer.events")
+    else:
+        st.caption("No steering yet.")

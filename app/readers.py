@@ -1,0 +1,198 @@
+"""Pure DataFrame builders over what the Store returns: no streamlit, no database access.
+
+Pages fetch frames from the store (app/services.py caches them) and shape them here, so every
+number a page shows can be tested without a browser.
+"""
+from __future__ import annotations
+
+import json
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from icm_engine.scoring import normalize
+from icm_engine.tasks import LABEL_NAMES, Example, Task
+
+SEARCH_KINDS = ("init", "propose")
+STEERING_KINDS = ("pin", "unpin", "exclude", "include", "set_param")
+UNLABELED = -1  # raster value of an example that is not in D at that iteration
+
+
+def search_curves(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per search iteration: T, U(D), alpha*P(D) and I(D) after it, accepted or not, labeled count.
+
+    After a rejected proposal D is unchanged, so its scores are the ones before the step.
+    """
+    columns = ["iteration", "temperature", "u", "ap", "inconsistencies", "accepted", "labeled"]
+    steps = events[events["kind"].isin(SEARCH_KINDS)] if len(events) else events
+    if not len(steps):
+        return pd.DataFrame(columns=columns)
+    kept = steps["accepted"].astype(bool) & steps["u_after"].notna()
+    return pd.DataFrame({
+        "iteration": steps["iteration"].astype(int).to_numpy(),
+        "temperature": steps["temperature"].to_numpy(dtype=float),
+        "u": np.where(kept, steps["u_after"], steps["u_before"]).astype(float),
+        "ap": np.where(kept, steps["ap_after"], steps["ap_before"]).astype(float),
+        "inconsistencies": np.where(kept, steps["i_after"], steps["i_before"]).astype(float),
+        "accepted": steps["accepted"].astype(bool).to_numpy(),
+        "labeled": steps["labeled_count"].astype(int).to_numpy(),
+    })
+
+
+def rolling_acceptance(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
+    """Share of accepted proposals over the last `window` iterations (the initialization excluded)."""
+    proposals = curves[curves["iteration"] > 0]
+    rate = proposals["accepted"].astype(float).rolling(window, min_periods=1).mean()
+    return pd.DataFrame({"iteration": proposals["iteration"].to_numpy(), "acceptance": rate.to_numpy()})
+
+
+def steering_marks(events: pd.DataFrame, uids: Sequence[str] | None = None) -> pd.DataFrame:
+    """A person's actions, to draw on the charts: iteration, kind and a short description."""
+    columns = ["seq", "iteration", "kind", "text"]
+    rows = events[events["kind"].isin(STEERING_KINDS)] if len(events) else events
+    if not len(rows):
+        return pd.DataFrame(columns=columns)
+    texts = []
+    for r in rows.itertuples(index=False):
+        who = "" if pd.isna(r.example) else (uids[int(r.example)] if uids is not None else f"#{int(r.example)}")
+        if r.kind == "pin":
+            texts.append(f"pin {who} = {LABEL_NAMES[int(r.proposed_label)]}")
+        elif r.kind == "set_param":
+            texts.append(f"set {r.note}")
+        else:
+            texts.append(f"{r.kind} {who}")
+    return pd.DataFrame({"seq": rows["seq"].astype(int).to_numpy(), "iteration": rows["iteration"].astype(int).to_numpy(),
+                         "kind": rows["kind"].to_numpy(), "text": texts})
+
+
+def label_matrix(flips: pd.DataFrame, n_examples: int, last_iteration: int | None = None) -> pd.DataFrame:
+    """Label of every example after every iteration: rows examples 0..n-1, columns iterations, values
+    0/1 or UNLABELED. Replays the flips table, so steering in an iteration counts for that iteration."""
+    last = int(last_iteration if last_iteration is not None else (flips["iteration"].max() if len(flips) else 0))
+    iterations = pd.RangeIndex(0, max(last, 0) + 1, name="iteration")
+    if not len(flips):
+        return pd.DataFrame(UNLABELED, index=pd.RangeIndex(n_examples, name="example"), columns=iterations)
+    ordered = flips.sort_values(["seq", "ord"])
+    values = ordered["new_label"].astype("Float64").fillna(UNLABELED).astype(int)
+    final = (pd.DataFrame({"example": ordered["example"].astype(int), "iteration": ordered["iteration"].astype(int),
+                           "label": values.to_numpy()})
+             .groupby(["example", "iteration"])["label"].last().unstack("iteration"))
+    matrix = final.reindex(index=range(n_examples), columns=iterations).ffill(axis=1).fillna(UNLABELED)
+    matrix.index.name = "example"
+    return matrix.astype(int)
+
+
+def label_balance(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Per iteration: labeled count, True count and the share of True among labeled."""
+    labeled = (matrix != UNLABELED).sum(axis=0)
+    true = (matrix == 1).sum(axis=0)
+    share = (true / labeled.where(labeled > 0)).astype(float)
+    return pd.DataFrame({"iteration": matrix.columns.to_numpy(), "labeled": labeled.to_numpy(),
+                         "true": true.to_numpy(), "true_share": share.to_numpy()})
+
+
+def gold_agreement(matrix: pd.DataFrame, gold: Mapping[int, int] | None) -> pd.DataFrame | None:
+    """Audit only: per iteration, the share of labeled examples whose label equals gold; None without gold."""
+    if not gold:
+        return None
+    truth = pd.Series(gold, dtype=float).reindex(matrix.index)
+    labeled = (matrix != UNLABELED) & truth.notna().to_numpy()[:, None]
+    correct = labeled & (matrix.to_numpy() == truth.to_numpy()[:, None])
+    n = labeled.sum(axis=0)
+    return pd.DataFrame({"iteration": matrix.columns.to_numpy(), "agreement": (correct.sum(axis=0) / n.where(n > 0)).to_numpy(),
+                         "n": n.to_numpy()})
+
+
+def confidence(logp_false, logp_true, label) -> float | None:
+    """The model's probability of `label`, renormalized over the two label words."""
+    if label is None or pd.isna(logp_false) or pd.isna(logp_true):
+        return None
+    return float(np.exp(normalize(np.array([logp_false, logp_true]))[0][int(label)]))
+
+
+def example_text(example: Example, limit: int = 120) -> str:
+    text = " | ".join(str(v) for v in example.fields.values()).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def audit_table(examples: Sequence[Example], labels: pd.DataFrame, excluded: set[int] | None = None,
+                gold: Mapping[int, int] | None = None) -> pd.DataFrame:
+    """Every example with its current label, confidence, flip count, pinned and excluded flags.
+
+    `gold` adds an audit-only column; the search never sees it.
+    """
+    current = labels.set_index("example") if len(labels) else pd.DataFrame()
+    rows = []
+    for index, example in enumerate(examples):
+        row = {"example": index, "uid": example.uid, "text": example_text(example), "group": example.group,
+               "label": None, "confidence": None, "flips": 0, "pinned": False, "excluded": index in (excluded or ())}
+        if index in current.index:
+            got = current.loc[index]
+            row.update(label=LABEL_NAMES[int(got["label"])], flips=int(got["n_flips"]), pinned=bool(got["pinned"]),
+                       confidence=confidence(got["logp_false"], got["logp_true"], int(got["label"])))
+        if gold is not None:
+            row["gold (audit only)"] = LABEL_NAMES[gold[index]] if index in gold else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def why(row, uids: Sequence[str] | None = None) -> str:
+    """One flip's reason, in words, from a label_history row."""
+    name = (lambda i: uids[int(i)] if uids is not None else f"#{int(i)}")
+    if row["cause"] == "initial":
+        return "random initial label (one of the K examples labeled before the search starts)"
+    if row["cause"] == "proposal":
+        return (f"accepted proposal: delta U = {row['delta']:+.3f}, T = {row['temperature']:.3f}, "
+                f"acceptance probability {row['accept_prob']:.3f}")
+    if row["cause"] == "fix":
+        if pd.isna(row["partner"]):
+            return "consistency fix (the pair contradicted the task's rule)"
+        partner = int(row["partner"])
+        fix = next((f for f in fixes_of(row.get("fixes_json")) if f["applied"] and partner in f["pair"]), None)
+        gain = "" if fix is None else f"; U {fix['u_before']:.3f} -> {fix['u_after']:.3f}"
+        return f"consistency fix with {name(partner)} (the pair contradicted the task's rule{gain})"
+    if row["kind"] == "exclude":
+        return "a person excluded the example"
+    return f"a person's override ({row['kind']})"
+
+
+def label_reasons(history: pd.DataFrame, uids: Sequence[str] | None = None) -> pd.DataFrame:
+    """A label timeline with a reason for every change (from Store.label_history)."""
+    def name(value):
+        return "unlabeled" if pd.isna(value) else LABEL_NAMES[int(value)]
+
+    if not len(history):
+        return pd.DataFrame(columns=["iteration", "seq", "from", "to", "cause", "why"])
+    return pd.DataFrame({
+        "iteration": history["iteration"].astype(int), "seq": history["seq"].astype(int),
+        "from": [name(v) for v in history["old_label"]], "to": [name(v) for v in history["new_label"]],
+        "cause": history["cause"], "why": [why(r, uids) for _, r in history.iterrows()],
+    })
+
+
+def prompt_text(task: Task, examples: Sequence[Example], labels: pd.DataFrame, target: int) -> str:
+    """What the model reads to score `target`: the other labeled examples in position order as
+    demonstrations, then the target's query (before any trimming to the model's context window)."""
+    demos = labels[labels["example"] != target].sort_values("position") if len(labels) else labels
+    parts = [task.render_query(examples[int(r.example)]) + task.render_label(int(r.label)) for r in demos.itertuples()]
+    return "".join(parts) + task.render_query(examples[target])
+
+
+def fixes_of(fixes_json: str) -> list[dict]:
+    return json.loads(fixes_json) if isinstance(fixes_json, str) and fixes_json else []
+
+
+def disagreements(labels_a: pd.DataFrame, labels_b: pd.DataFrame, examples_a: Sequence[Example],
+                  examples_b: Sequence[Example]) -> tuple[pd.DataFrame, dict]:
+    """Examples labeled in both runs, matched by uid, where the labels differ; plus a summary."""
+    def by_uid(labels, examples):
+        return {examples[int(r.example)].uid: (int(r.label), examples[int(r.example)]) for r in labels.itertuples()}
+
+    a, b = by_uid(labels_a, examples_a), by_uid(labels_b, examples_b)
+    both = sorted(set(a) & set(b))
+    rows = [{"uid": u, "text": example_text(a[u][1]), "run A": LABEL_NAMES[a[u][0]], "run B": LABEL_NAMES[b[u][0]]}
+            for u in both if a[u][0] != b[u][0]]
+    summary = {"labeled_a": len(a), "labeled_b": len(b), "both": len(both), "disagree": len(rows),
+               "agreement": None if not both else 1 - len(rows) / len(both)}
+    return pd.DataFrame(rows, columns=["uid", "text", "run A", "run B"]), summary

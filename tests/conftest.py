@@ -1,0 +1,36 @@
+"""Shared fixtures: a RunManager on a temporary DuckDB with the fake model, and a small dataset in it."""
+from __future__ import annotations
+
+import pytest
+
+from icm_engine.backends.fake import FakeLM
+from icm_engine.config import ModelConfig, RunConfig, SearchConfig
+from icm_engine.manager import RunManager
+from tests.fakes import PAIRED, SINGLE, polarity_examples
+
+
+def fake_backend_factory(model: ModelConfig, progress):
+    """Model name "fake" is FakeLM; "broken" fails to load, for failure paths; anything else is refused."""
+    progress("building the fake model", 0.5)
+    if model.name == "fake":
+        return FakeLM(strength=6)
+    raise RuntimeError(f"test factory has no model {model.name!r}")
+
+
+def fake_run_config(steps: int = 30, **search) -> RunConfig:
+    search = {"k_init": 4, "seed": 0, **search}
+    return RunConfig(task="polarity", dataset="test", search=SearchConfig(steps=steps, **search),
+                     model=ModelConfig(name="fake"))
+
+
+def add_polarity_dataset(manager: RunManager, n: int = 12, paired: bool = False) -> int:
+    examples, gold = polarity_examples(n, seed=1, paired=paired)
+    task = PAIRED if paired else SINGLE
+    return manager.store.add_dataset(task.name, task.to_dict(), examples, gold, source="tests.fakes")
+
+
+@pytest.fixture
+def manager(tmp_path):
+    manager = RunManager(str(tmp_path / "icm.duckdb"), backend_factory=fake_backend_factory)
+    yield manager
+    manager.shutdown()

@@ -1,0 +1,289 @@
+"""Every page of the studio under AppTest, on a temporary DuckDB with the fake model (no weights)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from icm_engine.export import export
+from tests.conftest import add_polarity_dataset, fake_run_config
+
+HOME = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+TIMEOUT = 30
+
+
+def page_script(manager, name):
+    """AppTest runs this function's body as the script: one page, given the test's manager."""
+    import importlib
+
+    module = importlib.import_module(f"app.pages.{name}")
+    getattr(module, f"render_{name}")(manager)
+
+
+def open_page(manager, name: str, run_id: int | None = None) -> AppTest:
+    at = AppTest.from_function(page_script, args=(manager, name), default_timeout=TIMEOUT)
+    if run_id is not None:
+        at.session_state["studio.run_id"] = run_id
+    return at.run()
+
+
+def plotly_titles(at: AppTest) -> list[str]:
+    charts = at.get("plotly_chart")
+    return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts]
+
+
+def finished_run(manager, steps: int = 12, **search) -> int:
+    run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=steps, **search))
+    assert manager.wait(run_id)["state"] == "finished"
+    return run_id
+
+
+def test_home_routes_to_the_data_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICM_STUDIO_DB", str(tmp_path / "home.duckdb"))
+    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT).run()
+    try:
+        assert not at.exception
+        assert at.title[0].value == "Data"
+        assert any("home.duckdb" in c.value for c in at.caption)
+    finally:
+        from app.services import get_manager
+
+        get_manager.clear()  # on_release shuts the manager down and frees the database file
+
+
+def test_data_page_loads_a_bundled_sample_with_a_limit(manager):
+    at = open_page(manager, "data")
+    at.selectbox(key="data.sample").set_value("sentiment_yelp")
+    at.number_input(key="data.sample.limit").set_value(5)
+    at.button(key="data.sample.load").click().run()
+    assert not at.exception and not at.error
+    assert "Loaded dataset #1" in at.success[0].value
+    stored = manager.store.datasets()
+    assert stored["n_examples"].tolist() == [10]  # 5 sentences, two claims each
+    assert stored["has_gold"].tolist() == [True]
+
+
+def test_data_page_names_the_row_and_column_of_a_bad_upload_and_stores_nothing(manager):
+    at = open_page(manager, "data")
+    at.radio(key="data.source").set_value("Upload a table").run()
+    table = b"id,text,gold\na,good food,1\nb,,0\nc,bad food,0\n"
+    at.file_uploader(key="data.upload").set_value(("reviews.csv", table, "text/csv")).run()
+    assert at.selectbox(key="data.upload.task").value == "sentiment_single"
+    at.button(key="data.upload.load").click().run()
+    assert "Nothing was loaded" in at.error[0].value
+    assert "row 2" in at.error[0].value and "'text'" in at.error[0].value
+    assert len(manager.store.datasets()) == 0
+
+
+def test_data_page_maps_columns_of_an_upload_and_a_custom_task(manager):
+    rows = [{"review": t, "truth": g, "rid": f"x{k}"} for k, (t, g) in enumerate([("great food", 1), ("awful", 0)])]
+    at = open_page(manager, "data")
+    at.radio(key="data.source").set_value("Upload a table").run()
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    at.file_uploader(key="data.upload").set_value(("reviews.jsonl", data, "application/jsonl")).run()
+    at.selectbox(key="data.upload.task").set_value("custom…").run()
+    at.text_area(key="data.custom.template").set_value("Text: {body}\nGood?").run()
+    at.selectbox(key="data.map.body").set_value("review")
+    at.selectbox(key="data.map.id").set_value("rid")
+    at.selectbox(key="data.map.gold").set_value("truth")
+    at.button(key="data.upload.load").click().run()
+    assert not at.error, at.error[0].value
+    dataset_id = int(manager.store.datasets()["dataset_id"].iloc[0])
+    assert manager.store.dataset_task(dataset_id)["template"] == "Text: {body}\nGood?"
+    assert [e.uid for e in manager.store.load_examples(dataset_id)] == ["x0", "x1"]
+    assert manager.store.load_gold(dataset_id) == {0: 1, 1: 0}
+
+
+def test_run_page_starts_a_run_in_the_background_and_steps_it(manager):
+    add_polarity_dataset(manager)
+    at = open_page(manager, "run")
+    at.selectbox(key="run.model").set_value("a local path…")
+    at.text_input(key="run.model_path").set_value("fake")
+    at.number_input(key="run.steps").set_value(30)
+    at.number_input(key="run.k_init").set_value(4)
+    started = time.perf_counter()
+    at.button(key="FormSubmitter:run.form-Start").click().run()
+    assert time.perf_counter() - started < 5  # the page does not wait for the search
+    assert not at.exception and "Started run #1" in at.success[0].value
+    assert manager.wait(1)["state"] == "finished"
+    at.run()
+    assert at.metric[0].value == "finished"
+    run = manager.store.run(1)
+    assert run["config"]["search"]["steps"] == 30 and run["config"]["model"]["name"] == "fake"
+    assert at.button(key="run.step1").disabled  # nothing left to step
+
+
+def test_run_page_controls_pause_step_and_resume(manager):
+    run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=40), run=False)
+    manager.wait(run_id)
+    at = open_page(manager, "run", run_id)
+    at.button(key="run.step10").click().run()
+    assert manager.wait(run_id)["iteration"] == 9
+    at.button(key="run.step1").click().run()
+    assert manager.wait(run_id)["iteration"] == 10
+    at.button(key="run.resume").click().run()
+    assert manager.wait(run_id)["state"] == "finished"
+    at.run()
+    assert at.metric[1].value == "40 / 40"
+
+
+def test_live_page_draws_the_search_and_the_flip_raster(manager):
+    run_id = finished_run(manager)
+    manager.pin(run_id, 2, 1).result(timeout=5)
+    at = open_page(manager, "live", run_id)
+    assert not at.exception
+    titles = plotly_titles(at)
+    assert titles[0] == "Search" and any(t.startswith("Flip raster") for t in titles)
+    assert "Agreement with gold (audit only: never used by the search)" in titles
+    assert any("Acceptance" in t for t in titles) and any("balance" in t for t in titles)
+    assert at.expander  # the steering events list
+
+
+def test_live_page_has_no_gold_chart_without_gold(manager):
+    examples = manager.store.load_examples(add_polarity_dataset(manager))
+    from tests.fakes import SINGLE
+
+    dataset_id = manager.store.add_dataset("nogold", SINGLE.to_dict(), examples, None)
+    run_id = manager.start_run(dataset_id, fake_run_config(steps=5))
+    manager.wait(run_id)
+    titles = plotly_titles(open_page(manager, "live", run_id))
+    assert not any("gold" in t for t in titles)
+
+
+def test_audit_page_explains_an_examples_labels(manager):
+    run_id = finished_run(manager, steps=20)
+    labels = manager.store.labels(run_id)
+    example = int(labels["example"].iloc[0])
+    at = open_page(manager, "audit", run_id)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 12 and {"label", "confidence", "flips", "pinned"} <= set(table.columns)
+    at.selectbox(key="audit.example").set_value(example).run()
+    history = at.dataframe[1].value
+    assert history["why"].iloc[0].startswith("random initial label")  # position 0: labeled at initialization
+    prompt = at.code[0].value
+    text = manager.store.load_examples(manager.store.run(run_id)["dataset_id"])[example].fields["text"]
+    assert prompt.endswith(f"Review: {text}\nPositive?")
+    assert prompt.count("Positive?") == len(labels)  # every other labeled example, then the query
+    at.checkbox(key="audit.pinned").check().run()
+    assert len(at.dataframe[0].value) == 0  # nothing pinned in this run
+
+
+def test_steer_page_pins_a_label_and_records_the_event(manager):
+    run_id = finished_run(manager)
+    at = open_page(manager, "steer", run_id)
+    at.selectbox(key="steer.example").set_value(5)
+    at.radio(key="steer.action").set_value("Pin False")
+    at.button(key="FormSubmitter:steer.example_form-Apply").click().run()
+    assert not at.error and "recorded as a 'pin' event" in at.success[0].value
+    events = manager.store.events(run_id)
+    assert events["kind"].iloc[-1] == "pin" and int(events["example"].iloc[-1]) == 5
+    assert at.dataframe[0].value["text"].iloc[-1].startswith("pin r5 = False")
+    at.number_input(key="steer.alpha").set_value(3.0)
+    at.button(key="FormSubmitter:steer.params_form-Apply parameters").click().run()
+    assert manager.store.load_snapshot(run_id).alpha == 3.0
+
+
+def test_export_page_downloads_what_icm_export_writes(manager):
+    run_id = finished_run(manager)
+    at = open_page(manager, "export", run_id)
+    assert "preference" not in at.radio(key="export.format").options
+    at.button(key="export.prepare").click().run()
+    assert not at.exception
+    download = at.get("download_button")[0]
+    assert "run1.csv" in download.proto.label
+    frame = at.dataframe[0].value
+    expected = pd.read_csv(pd.io.common.BytesIO(export(manager.store, run_id, "csv")))
+    assert frame["uid"].tolist() == expected["uid"].head(50).tolist()
+    at.radio(key="export.format").set_value("provenance").run()
+    assert not at.get("download_button")  # a new format must be prepared again
+    at.button(key="export.prepare").click().run()
+    assert json.loads(at.code[0].value)["run_id"] == run_id
+
+
+def test_compare_page_shows_two_runs_and_their_disagreements(manager):
+    first = finished_run(manager)
+    second = manager.start_run(manager.store.run(first)["dataset_id"], fake_run_config(steps=12, seed=3))
+    manager.wait(second)
+    at = open_page(manager, "compare", first)
+    assert not at.exception and len(at.get("plotly_chart")) == 4
+    assert at.selectbox(key="compare.a.run").value == first
+    at.selectbox(key="compare.b.run").set_value(second).run()
+    assert at.metric[0].label == "Agreement on examples labeled by both"
+    table = at.dataframe[0].value
+    a = manager.store.labels(first).set_index("example")["label"]
+    b = manager.store.labels(second).set_index("example")["label"]
+    both = a.index.intersection(b.index)
+    assert len(table) == int((a[both] != b[both]).sum())
+
+
+def test_eval_page_lists_evaluations_with_their_table(manager):
+    at = open_page(manager, "eval")
+    assert "No evaluations" in at.info[0].value
+    rows = pd.DataFrame({"method": ["icm", "icm", "zero_shot"], "seed": [0, 1, 0], "accuracy": [0.8, 0.7, 0.5],
+                         "n_test": [10, 10, 10], "n_demos": [8, 8, 0]})
+    manager.store.save_eval("demo", {"task": "truthfulqa"}, rows)
+    at.run()
+    assert at.dataframe[0].value["accuracy"].tolist() == [0.8, 0.7, 0.5]
+
+
+@pytest.mark.parametrize("name", ["live", "audit", "steer", "export", "compare", "eval", "run"])
+def test_pages_say_what_to_do_on_an_empty_database(manager, name):
+    at = open_page(manager, name)
+    assert not at.exception and (at.info or at.caption)
+
+
+# -- the pure builders behind the charts ------------------------------------------------------
+
+def _flips(rows):
+    columns = ["seq", "ord", "iteration", "example", "old_label", "new_label", "cause", "partner"]
+    return pd.DataFrame([dict(zip(columns, r)) for r in rows], columns=columns)
+
+
+def test_label_matrix_replays_flips_including_exclusion():
+    from app.readers import UNLABELED, gold_agreement, label_balance, label_matrix
+
+    flips = _flips([(0, 0, 0, 0, None, 1, "initial", None), (0, 1, 0, 1, None, 0, "initial", None),
+                    (2, 0, 2, 0, 1, 0, "proposal", None), (2, 1, 2, 2, None, 1, "fix", 0),
+                    (3, 0, 3, 1, 0, None, "human", None)])
+    matrix = label_matrix(flips, n_examples=3, last_iteration=4)
+    assert matrix.loc[0].tolist() == [1, 1, 0, 0, 0]
+    assert matrix.loc[1].tolist() == [0, 0, 0, UNLABELED, UNLABELED]  # excluded at iteration 3
+    assert matrix.loc[2].tolist() == [UNLABELED, UNLABELED, 1, 1, 1]
+    balance = label_balance(matrix)
+    assert balance["labeled"].tolist() == [2, 2, 3, 2, 2] and balance["true"].tolist() == [1, 1, 1, 1, 1]
+    agreement = gold_agreement(matrix, {0: 0, 1: 0, 2: 1})
+    assert agreement["agreement"].tolist() == [0.5, 0.5, 1.0, 1.0, 1.0]
+    assert gold_agreement(matrix, None) is None
+
+
+def test_search_curves_keep_the_scores_of_d_after_a_rejected_proposal(manager):
+    from app.readers import rolling_acceptance, search_curves, steering_marks
+
+    run_id = finished_run(manager, steps=25)
+    manager.pin(run_id, 0, 1).result(timeout=5)
+    events = manager.store.events(run_id)
+    curves = search_curves(events)
+    assert curves["iteration"].tolist() == list(range(26))  # the pin is not a search step
+    for row, event in zip(curves.itertuples(), events[events["kind"] != "pin"].itertuples()):
+        kept = event.accepted and not pd.isna(event.u_after)  # a rejected proposal leaves D as it was
+        assert row.u == (event.u_after if kept else event.u_before)
+    assert rolling_acceptance(curves, 5)["acceptance"].between(0, 1).all()
+    uids = [e.uid for e in manager.store.load_examples(manager.store.run(run_id)["dataset_id"])]
+    marks = steering_marks(events, uids)
+    assert marks["text"].tolist() == ["pin r0 = True"]
+
+
+def test_flip_raster_subsamples_long_runs_but_keeps_the_last_iteration():
+    from app.charts import MAX_RASTER_COLUMNS, flip_raster_figure, search_curves_figure
+    from app.readers import label_matrix, search_curves
+
+    flips = _flips([(0, 0, 0, 0, None, 1, "initial", None), (999, 0, 999, 0, 1, 0, "proposal", None)])
+    figure = flip_raster_figure(label_matrix(flips, 2, 1000))
+    x = list(figure.data[0].x)
+    assert len(x) <= MAX_RASTER_COLUMNS + 1 and x[-1] == 1000
+    assert search_curves_figure(search_curves(pd.DataFrame(columns=["kind"]))).data  # empty run: empty traces

@@ -1,0 +1,247 @@
+"""End to end in a real browser: the studio served by `streamlit run`, driven by headless Chromium.
+
+Loads a bundled sample, starts a run on a tiny random Llama built here (entered as a local model
+path), watches the charts move, pins a label, times page interactions while the search runs,
+and exports the labeled CSV. Screenshots go to a temporary folder; with ICM_SCREENSHOTS=1 they
+are copied to artifacts/screenshots/.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update"]
+SAMPLE_LIMIT = 6  # sentences: 12 claims, enough for the charts and quick on CPU
+STEPS = 2000  # more than the test waits for: the search is still running when the test acts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {server.returncode}; see its log")
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"streamlit did not answer at {url} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (install it with `apt-get install -y chromium`)")
+    pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
+    tmp = tmp_path_factory.mktemp("studio")
+    port = _free_port()
+    # One torch thread: the tiny model's matmuls are too small to gain from more, and on a 2-core CI
+    # box next to Chromium, OpenMP threads spinning for a busy core made each step ~20x slower.
+    env = dict(os.environ, ICM_STUDIO_DB=str(tmp / "icm.duckdb"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    log = open(tmp / "server.log", "w")  # a file, not a pipe: an unread pipe would block the server
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )
+    from tests.tiny_model import build_tiny_model_dir
+
+    model_dir = build_tiny_model_dir(tmp / "tiny-llama")  # built while the server starts
+    url = f"http://localhost:{port}"
+    try:
+        _wait_healthy(url, server)
+        yield {"url": url, "model": str(model_dir), "tmp": tmp}
+    finally:
+        server.terminate()  # SIGTERM: streamlit stops, atexit pauses the worker and closes DuckDB
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        print(f"server log: {tmp / 'server.log'}")
+
+
+@pytest.fixture
+def shots(studio):
+    folder = studio["tmp"] / "screenshots"
+    folder.mkdir(exist_ok=True)
+    yield folder
+    if os.environ.get("ICM_SCREENSHOTS") == "1":
+        target = ROOT / "artifacts" / "screenshots"
+        target.mkdir(parents=True, exist_ok=True)
+        for file in folder.glob("*.png"):
+            shutil.copy2(file, target / file.name)
+
+
+# -- small helpers over Streamlit's DOM ---------------------------------------------------------
+
+def settle(page, timeout: float = 30_000) -> None:
+    """Wait until no script run is in flight (Streamlit's status widget shows while one is)."""
+    page.wait_for_timeout(150)
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=timeout)
+
+
+def go_to(page, title: str, drawn=None) -> float:
+    """Click a page in the sidebar; seconds until its title (and `drawn`, a locator, if given) shows."""
+    started = time.perf_counter()
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
+    if drawn is not None:
+        drawn.wait_for(timeout=30_000)
+    return time.perf_counter() - started
+
+
+def choose(page, label: str, option: str) -> None:
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def fill_number(page, label: str, value) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def snap(page, path: Path) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its own container, so grow the window."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": 2600})
+    page.wait_for_timeout(400)
+    page.screenshot(path=path)
+    page.set_viewport_size(size)
+
+
+def live_iteration(page) -> int:
+    caption = page.get_by_text(re.compile(r"Run #\d+ · \w+ · iteration \d+")).inner_text()
+    return int(re.search(r"iteration (\d+)", caption).group(1))
+
+
+def test_load_run_watch_pin_and_export(studio, shots):
+    from playwright.sync_api import sync_playwright
+
+    timings, laps, t0 = {}, [], time.perf_counter()
+
+    def lap(name: str) -> None:  # where the test's time goes, printed at the end
+        laps.append((name, round(time.perf_counter() - t0, 1)))
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(30_000)
+        page.goto(studio["url"])
+        page.get_by_role("heading", name="Data", exact=True).wait_for()
+
+        # Data: a bundled sample, a few sentences of it
+        fill_number(page, "Use the first N groups (sentences, questions, pairs); 0 = all", SAMPLE_LIMIT)
+        settle(page)
+        page.get_by_role("button", name="Load sample").click()
+        page.get_by_text(re.compile(r"Loaded dataset #1 'sentiment_yelp': 12 examples")).wait_for()
+        snap(page, shots / "01_data.png")
+        lap("data loaded")
+
+        # Run: the tiny model, entered as a local path
+        go_to(page, "Run")
+        choose(page, "Model", "a local path…")
+        page.get_by_label("Local model path (a directory or a .gguf file), used with 'a local path…'").fill(studio["model"])
+        page.get_by_label("Steps", exact=True).fill(str(STEPS))
+        page.get_by_label("K (random initial labels)", exact=True).fill("4")
+        page.get_by_role("button", name="Start").click()
+        page.get_by_text("Started run #1").wait_for()
+        page.get_by_test_id("stMetricValue").filter(has_text="running").wait_for(timeout=60_000)
+        snap(page, shots / "02_run.png")
+        lap("run started")
+
+        # Live: the charts are redrawn as steps land
+        go_to(page, "Live")
+        page.get_by_text(re.compile(r"refreshing every \d+ s")).wait_for()
+        page.locator(".js-plotly-plot").first.wait_for()
+        first = live_iteration(page)
+        snap(page, shots / "03_live_early.png")
+        deadline = time.monotonic() + 30
+        while live_iteration(page) < first + 3 and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        later = live_iteration(page)
+        assert later >= first + 3, f"charts did not move: iteration {first} -> {later}"
+        assert page.locator(".js-plotly-plot").count() >= 5  # curves, acceptance, labeled, gold, raster
+        assert page.get_by_text("Agreement with gold (audit only: never used by the search)").count() >= 1
+        snap(page, shots / "04_live_later.png")
+        lap("charts moved")
+
+        # While the search runs: time page switches, from the click until the new page is drawn
+        # (Audit: its table and example picker; Live: its first chart). Three round trips.
+        for _ in range(3):
+            timings.setdefault("live_to_audit_s", []).append(go_to(page, "Audit", page.get_by_text("Example to inspect")))
+            timings.setdefault("audit_to_live_s", []).append(go_to(page, "Live", page.locator(".js-plotly-plot").first))
+        assert live_iteration(page) > later, "the search should still be running while timings are taken"
+        go_to(page, "Audit", page.get_by_text("Example to inspect"))
+        snap(page, shots / "05_audit.png")
+        timings["audit_to_steer_s"] = [go_to(page, "Steer", page.get_by_role("button", name="Apply", exact=True))]
+        settle(page)
+
+        # Steer: pin the first example to True and see the event recorded
+        page.get_by_text("Pin True", exact=True).click()
+        started = time.perf_counter()
+        page.get_by_role("button", name="Apply", exact=True).click()
+        page.get_by_text(re.compile(r"recorded as a 'pin' event")).wait_for()
+        timings["pin_answer_s"] = [time.perf_counter() - started]
+        # the steering table is a canvas grid; its cells exist for screen readers only, hence "attached"
+        mark = page.get_by_text(re.compile(r"pin \S+ = True")).first
+        mark.wait_for(state="attached")
+        pinned_uid = re.search(r"pin (\S+) = True", mark.text_content()).group(1)
+        snap(page, shots / "06_steer.png")
+        lap("pinned")
+
+        # Run page: pause from the page, while running, and time the answer
+        go_to(page, "Run")
+        settle(page)
+        started = time.perf_counter()
+        page.get_by_role("button", name="Pause").click()
+        page.get_by_test_id("stMetricValue").filter(has_text="paused").wait_for()
+        timings["pause_answer_s"] = [time.perf_counter() - started]
+
+        # Export: the labeled CSV
+        go_to(page, "Export")
+        page.get_by_role("button", name="Prepare file").click()
+        with page.expect_download() as download_info:
+            page.get_by_role("button", name="Download run1.csv").click()
+        path = studio["tmp"] / "run1.csv"
+        download_info.value.save_as(path)  # the browser's own copy goes when it closes
+        snap(page, shots / "07_export.png")
+        lap("exported")
+        browser.close()
+
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    assert rows and set(rows[0]) >= {"uid", "text", "claim", "label", "label_name", "confidence", "pinned"}
+    assert all(r["uid"].startswith("sentiment_yelp-") or r["uid"].startswith("yelp-") for r in rows)
+    pinned = [r for r in rows if r["uid"] == pinned_uid]
+    assert pinned and pinned[0]["label_name"] == "True" and pinned[0]["pinned"] == "True"
+    timings = {k: [round(v, 3) for v in values] for k, values in timings.items()}
+    (studio["tmp"] / "timings.json").write_text(json.dumps(timings, indent=2))
+    print("interaction timings while the search ran (s):", json.dumps(timings))
+    print("test phases (s since start):", laps)
+    # generous bounds: CI machines vary; the numbers above are what the report quotes
+    assert max(timings["live_to_audit_s"]) < 5 and max(timings["pin_answer_s"]) < 5
