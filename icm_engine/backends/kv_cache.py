@@ -1,0 +1,105 @@
+"""An LRU store of attention key/value states for token prefixes.
+
+ICM prompts share long leading runs: the leave-one-out prompt for example i starts with every
+demo before i, a prompt after a label change matches the old one up to the changed demo, and a
+prompt after a demo is appended matches the old one in full. The store keeps the per-layer
+keys and values of whole prompts it has seen; the states of any shorter prefix are a slice of
+them, because a causal model's state at position t depends only on tokens 0..t.
+
+Entries keep the *full* keys and values of every layer, also for sliding-window layers (which
+a transformers DynamicCache built from a config truncates to the window): a truncated window
+can't be cut back to an arbitrary shorter prefix, a full one can.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Per layer: (keys, values), each [batch=1, kv_heads, seq_len, head_dim].
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+
+
+def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    """Number of leading positions where two 1-D token arrays agree."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differs = a[:n] != b[:n]
+    first = int(differs.argmax())
+    return n if not differs[first] else first
+
+
+@dataclass
+class _Entry:
+    tokens: np.ndarray  # int64 [seq_len]
+    layers: tuple[LayerKV, ...]
+    nbytes: int
+
+
+class PrefixKVStore:
+    """Key/value states of token sequences, looked up by longest common prefix, evicted LRU
+    once their total size passes budget_bytes."""
+
+    def __init__(self, budget_bytes: int):
+        if budget_bytes < 0:
+            raise ValueError("budget_bytes must be non-negative")
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()  # oldest use first
+        self._next_id = 0
+        self.nbytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def longest_prefix(
+        self, tokens: np.ndarray, limit: int | None = None
+    ) -> tuple[tuple[LayerKV, ...] | None, int]:
+        """Return (per-layer states of the first n tokens, n) for the largest n <= limit that some
+        entry shares with tokens, or (None, 0). The slices are views; the entry becomes most recent."""
+        limit = len(tokens) if limit is None else min(limit, len(tokens))
+        best_id, best_length = None, 0
+        for entry_id, entry in self._entries.items():
+            length = min(common_prefix_length(entry.tokens, tokens), limit)
+            if length > best_length:
+                best_id, best_length = entry_id, length
+        if best_id is None:
+            return None, 0
+        self._entries.move_to_end(best_id)
+        layers = self._entries[best_id].layers
+        return tuple((k[:, :, :best_length], v[:, :, :best_length]) for k, v in layers), best_length
+
+    def put(self, tokens: np.ndarray, layers: tuple[LayerKV, ...]) -> bool:
+        """Store the states of a full token sequence; return whether they were kept.
+
+        An entry whose tokens are a prefix of the new ones is dropped (the new entry covers it);
+        if an entry already covers the new tokens, that one is refreshed instead of storing twice.
+        """
+        tokens = np.asarray(tokens, dtype=np.int64)
+        for entry_id, entry in list(self._entries.items()):
+            shared = common_prefix_length(entry.tokens, tokens)
+            if shared == len(tokens):  # already covered (equal or longer entry)
+                self._entries.move_to_end(entry_id)
+                return True
+            if shared == len(entry.tokens):  # strict prefix of the new one
+                self._remove(entry_id)
+        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if nbytes > self.budget_bytes:
+            return False
+        self._entries[self._next_id] = _Entry(tokens, layers, nbytes)
+        self._next_id += 1
+        self.nbytes += nbytes
+        while self.nbytes > self.budget_bytes:
+            self._remove(next(iter(self._entries)))
+            self.evictions += 1
+        return True
+
+    def _remove(self, entry_id: int) -> None:
+        self.nbytes -= self._entries.pop(entry_id).nbytes
