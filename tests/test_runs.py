@@ -70,6 +70,10 @@ def tiny_model(tmp_path_factory):
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
 
 
+# One torch thread: the tiny model gains nothing from two, and two thrash on a busy 2-core machine.
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
 def _icm(*args, **kwargs):
     return [sys.executable, "-m", "icm_engine.cli", *args]
 
@@ -78,7 +82,7 @@ def _run_cli(db, model, *extra):
     return subprocess.run(
         _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(db), "--model", str(model),
              "--steps", "24", "--seed", "3", "--k-init", "4", *extra),
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV,
     )
 
 
@@ -98,7 +102,7 @@ def test_sigkill_mid_search_then_resume_gives_the_uninterrupted_labels(tmp_path,
     process = subprocess.Popen(
         _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(killed_db), "--model", str(tiny_model),
              "--steps", "24", "--seed", "3", "--k-init", "4", "--print-steps"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
     )
     seen = 0
     for line in process.stdout:
@@ -113,7 +117,7 @@ def test_sigkill_mid_search_then_resume_gives_the_uninterrupted_labels(tmp_path,
     assert 9 <= last_partial < 24  # the kill landed mid-search, after committed steps
 
     resumed = subprocess.run(_icm("run", "--resume", "1", "--db", str(killed_db), "--model", str(tiny_model)),
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final, last_final = _final_labels(killed_db)
     assert last_final == 24
