@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--db", default=DEFAULT_DB)
 
+    report = sub.add_parser("report", help="a run's summary: acceptance, cost per step against |D|, gold audit")
+    report.add_argument("--db", default=DEFAULT_DB)
+    report.add_argument("--run", type=int, required=True)
+
     sub.add_parser("models", help="list bundled models")
 
     from . import bench, eval_cli
@@ -173,6 +177,15 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import summarize_run
+    from .store import Store
+
+    with Store(args.db) as store:
+        print(summarize_run(store, args.run))
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_bundled_models
 
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import bench, eval_cli
 
-    handlers = {"run": cmd_run, "export": cmd_export, "runs": cmd_runs, "models": cmd_models, "app": cmd_app,
+    handlers = {"run": cmd_run, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "app": cmd_app,
                 "bench": bench.run, "eval": eval_cli.run}
     return handlers[args.command](args)
 

@@ -122,3 +122,11 @@ def test_sigkill_mid_search_then_resume_gives_the_uninterrupted_labels(tmp_path,
     final, last_final = _final_labels(killed_db)
     assert last_final == 24
     assert final == expected
+
+
+def test_report_summarizes_cost_and_audit():
+    from icm_engine.report import summarize_run
+
+    store, run_id = _run_with(polarity_examples(10, seed=2, paired=True)[1])
+    text = summarize_run(store, run_id)
+    assert "iterations 25" in text and "cost per step" in text and "audit only" in text

@@ -1,0 +1,45 @@
+"""`icm report`: a run's summary from the database: progress, acceptance, cost against |D|, audit."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .audit import gold_agreement
+from .store import Store
+
+
+def cost_by_labeled_count(events: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
+    """Seconds and tokens per search step, grouped by how many examples were labeled."""
+    steps = events[events["kind"] == "propose"]
+    if steps.empty:
+        return pd.DataFrame(columns=["labeled", "steps", "seconds_per_step", "tokens_per_step"])
+    buckets = pd.cut(steps["labeled_count"], bins=min(bins, steps["labeled_count"].nunique()))
+    table = steps.groupby(buckets, observed=True).agg(
+        steps=("iteration", "size"), seconds_per_step=("seconds", "mean"), tokens_per_step=("tokens_forwarded", "mean")
+    )
+    table.index = [f"{int(interval.left) + 1}-{int(interval.right)}" for interval in table.index]
+    return table.rename_axis("labeled").reset_index()
+
+
+def summarize_run(store: Store, run_id: int) -> str:
+    run = store.run(run_id)
+    events = store.events(run_id)
+    steps = events[events["kind"] == "propose"]
+    changed = steps[steps["old_label"].fillna(-1) != steps["proposed_label"]]
+    labels = store.labels(run_id)
+    lines = [
+        f"run {run_id} ({run['status']}): task {run['config']['task']}, model {run['model'].get('name')}, "
+        f"seed {run['config']['search']['seed']}, calibration {run['config']['search']['calibration']}",
+        f"iterations {int(run['last_iteration'])}, labeled {len(labels)} "
+        f"({int(labels['label'].sum())} True / {int((1 - labels['label']).sum())} False), "
+        f"accepted {int(changed['accepted'].sum())} of {len(changed)} proposals that changed D",
+        f"search time {steps['seconds'].sum():.0f} s, {steps['seconds'].mean():.2f} s/step, "
+        f"{steps['tokens_forwarded'].sum() / max(steps['seconds'].sum(), 1e-9):,.0f} tokens/s",
+        "",
+        "cost per step against the number of labeled examples:",
+        cost_by_labeled_count(events).to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
+    ]
+    agreement = gold_agreement(store, run_id)
+    if agreement and agreement["accuracy"] is not None:
+        lines += ["", f"audit only (gold never used by the search): {agreement['accuracy']:.3f} "
+                      f"agreement with gold on {agreement['n']} labeled"]
+    return "\n".join(lines)
