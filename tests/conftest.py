@@ -30,6 +30,21 @@ def add_polarity_dataset(manager: RunManager, n: int = 12, paired: bool = False)
 
 
 @pytest.fixture
+def one_torch_thread(request):
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the threads'
+    spin-waits made each forward some 20x slower; tests marked `bundled` keep torch's default."""
+    import torch
+
+    if request.node.get_closest_marker("bundled"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def manager(tmp_path):
     manager = RunManager(str(tmp_path / "icm.duckdb"), backend_factory=fake_backend_factory)
     yield manager

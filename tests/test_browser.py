@@ -28,7 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update"]
-SAMPLE_LIMIT = 6  # sentences: 12 claims, enough for the charts and quick on CPU
+# For screenshots of a real run, point these at a converted bundled model's folder (e.g.
+# ~/.cache/icm_studio/models/gemma3-270m) and a larger sample; CI uses the tiny model.
+MODEL_OVERRIDE = os.environ.get("ICM_BROWSER_MODEL")
+SAMPLE_LIMIT = int(os.environ.get("ICM_BROWSER_LIMIT", "6"))  # sentences: 12 claims, enough for the charts and quick on CPU
+STEP_WAIT_S = 150 if MODEL_OVERRIDE else 30  # a real model takes seconds per step
 STEPS = 2000  # more than the test waits for: the search is still running when the test acts
 
 
@@ -69,7 +73,7 @@ def studio(tmp_path_factory):
     )
     from tests.tiny_model import build_tiny_model_dir
 
-    model_dir = build_tiny_model_dir(tmp / "tiny-llama")  # built while the server starts
+    model_dir = MODEL_OVERRIDE or build_tiny_model_dir(tmp / "tiny-llama")  # built while the server starts
     url = f"http://localhost:{port}"
     try:
         _wait_healthy(url, server)
@@ -159,7 +163,7 @@ def test_load_run_watch_pin_and_export(studio, shots):
         fill_number(page, "Use the first N groups (sentences, questions, pairs); 0 = all", SAMPLE_LIMIT)
         settle(page)
         page.get_by_role("button", name="Load sample").click()
-        page.get_by_text(re.compile(r"Loaded dataset #1 'sentiment_yelp': 12 examples")).wait_for()
+        page.get_by_text(re.compile(rf"Loaded dataset #1 'sentiment_yelp': {2 * SAMPLE_LIMIT} examples")).wait_for()
         snap(page, shots / "01_data.png")
         lap("data loaded")
 
@@ -181,7 +185,7 @@ def test_load_run_watch_pin_and_export(studio, shots):
         page.locator(".js-plotly-plot").first.wait_for()
         first = live_iteration(page)
         snap(page, shots / "03_live_early.png")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STEP_WAIT_S
         while live_iteration(page) < first + 3 and time.monotonic() < deadline:
             page.wait_for_timeout(250)
         later = live_iteration(page)

@@ -19,19 +19,7 @@ def quiet(message, fraction=None):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread_for_tiny_models(request):
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the threads'
-    spin-waits made each forward some 20x slower; the bundled model keeps torch's default."""
-    import torch
-
-    if request.node.get_closest_marker("bundled"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

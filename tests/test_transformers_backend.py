@@ -21,14 +21,7 @@ TOLERANCE = 1e-4
 _WORDS = "movie film plot actor great dull fun boring moving slow scene music story ending cast".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the threads'
-    spin-waits made each forward some 20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
