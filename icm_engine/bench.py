@@ -44,13 +44,13 @@ def _measure(scorer: Scorer, candidates):
 
 def step_type_candidates(labels: dict[int, int], order: list[int], new_example: int, rng, scorer: Scorer):
     """The labeled sets each step type asks to score, starting from (order, labels)."""
-    add_order, add_labels = order + [new_example], dict(labels, **{new_example: int(rng.integers(2))})
+    add_order, add_labels = order + [new_example], {**labels, new_example: int(rng.integers(2))}
     middle = order[int(rng.integers(len(order) // 4, 3 * len(order) // 4))]
-    relabel = dict(labels, **{middle: 1 - labels[middle]})
+    relabel = {**labels, middle: 1 - labels[middle]}
     # a fix acts on a pair inside one consistency group; any two labeled examples where there is none
     pairs = list(_group_pairs(scorer, order)) or [tuple(sorted(rng.choice(order, size=2, replace=False).tolist()))]
     a, b = pairs[int(rng.integers(len(pairs)))]
-    fix_options = [(order, dict(labels, **{a: ya, b: yb})) for ya, yb in ((0, 1), (1, 0))]
+    fix_options = [(order, {**labels, a: ya, b: yb}) for ya, yb in ((0, 1), (1, 0))]
     return {"add": [(add_order, add_labels)], "relabel": [(order, relabel)], "fix": fix_options}
 
 
@@ -106,7 +106,7 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
             continue
         counts["add" if record.old_label is None else "relabel"] += 1
         counts["fix"] += sum(1 for _ in record.fixes)
-        candidate = dict(before_labels, **{record.example: record.proposed_label})
+        candidate = {**before_labels, record.example: record.proposed_label}
         candidate_order = before_order + ([record.example] if record.old_label is None else [])
         for fix in record.fixes:
             if fix.applied:

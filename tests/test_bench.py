@@ -1,0 +1,26 @@
+"""`icm bench` end to end on a tiny model: it prints every figure the speed issue asks for."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_bench_prints_costs_ratios_differences_memory_and_throughput(tmp_path, capsys):
+    from icm_engine import bench
+    from tests.tiny_model import build_tiny_model_dir
+
+    model = build_tiny_model_dir(tmp_path / "tiny")
+    assert bench.main(["--model", str(model), "--device", "cpu", "--n", "6", "--mix-steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"raw model throughput .*: [\d,]+ tokens/s", out)
+    for kind in ("add", "relabel", "fix"):
+        row = re.search(rf"^{kind}\s+(\d+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)x\s+(\S+)$", out, re.M)
+        assert row, f"no {kind} row in:\n{out}"
+        fast_tokens, naive_tokens, max_du = int(row.group(1)), int(row.group(3)), float(row.group(6))
+        assert fast_tokens < naive_tokens  # the cache saves work on every step type
+        assert max_du <= 1e-3
+    assert "search throughput" in out and "mix speedup" in out and "peak memory" in out
+    assert re.search(r"prequential .* agrees with exact accept/reject on \d+%", out)

@@ -1,0 +1,96 @@
+"""Scoring: the fast exact scorer equals the naive reference; the context-window policy; prequential."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from icm_engine.backends.fake import FakeLM
+from icm_engine.config import SearchConfig
+from icm_engine.datasets import load_sample
+from icm_engine.scoring import ContextOverflowError, Scorer
+from icm_engine.search import Search
+from tests.fakes import SINGLE, polarity_examples
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tmp_path_factory):
+    from icm_engine.models import load_model
+    from tests.tiny_model import build_tiny_model_dir
+
+    return load_model(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def sentiment():
+    return load_sample("sentiment_yelp")
+
+
+def _scorers(backend, dataset):
+    fast = Scorer(backend, dataset.task, dataset.examples)
+    naive = Scorer(backend.naive(), dataset.task, dataset.examples)
+    return fast, naive
+
+
+def test_fast_equals_naive_on_random_sets_additions_relabels_and_fixes(tiny_backend, sentiment):
+    fast, naive = _scorers(tiny_backend, sentiment)
+    rng = np.random.default_rng(0)
+    order = rng.choice(40, size=10, replace=False).tolist()
+    labels = {i: int(rng.integers(2)) for i in order}
+    sets = [(order, labels)]
+    sets.append((order + [50], {**labels, 50: 1}))  # an addition
+    sets.append((order, {**labels, order[4]: 1 - labels[order[4]]}))  # a relabel in the middle
+    a, b = order[2], order[7]
+    sets += [(order, {**labels, a: ya, b: yb}) for ya, yb in ((0, 1), (1, 0))]  # fix options
+    for _ in range(3):  # more random label sets on the same examples
+        sets.append((order, {i: int(rng.integers(2)) for i in order}))
+    fast_evals = [fast.evaluate(o, l) for o, l in sets]  # one by one, as a search asks, cache warm
+    naive_evals = naive.evaluate_many(sets)
+    for f, g in zip(fast_evals, naive_evals):
+        assert abs(f.utility(50) - g.utility(50)) <= 1e-3
+        for i in f.raw:
+            np.testing.assert_allclose(f.raw[i], g.raw[i], atol=1e-4)
+
+
+def test_a_search_on_the_fast_scorer_scores_every_state_as_the_naive_one(tiny_backend, sentiment):
+    fast, naive = _scorers(tiny_backend, sentiment)
+    search = Search(fast, SearchConfig(seed=1, steps=8, k_init=4, alpha=1.0))
+    search.initialize()
+    while not search.done:
+        search.step()
+        reference = naive.evaluate(search.order(), search.label_map())
+        assert abs(search._current_evaluation().utility(search.alpha) - reference.utility(search.alpha)) <= 1e-3
+
+
+def test_context_policy_drop_oldest_keeps_the_latest_demonstrations():
+    examples, _ = polarity_examples(12)
+    backend = FakeLM(context_window=40)
+    scorer = Scorer(backend, SINGLE, examples)
+    order = list(range(10))
+    labels = {i: i % 2 for i in order}
+    query, dropped = scorer.prompt(order, labels, target=9)
+    assert dropped > 0
+    kept = [s for s in query.segments[:-1:2]]
+    assert kept == [scorer.query_text(j) for j in order[dropped:9]]  # the oldest went first
+    assert sum(backend.count_tokens(s) for s in query.segments) + 1 <= 40
+    evaluation = scorer.evaluate(order, labels)
+    assert evaluation.dropped_demos > 0
+
+
+def test_context_policy_error_says_what_to_do():
+    examples, _ = polarity_examples(12)
+    scorer = Scorer(FakeLM(context_window=40), SINGLE, examples, context_policy="error")
+    with pytest.raises(ContextOverflowError, match="context window"):
+        scorer.evaluate(list(range(10)), {i: 0 for i in range(10)})
+
+
+def test_prequential_reads_each_label_after_its_predecessors_only(tiny_backend, sentiment):
+    order, labels = [3, 8, 1, 5], {3: 1, 8: 0, 1: 1, 5: 0}
+    approx = Scorer(tiny_backend, sentiment.task, sentiment.examples, mode="prequential").evaluate(order, labels)
+    exact = Scorer(tiny_backend.naive(), sentiment.task, sentiment.examples)
+    for position, target in enumerate(order):
+        prefix = order[:position]
+        query, _ = exact.prompt(prefix + [target], labels, target)
+        expected = tiny_backend.naive().label_logprobs([query])[0]
+        np.testing.assert_allclose(approx.raw[target], expected, atol=1e-4)
