@@ -43,3 +43,40 @@ def summarize_run(store: Store, run_id: int) -> str:
         lines += ["", f"audit only (gold never used by the search): {agreement['accuracy']:.3f} "
                       f"agreement with gold on {agreement['n']} labeled"]
     return "\n".join(lines)
+
+
+def prompting_baselines(store: Store, run_id: int, backend, shots: int = 8, seed: int = 0) -> dict | None:
+    """Audit only: zero-shot and `shots`-shot (gold demonstrations) accuracy on the run's dataset.
+
+    Each example is asked once with no demonstrations and once after `shots` gold-labeled
+    examples drawn (seeded) from other consistency groups, so no prompt shows the example itself
+    or its group-mates. Both use the eval harness's decision rule. None if there is no gold.
+    """
+    import numpy as np
+
+    from .evaluation import demo_prefix, predict
+    from .tasks import load_task
+
+    run = store.run(run_id)
+    gold = store.load_gold(run["dataset_id"])
+    if not gold:
+        return None
+    task = load_task(store.dataset_task(run["dataset_id"]))
+    examples = store.load_examples(run["dataset_id"])
+    truth = np.array([gold[i] for i in range(len(examples))])
+    zero_shot = predict(backend, task, (), examples)
+    rng = np.random.default_rng(seed)
+    few_shot = []
+    for index, example in enumerate(examples):
+        others = [j for j, other in enumerate(examples) if other.group is None or other.group != example.group]
+        others = [j for j in others if j != index]
+        demos = rng.choice(others, size=min(shots, len(others)), replace=False).tolist()
+        prefix = demo_prefix(task, [examples[j] for j in demos], [gold[j] for j in demos])
+        few_shot.append(int(predict(backend, task, prefix, [example])[0]))
+    return {
+        "n": len(examples),
+        "zero_shot": float((zero_shot == truth).mean()),
+        f"{shots}_shot_gold": float((np.array(few_shot) == truth).mean()),
+        "shots": shots,
+        "share_true_zero_shot": float(zero_shot.mean()),
+    }

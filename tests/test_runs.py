@@ -130,3 +130,24 @@ def test_report_summarizes_cost_and_audit():
     store, run_id = _run_with(polarity_examples(10, seed=2, paired=True)[1])
     text = summarize_run(store, run_id)
     assert "iterations 25" in text and "cost per step" in text and "audit only" in text
+
+
+def test_prompting_baselines_use_gold_demos_from_other_groups_only():
+    from icm_engine.report import prompting_baselines
+
+    class Recorder(FakeLM):
+        def label_logprobs(self, queries):
+            self.queries = getattr(self, "queries", []) + list(queries)
+            return super().label_logprobs(queries)
+
+    examples, gold = polarity_examples(10, seed=2, paired=True)
+    store, run_id = _run_with(gold)
+    backend = Recorder(strength=6)
+    result = prompting_baselines(store, run_id, backend, shots=4)
+    assert result["n"] == len(examples) and 0 <= result["zero_shot"] <= 1
+    assert result["4_shot"  + "_gold"] >= 0.9  # the fake model reads polarity; gold demos orient it
+    for query in backend.queries:
+        target = query.segments[-1]
+        demos = query.segments[:-1:2]
+        target_text = next(e for e in examples if PAIRED.render_query(e) == target).fields["text"]
+        assert all(target_text not in d for d in demos)  # neither the example nor its group-mate
