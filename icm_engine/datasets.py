@@ -7,7 +7,7 @@ them in `LoadedDataset.gold`, for evaluation. Builders keep gold out of everythi
   where which response sits first in "ab" is a seeded coin, not the chosen one),
 - the claims of a group are shuffled with a RNG seeded per group, so position is no tell.
 
-Real data lives in /work/shared/data (override with ICM_SHARED_DATA or a `path` argument);
+Real data lives in ../shared/data (override with ICM_SHARED_DATA or a `path` argument);
 see its README for sources and licenses. Bundled samples live in sample_data/ and are built
 from it by icm_engine.sample_builder.
 """
@@ -29,7 +29,8 @@ from .tasks import Example, Task, builtin_task_names, load_task
 if TYPE_CHECKING:  # pandas costs a second to import; the real-data loaders do not need it
     import pandas as pd
 
-DEFAULT_SHARED_DATA = Path("/work/shared/data")
+# The project's checkout sits beside ../shared (developers' machines and CI alike).
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 
 ATTRIBUTION = {
@@ -176,7 +177,7 @@ def _labelled(name: str, task: str, labelled: list[tuple[Example, int]], file, a
     return LoadedDataset(name, load_task(task), examples, gold, str(file), ATTRIBUTION[attribution], list(notes))
 
 
-# ---- real data from /work/shared/data -------------------------------------------------------
+# ---- real data from ../shared/data -------------------------------------------------------
 
 
 def load_truthfulqa(path=None, limit: int | None = None, seed: int = 0) -> LoadedDataset:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 DEFAULT_DB = os.environ.get("ICM_STUDIO_DB", "runs/icm.duckdb")  # the same default as `icm run`
-# The shared data set behind each built-in task (see /work/shared/data/README.md).
+# The shared data set behind each built-in task (see ../shared/data/README.md).
 DEFAULT_DATA = {
     "truthfulqa": "shared:truthfulqa",
     "gsm8k_verification": "shared:gsm8k",

@@ -1,4 +1,4 @@
-"""Rebuild the bundled samples in sample_data/ from the real data in /work/shared/data.
+"""Rebuild the bundled samples in sample_data/ from the real data in ../shared/data.
 
 The samples are ordinary upload files (one row per claim, gold in a `gold` column), so the app
 and `load_sample` read them exactly as they read a user's table. Rebuilding is deterministic:

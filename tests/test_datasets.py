@@ -14,7 +14,7 @@ from icm_engine.datasets import DatasetError, build_dataset, gsm8k_final_answer,
 from icm_engine.sample_builder import build_samples
 from icm_engine.tasks import ConsistencyIndex, builtin_task_names, load_task
 
-needs_shared = pytest.mark.skipif(not ds.shared_data_dir().is_dir(), reason="no /work/shared/data here")
+needs_shared = pytest.mark.skipif(not ds.shared_data_dir().is_dir(), reason="no ../shared/data here")
 # words that would give gold away if they showed up in an id (or a model name that predicts it)
 TELLS = ("chosen", "rejected", "correct", "true", "false", "gold", "label", "6b", "175b", "good", "bad")
 
