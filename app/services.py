@@ -118,7 +118,7 @@ def show_status(manager: RunManager, run_id: int) -> dict:
     iteration = status["iteration"] if status["iteration"] is not None else -1
     steps = status["steps"] or 1
     cols = st.columns(4)
-    cols[0].metric("State", status["state"])
+    cols[0].metric("State", "pausing (after this step)" if status.get("pausing") else status["state"])
     cols[1].metric("Iteration", f"{max(iteration, 0)} / {steps}")
     cols[2].metric("Labeled", "–" if status["labeled"] is None else status["labeled"])
     cols[3].metric("Steps this session", status["steps_taken"])

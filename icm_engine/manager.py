@@ -329,13 +329,15 @@ class RunManager:
             status = dict(worker.status)
             status["active"] = worker.alive
             status["busy"] = bool(worker._steering) or (worker.alive and worker._budget != 0)
+            # Pause takes effect at the end of the step in flight, which on a real model takes seconds.
+            status["pausing"] = worker.alive and worker._budget == 0 and status["state"] == "running"
         else:
             state = run["status"]
             # "running" in the file with no worker here: the process that ran it was killed mid-run
             status = {"state": "interrupted" if state == "running" else state, "message": "", "progress": None,
                       "iteration": run["last_iteration"], "steps": run["config"]["search"]["steps"],
                       "labeled": None, "error": run["error"], "traceback": None, "steering_error": None,
-                      "steps_taken": 0, "active": False, "busy": False}
+                      "steps_taken": 0, "active": False, "busy": False, "pausing": False}
         status.update(run_id=run_id, name=run["name"], dataset_id=run["dataset_id"])
         if status["iteration"] is None:
             status["iteration"] = run["last_iteration"]

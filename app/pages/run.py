@@ -10,7 +10,7 @@ from icm_engine.models import DEFAULT_MODEL, list_bundled_models
 from ..services import CURRENT_RUN, is_live, run_picker, show_status
 
 LOCAL_PATH = "a local path…"
-SETTLE_S = 1.0  # after Pause or Stop, wait this long for the step in flight so the page shows the outcome
+SETTLE_S = 0.3  # after Pause or Stop, wait this long for the step in flight so the page shows the outcome
 
 
 def _model_config() -> ModelConfig:
