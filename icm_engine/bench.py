@@ -76,9 +76,11 @@ def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, r
             fast_evals, tokens, seconds = _measure(fast, candidates)
             results[kind]["fast"].add(tokens, seconds)
             fast.evaluate(order, labels)  # back to the state before this step type
+            print(f"  measured {kind}: fast {tokens:,} tokens in {seconds:.1f} s", flush=True)
             if run_naive:
                 naive_evals, tokens, seconds = _measure(naive, candidates)
                 results[kind]["naive"].add(tokens, seconds)
+                print(f"  measured {kind}: naive {tokens:,} tokens in {seconds:.1f} s", flush=True)
                 for f, g in zip(fast_evals, naive_evals):
                     results[kind]["max_du"] = max(results[kind]["max_du"], abs(f.utility(50.0) - g.utility(50.0)))
     return results
