@@ -17,6 +17,7 @@ sliding-window mask from absolute positions exactly as in an uncached forward.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Sequence
@@ -27,7 +28,12 @@ import torch
 from icm_engine.backends.base import BackendStats, LabelQuery, LanguageModel, ModelInfo
 from icm_engine.backends.kv_cache import LayerKV, PrefixKVStore
 
-CPU_CACHE_BUDGET_MB = 4096  # default prefix-store budget on CPU
+# Default prefix-store budget on CPU: this share of the memory the system has free, at most
+# CPU_CACHE_BUDGET_CAP_MB. A fixed 4 GB thrashed at n=64 demos on Gemma 3 270M (fp32 keys/values
+# take ~37 KB a token, so one leave-one-out state is ~5 GB and a step needs two).
+CPU_CACHE_BUDGET_FRACTION = 0.5
+CPU_CACHE_BUDGET_CAP_MB = 12 * 1024
+CPU_CACHE_BUDGET_FLOOR_MB = 1024
 GPU_CACHE_BUDGET_FRACTION = 0.5  # default on CUDA: this share of the memory free after loading
 _HEAD_CHUNK_ROWS = 32  # rows per vocabulary projection: 32 x 262k logits in float32 is 34 MB
 _MAX_TOKENIZED_SEGMENTS = 200_000  # bound on the per-segment tokenization memo
@@ -315,11 +321,16 @@ class TransformersLM(LanguageModel):
 
 def _default_budget_bytes(device: torch.device) -> int:
     """Half the GPU memory still free (a 70B model's keys/values take ~320 KB per token, so a fixed
-    few GB would evict a 32-demo leave-one-out batch), or a fixed budget on CPU."""
+    few GB would evict a 32-demo leave-one-out batch); on CPU a share of the free memory, capped."""
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
         return int(GPU_CACHE_BUDGET_FRACTION * free_bytes)
-    return CPU_CACHE_BUDGET_MB * 2**20
+    try:
+        free_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: the floor
+        free_bytes = 0
+    budget = min(CPU_CACHE_BUDGET_FRACTION * free_bytes, CPU_CACHE_BUDGET_CAP_MB * 2**20)
+    return int(max(budget, CPU_CACHE_BUDGET_FLOOR_MB * 2**20))
 
 
 def _full_layer_cache(past: tuple[LayerKV, ...] | None):
