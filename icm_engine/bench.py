@@ -19,6 +19,7 @@ from .config import SearchConfig
 from .records import LabelState, SearchSnapshot
 from .scoring import Scorer
 from .search import Search, acceptance_probability
+from .tasks import consistent_options
 
 
 @dataclass
@@ -90,6 +91,11 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
     """A real search from n random labels: step-type counts, fast cost, prequential agreement."""
     order = rng.choice(len(fast.examples), size=n, replace=False).tolist()
     labels = {int(i): LabelState(label=int(rng.integers(2)), position=p) for p, i in enumerate(order)}
+    # Start consistent, as a search's state is after its first fixes: otherwise the first timed
+    # step spends its ConsistencyFix iterations repairing the random start at full cost.
+    for a, b in fast.consistency.inconsistent_pairs({i: s.label for i, s in labels.items()}):
+        options = consistent_options(fast.consistency.rule, fast.examples[a], fast.examples[b])
+        labels[a].label, labels[b].label = next((o for o in options if o[0] == labels[a].label), options[0])
     config = SearchConfig(seed=seed, steps=steps)
     snapshot = SearchSnapshot(0, labels, set(), np.random.default_rng(seed).bit_generator.state, n, config.alpha, config.t0)
     search = Search(fast, config, snapshot)
