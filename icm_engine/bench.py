@@ -134,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="gemma3-270m")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--quantization", default="auto")
+    from .cli import add_model_options
+
+    add_model_options(parser)
     parser.add_argument("--data", default="sample:sentiment_yelp")
     parser.add_argument("--task", default="sentiment")
     parser.add_argument("--n", type=int, default=64, help="labeled examples in D")
@@ -152,7 +151,8 @@ def run(args) -> int:
     from .models import load_model
     from .tasks import load_task
 
-    backend = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
+    backend = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
+                         max_context=args.max_context)
     loaded = load_any(args.data, task=args.task)
     task = load_task(args.task) if args.task else loaded.task
     fast = Scorer(backend, task, loaded.examples)

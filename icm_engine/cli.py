@@ -29,7 +29,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-consistency", action="store_true", help="the paper's ablation: no I(D), no fixes")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The model flags every model-loading command shares (run, eval, bench)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="gemma3-270m", help="bundled name (gemma3-270m, smollm2-135m), local path or cached HF id")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=int, default=None, metavar="RUN_ID", help="continue this run from its last step")
     run.add_argument("--print-steps", action="store_true", help="print one JSON line per committed step on stdout (for scripts)")
     _add_search_options(run)
-    _add_model_options(run)
+    add_model_options(run)
 
     export = sub.add_parser("export", help="write a run's labels for fine-tuning")
     export.add_argument("--db", default=DEFAULT_DB)

@@ -74,12 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     method.add_argument("--scorer", choices=SCORERS, default=defaults.scorer)
     method.add_argument("--alpha", type=float, default=defaults.alpha)
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default="gemma3-270m", help="bundled name, local path or cached HF id")
-    model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    model.add_argument("--quantization", default="auto", choices=["auto", "nf4", "none"])
-    model.add_argument("--max-context", type=int, default=None)
+    from .cli import add_model_options
+
+    add_model_options(parser)
 
     output = parser.add_argument_group("output")
     output.add_argument("--db", default=DEFAULT_DB)
