@@ -76,6 +76,11 @@ class PrefixKVStore:
         layers = self._entries[best_id].layers
         return tuple((k[:, :, :best_length], v[:, :, :best_length]) for k, v in layers), best_length
 
+    def match_length(self, tokens: np.ndarray, limit: int | None = None) -> int:
+        """The n longest_prefix would return, without touching recency."""
+        limit = len(tokens) if limit is None else min(limit, len(tokens))
+        return max((min(common_prefix_length(e.tokens, tokens), limit) for e in self._entries.values()), default=0)
+
     def put(self, tokens: np.ndarray, layers: tuple[LayerKV, ...]) -> bool:
         """Store the states of a full token sequence; return whether they were kept.
 

@@ -27,6 +27,7 @@ import torch
 
 from icm_engine.backends.base import BackendStats, LabelQuery, LanguageModel, ModelInfo
 from icm_engine.backends.kv_cache import LayerKV, PrefixKVStore
+from icm_engine.backends.prefix_batches import Job, batch_cache, plan_waves, sliding_windows, split_batches
 
 # Default prefix-store budget on CPU: this share of the memory the system has free, at most
 # CPU_CACHE_BUDGET_CAP_MB. A fixed 4 GB thrashed at n=64 demos on Gemma 3 270M (fp32 keys/values
@@ -35,6 +36,11 @@ CPU_CACHE_BUDGET_FRACTION = 0.5
 CPU_CACHE_BUDGET_CAP_MB = 12 * 1024
 CPU_CACHE_BUDGET_FLOOR_MB = 1024
 GPU_CACHE_BUDGET_FRACTION = 0.5  # default on CUDA: this share of the memory free after loading
+# Padded key/value buffer of one batched forward: big enough to fill the matrix units with rows,
+# small enough to stay in memory next to the prefix store.
+CPU_BATCH_BYTES = 1 << 30
+GPU_BATCH_BYTES = 4 << 30
+MAX_BATCH_ROWS = 64
 _HEAD_CHUNK_ROWS = 32  # rows per vocabulary projection: 32 x 262k logits in float32 is 34 MB
 _MAX_TOKENIZED_SEGMENTS = 200_000  # bound on the per-segment tokenization memo
 
@@ -64,6 +70,7 @@ class TransformersLM(LanguageModel):
         self._label_token_ids: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._lock = threading.RLock()  # one forward at a time: the store and stats are shared state
         self._deferred_head_ok: bool | None = None  # decided by a probe on first fast use
+        self._windows = sliding_windows(self._text_config)
         if prefix_cache:
             if cache_budget_mb is None:
                 budget_bytes = _default_budget_bytes(self.device)
@@ -125,17 +132,18 @@ class TransformersLM(LanguageModel):
                 rows = [self._label_logprobs_from_logits(self._naive_logits(tokens, [len(tokens) - 1]), [ids])
                         for tokens, ids in zip(prompts, label_ids)]
                 return np.concatenate(rows)
+            if self._deferred_head_ok is None:
+                self._deferred_head_ok = self._probe_deferred_head()
+            if self._deferred_head_ok:
+                jobs = [Job(i, tokens, [len(tokens) - 1]) for i, tokens in enumerate(prompts)]
+                return self._label_logprobs_from_hidden(torch.cat(self._forward_jobs(jobs)), label_ids)
             # Lexicographic order = depth-first order of the prompts' prefix tree: each prompt
             # then finds in the store everything it shares with the prompts before it.
-            order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
             rows = [None] * len(prompts)
-            for i in order:
-                rows[i] = self._cached_rows(prompts[i], [len(prompts[i]) - 1])
-                if not self._deferred_head_ok:  # rows are full logits: reduce them at once
-                    rows[i] = self._label_logprobs_from_logits(rows[i], [label_ids[i]])
-            if not self._deferred_head_ok:
-                return np.concatenate(rows)
-            return self._label_logprobs_from_hidden(torch.cat(rows), label_ids)
+            for i in sorted(range(len(prompts)), key=lambda i: tuple(prompts[i])):
+                # rows are full logits here: reduce each at once
+                rows[i] = self._label_logprobs_from_logits(self._cached_rows(prompts[i], [len(prompts[i]) - 1]), [label_ids[i]])
+            return np.concatenate(rows)
 
     def sequence_label_logprobs(
         self, segments: tuple[str, ...], read_after: Sequence[int], label_words: tuple[str, ...]
@@ -266,6 +274,54 @@ class TransformersLM(LanguageModel):
         self._count(len(tokens) - reused, start)
         self._store.put(tokens, tuple((layer.keys, layer.values) for layer in cache.layers))
         return rows
+
+    def _forward_jobs(self, jobs: list[Job]) -> list[torch.Tensor]:
+        """Final hidden states at each job's positions, [len(positions), d] per job (by job.index),
+        forwarding only what the store lacks, many jobs per forward (see prefix_batches)."""
+        results: list[torch.Tensor | None] = [None] * len(jobs)
+        max_bytes = GPU_BATCH_BYTES if self.device.type == "cuda" else CPU_BATCH_BYTES
+        for wave in plan_waves(jobs, self._store):
+            fetched = [self._store.longest_prefix(job.tokens, limit=job.reuse_limit) for job in wave]
+            reused = [n for _, n in fetched]
+            for batch in split_batches(wave, reused, self._kv_bytes_per_token, max_bytes, MAX_BATCH_ROWS):
+                self._forward_batch([wave[k] for k in batch], [fetched[k] for k in batch], results)
+        return results
+
+    def _forward_batch(self, jobs: list[Job], fetched: list, results: list) -> None:
+        """One forward of several jobs, each continuing its own stored prefix; stores each row."""
+        start = time.perf_counter()
+        reused = [n for _, n in fetched]
+        past_length = max(reused)
+        new_lengths = [len(job.tokens) - n for job, n in zip(jobs, reused)]
+        width = max(new_lengths)
+        ids = torch.zeros((len(jobs), width), dtype=torch.long)
+        position_ids = torch.zeros((len(jobs), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(jobs), past_length + width), dtype=torch.long)
+        for row, (job, n) in enumerate(zip(jobs, reused)):
+            ids[row, : len(job.tokens) - n] = torch.as_tensor(job.tokens[n:])
+            position_ids[row] = torch.arange(n, n + width)  # right padding continues the positions
+            attention_mask[row, past_length - n :] = 1  # left padding of the past stays masked
+        cache = batch_cache([past for past, _ in fetched], past_length, self._windows)
+        out = self.model.base_model(
+            input_ids=ids.to(self.device), position_ids=position_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device), cache=cache, use_cache=True,
+        )
+        for row, (job, n, new) in enumerate(zip(jobs, reused, new_lengths)):
+            results[job.index] = out.last_hidden_state[row, [p - n for p in job.positions]]
+            span = slice(past_length - n, past_length + new)
+            self._store.put(job.tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
+                                              for layer in cache.layers))
+        self._count(sum(new_lengths), start)
+
+    @property
+    def _kv_bytes_per_token(self) -> int:
+        """Bytes of keys and values one token takes over all layers (for sizing batches)."""
+        config = self._text_config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        element = next(self.model.parameters()).element_size()
+        element = element if element >= 2 else 2  # quantized weights: keys/values are still 16-bit
+        return 2 * config.num_hidden_layers * heads * head_dim * element
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's vocabulary projection for final hidden states [n, d] -> logits [n, vocab],

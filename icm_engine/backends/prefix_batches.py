@@ -1,0 +1,158 @@
+"""Batched forwards over prompts whose cached prefixes differ: planning and the batch cache.
+
+A leave-one-out step asks for many prompts that each continue a *different* cached prefix (after
+an addition, prompt i continues the stored state of D minus i). One small forward per prompt
+wastes the CPU's matrix units on a few dozen rows; one forward for many prompts needs their
+prefixes side by side. BatchLayer puts them there: each prompt's prefix is left-padded to the
+longest one in a [batch, heads, past + new, dim] tensor, the padding is masked out through the
+ordinary 2-D attention mask and every prompt keeps its own true position ids, so each row
+computes exactly what its own unbatched forward would (left-padding is how batched generation
+works, and relative distances, hence sliding windows, are unchanged by it).
+
+plan_waves decides what may share a batch: a prompt whose best prefix is another prompt of the
+same call (a fresh leave-one-out set, the prompts after a relabel) must wait for that one;
+prompts whose best prefix is already stored go together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers.cache_utils import DynamicLayer
+
+from icm_engine.backends.kv_cache import LayerKV, PrefixKVStore, common_prefix_length
+
+# Waiting for a prompt of the same call must save at least this many tokens; below that the
+# prompt goes into the earlier batch and recomputes them, which is cheaper than a lone forward.
+MIN_TOKENS_SAVED_BY_WAITING = 48
+
+
+@dataclass
+class Job:
+    """One prompt to forward: its tokens and the positions whose outputs are read."""
+
+    index: int  # position in the caller's list
+    tokens: np.ndarray
+    positions: list[int]
+
+    @property
+    def reuse_limit(self) -> int:
+        # At most up to the first position read: its output must be computed in this forward.
+        return min(self.positions)
+
+
+def plan_waves(jobs: Sequence[Job], store: PrefixKVStore) -> list[list[Job]]:
+    """Group jobs into waves run one after another; jobs of one wave are independent.
+
+    Jobs are taken in lexicographic token order (a depth-first walk of their prefix tree), where
+    the longest prefix a job shares with any earlier job is the one it shares with the job just
+    before it. A job waits one wave after that neighbour when the neighbour's state would save
+    it MIN_TOKENS_SAVED_BY_WAITING tokens over the best stored prefix.
+    """
+    ordered = sorted(jobs, key=lambda job: tuple(job.tokens))
+    wave_of: list[int] = []
+    for k, job in enumerate(ordered):
+        wave = 0
+        if k:
+            from_neighbour = min(common_prefix_length(ordered[k - 1].tokens, job.tokens), job.reuse_limit)
+            if from_neighbour - store.match_length(job.tokens, job.reuse_limit) >= MIN_TOKENS_SAVED_BY_WAITING:
+                wave = wave_of[k - 1] + 1
+        wave_of.append(wave)
+    waves: list[list[Job]] = [[] for _ in range(max(wave_of, default=-1) + 1)]
+    for job, wave in zip(ordered, wave_of):
+        waves[wave].append(job)
+    return waves
+
+
+def split_batches(jobs: Sequence[Job], pasts: Sequence[int], bytes_per_token: int, max_bytes: int,
+                  max_rows: int) -> list[list[int]]:
+    """Split a wave into batches (lists of indices into jobs) whose padded key/value buffer stays
+    under max_bytes. Jobs are taken shortest new part first, so that rows padded together to the
+    longest new part of their batch waste little."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest_past = longest_new = 0
+    for k in sorted(range(len(jobs)), key=lambda k: len(jobs[k].tokens) - pasts[k]):
+        past, new = pasts[k], len(jobs[k].tokens) - pasts[k]
+        grown_past, grown_new = max(longest_past, past), max(longest_new, new)
+        size = (len(current) + 1) * (grown_past + grown_new) * bytes_per_token
+        if current and (size > max_bytes or len(current) >= max_rows):
+            batches.append(current)
+            current, grown_past, grown_new = [], past, new
+        current.append(k)
+        longest_past, longest_new = grown_past, grown_new
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BatchLayer(DynamicLayer):
+    """A full-attention cache layer for one batched forward: rows' pasts left-padded to one length.
+
+    The padded tensor is built on the forward's single update, when the new keys' shape is known,
+    so pasts are copied once, straight into place.
+    """
+
+    def __init__(self, pasts: Sequence[LayerKV | None], past_length: int, sliding_window: int | None = None):
+        super().__init__()
+        self._pasts = list(pasts)
+        self._length = past_length
+        self.is_initialized = True
+        # A sliding-window layer attends only to the last window-1 keys before the first new
+        # token (the same for every row: all rows' new tokens start at the same padded index),
+        # so the forward is handed those alone; the stored states stay full (see kv_cache).
+        self.is_sliding = sliding_window is not None
+        self._window = sliding_window
+        self._visible_from = 0
+
+    def get_seq_length(self) -> int:
+        return self._length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if self._window is not None and self._length >= self._window:
+            return self._window - 1 + query_length, self._length - self._window + 1
+        return self._length + query_length, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self._pasts is None:
+            raise RuntimeError("BatchLayer holds one forward; start a new cache for the next")
+        batch, heads, new, dim = key_states.shape
+        past_length = self._length
+        keys = key_states.new_empty((batch, heads, past_length + new, dim))
+        values = value_states.new_empty((batch, heads, past_length + new, dim))
+        for row, past in enumerate(self._pasts):
+            length = 0 if past is None else past[0].shape[-2]
+            if length:
+                keys[row, :, past_length - length : past_length] = past[0][0]
+                values[row, :, past_length - length : past_length] = past[1][0]
+            # Padding is masked out, but a NaN in garbage memory would still poison the softmax.
+            keys[row, :, : past_length - length] = 0
+            values[row, :, : past_length - length] = 0
+        keys[:, :, past_length:] = key_states
+        values[:, :, past_length:] = value_states
+        visible_from = self.get_mask_sizes(new)[1]
+        self.keys, self.values, self._length, self._pasts = keys, values, past_length + new, None
+        return keys[:, :, visible_from:], values[:, :, visible_from:]
+
+
+def sliding_windows(config) -> list[int | None]:
+    """Each layer's attention window, or None for full attention. Only configs that name their
+    layer types (Gemma 2/3 and the like) are trimmed; any other model gets full layers, which
+    stay exact because the model masks by its own rules."""
+    layer_types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if not layer_types or not isinstance(window, int) or window < 1:
+        return [None] * config.num_hidden_layers
+    return [window if kind == "sliding_attention" else None for kind in layer_types]
+
+
+def batch_cache(pasts: Sequence[tuple[LayerKV, ...] | None], past_length: int, windows: Sequence[int | None]):
+    """A DynamicCache of BatchLayers: one per model layer, each over every row's past of that layer."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, window in enumerate(windows):
+        cache.layers.append(BatchLayer([None if p is None else p[layer] for p in pasts], past_length, window))
+    return cache
