@@ -256,6 +256,25 @@ def test_store_lookup_replacement_and_lru():
     assert not store.put(np.arange(20, 40), layers(20))  # larger than the whole budget
 
 
+def test_store_counts_the_buffer_that_entries_of_one_batch_share():
+    """Rows of one batched forward are views into one buffer: it counts once, and only frees
+    when its last row is evicted."""
+    buffer = torch.zeros(3, 1, 10, 2)  # 3 rows x 10 tokens x 2 floats = 240 bytes
+    rows = [((buffer[r : r + 1, :, :4], buffer[r : r + 1, :, :4]),) for r in range(3)]  # 32 bytes viewed each
+    store = PrefixKVStore(budget_bytes=10_000)
+    for r, layers in enumerate(rows):
+        store.put(np.array([r, 1, 2, 3]), layers)
+    assert store.nbytes == 240 and len(store) == 3
+    small = PrefixKVStore(budget_bytes=300)
+    for r, layers in enumerate(rows):
+        small.put(np.array([r, 1, 2, 3]), layers)
+    small.put(np.array([9, 9]), (torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)))  # 32 more: 272
+    assert small.nbytes == 272 and small.evictions == 0
+    small.put(np.array([8, 8]), (torch.zeros(1, 1, 8, 2), torch.zeros(1, 1, 8, 2)))  # 128 more: over
+    # evicting one or two rows frees nothing; all three go before the budget holds
+    assert small.evictions == 3 and small.nbytes == 32 + 128 and len(small) == 2
+
+
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_an_addition_runs_as_one_batch_over_different_prefixes(loaded, kind):
     """After an addition every leave-one-out prompt continues its own stored prefix; those rows

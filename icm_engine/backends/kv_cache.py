@@ -36,7 +36,19 @@ def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
 class _Entry:
     tokens: np.ndarray  # int64 [seq_len]
     layers: tuple[LayerKV, ...]
-    nbytes: int
+    storages: dict[int, int]  # the memory blocks its tensors view: data pointer -> bytes
+
+
+def _storages(layers: tuple[LayerKV, ...]) -> dict[int, int]:
+    """Memory blocks behind the tensors. Entries stored from one batched forward are views into
+    one padded buffer per layer, and that buffer is freed only when its last entry goes, so the
+    budget counts blocks, not view sizes."""
+    blocks = {}
+    for pair in layers:
+        for tensor in pair:
+            storage = tensor.untyped_storage()
+            blocks[storage.data_ptr()] = storage.nbytes()
+    return blocks
 
 
 class PrefixKVStore:
@@ -49,7 +61,8 @@ class PrefixKVStore:
         self.budget_bytes = budget_bytes
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # oldest use first
         self._next_id = 0
-        self.nbytes = 0
+        self._block_users: dict[int, int] = {}  # data pointer -> entries viewing that block
+        self.nbytes = 0  # bytes of the blocks the entries hold
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -57,6 +70,7 @@ class PrefixKVStore:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._block_users.clear()
         self.nbytes = 0
 
     def longest_prefix(
@@ -95,16 +109,23 @@ class PrefixKVStore:
                 return True
             if shared == len(entry.tokens):  # strict prefix of the new one
                 self._remove(entry_id)
-        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
-        if nbytes > self.budget_bytes:
+        blocks = _storages(layers)
+        if sum(blocks.values()) > self.budget_bytes:
             return False
-        self._entries[self._next_id] = _Entry(tokens, layers, nbytes)
+        self._entries[self._next_id] = _Entry(tokens, layers, blocks)
         self._next_id += 1
-        self.nbytes += nbytes
+        for pointer, size in blocks.items():
+            users = self._block_users.get(pointer, 0)
+            self.nbytes += size if users == 0 else 0
+            self._block_users[pointer] = users + 1
         while self.nbytes > self.budget_bytes:
             self._remove(next(iter(self._entries)))
             self.evictions += 1
         return True
 
     def _remove(self, entry_id: int) -> None:
-        self.nbytes -= self._entries.pop(entry_id).nbytes
+        for pointer, size in self._entries.pop(entry_id).storages.items():
+            self._block_users[pointer] -= 1
+            if self._block_users[pointer] == 0:
+                del self._block_users[pointer]
+                self.nbytes -= size

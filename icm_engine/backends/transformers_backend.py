@@ -381,12 +381,24 @@ def _default_budget_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
         return int(GPU_CACHE_BUDGET_FRACTION * free_bytes)
-    try:
-        free_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: the floor
-        free_bytes = 0
+    free_bytes = _available_memory_bytes()
     budget = min(CPU_CACHE_BUDGET_FRACTION * free_bytes, CPU_CACHE_BUDGET_CAP_MB * 2**20)
     return int(max(budget, CPU_CACHE_BUDGET_FLOOR_MB * 2**20))
+
+
+def _available_memory_bytes() -> int:
+    """MemAvailable (free plus reclaimable page cache) on Linux, else free pages, else 0."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: the caller's floor
+        return 0
 
 
 def _full_layer_cache(past: tuple[LayerKV, ...] | None):
