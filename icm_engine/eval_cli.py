@@ -48,7 +48,7 @@ def _methods(text: str) -> tuple[str, ...]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `eval` to an argparse subparsers object; returns the new parser."""
     from .config import SCORERS, SearchConfig
-    from .evaluation import SIZE_UNITS, all_methods
+    from .evaluation import DECISION_RULES, DEFAULT_DECISION, SIZE_UNITS, all_methods
 
     defaults = SearchConfig()
     parser = subparsers.add_parser(
@@ -73,6 +73,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     method.add_argument("--max-demos", type=int, default=None, help="cap on demonstrations (default: as many as fit the context)")
     method.add_argument("--scorer", choices=SCORERS, default=defaults.scorer)
     method.add_argument("--alpha", type=float, default=defaults.alpha)
+    method.add_argument("--decision", choices=tuple(DECISION_RULES), default=DEFAULT_DECISION,
+                        help="how a test prediction is decided, the same for every row (the table shows both)")
 
     from .cli import add_model_options
 
@@ -93,7 +95,7 @@ def config_from_args(args):
         task=args.task, data=args.data or DEFAULT_DATA.get(args.task, ""), search_size=args.search_size,
         test_size=args.test_size, size_unit=args.size_unit, split_seed=args.split_seed, seeds=tuple(args.seeds),
         steps=args.steps, max_demos=args.max_demos, methods=tuple(args.methods),
-        search=SearchConfig(alpha=args.alpha, scorer=args.scorer),
+        search=SearchConfig(alpha=args.alpha, scorer=args.scorer), decision=args.decision,
         model=ModelConfig(args.model, args.device, args.dtype, args.quantization, args.max_context),
     )
 

@@ -44,7 +44,7 @@ def _ordered(methods) -> list[str]:
 
 SUMMARY_COLUMNS = ["method", "mean", "std", "n_test", "n_demos", "seeds"] + [
     f"{c}{s}" for c in ("demo_accuracy", "label_accuracy", "label_coverage") for s in ("", "_std")
-]
+] + ["accuracy_argmax", "accuracy_centered"]
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
@@ -63,6 +63,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             "n_demos": str(demos[0]) if len(demos) == 1 else f"{demos[0]}-{demos[-1]}" if demos else "",
             "seeds": len(part),
         }
+        for column in ("accuracy_argmax", "accuracy_centered"):  # each decision rule's mean (older evals: absent)
+            line[column] = float(part[column].mean()) if column in part and part[column].notna().any() else np.nan
         for column in ("demo_accuracy", "label_accuracy", "label_coverage"):
             values = part[column].dropna() if column in part else pd.Series(dtype=float)
             line[column] = float(values.mean()) if len(values) else np.nan
@@ -83,6 +85,8 @@ def format_table(summary: pd.DataFrame) -> str:
         "n_test": summary["n_test"],
         "n_demos": summary["n_demos"],
         "seeds": summary["seeds"],
+        "argmax": summary["accuracy_argmax"].map(pct),
+        "centered": summary["accuracy_centered"].map(pct),
         "demo label acc": summary["demo_accuracy"].map(pct),
         "ICM label acc (search split)": [
             "" if pd.isna(m) else f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["label_accuracy"], summary["label_accuracy_std"])

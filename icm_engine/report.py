@@ -50,7 +50,8 @@ def prompting_baselines(store: Store, run_id: int, backend, shots: int = 8, seed
 
     Each example is asked once with no demonstrations and once after `shots` gold-labeled
     examples drawn (seeded) from other consistency groups, so no prompt shows the example itself
-    or its group-mates. Both use the eval harness's decision rule. None if there is no gold.
+    or its group-mates. Both decide by argmax of the renormalized label words (centering needs a
+    whole row of queries). None if there is no gold.
     """
     import numpy as np
 

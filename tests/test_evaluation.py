@@ -315,3 +315,17 @@ def test_cli_with_a_real_tiny_model_keeps_every_prompt_inside_its_context(tmp_pa
         rows = store.eval_rows(1)
     many_shot = rows[rows["method"] != ZERO_SHOT]
     assert many_shot["n_demos"].nunique() == 1 and 0 < many_shot["n_demos"].iloc[0] < 8  # cut by the context
+
+
+def test_centered_decision_removes_a_constant_lean_and_rows_record_both_rules():
+    from icm_engine.evaluation import DECISION_RULES, decide
+
+    # A model that says True to everything, more strongly for the true claims: argmax sees only the lean.
+    gold = np.array([1, 0, 1, 0, 1, 0])
+    log_odds = np.where(gold == 1, 3.0, 1.0)
+    assert decide(log_odds, "argmax").tolist() == [1] * 6
+    assert decide(log_odds, "centered").tolist() == gold.tolist()
+    assert decide(np.zeros(3), "argmax").tolist() == [0, 0, 0]  # a tie goes to the first label word
+    with pytest.raises(ValueError):
+        EvalConfig(task="x", data="y", decision="vote")
+    assert EvalConfig(task="x", data="y", decision="argmax").decision_rule == DECISION_RULES["argmax"]
