@@ -225,10 +225,15 @@ def test_eval_page_lists_evaluations_with_their_table(manager):
     at = open_page(manager, "eval")
     assert "No evaluations" in at.info[0].value
     rows = pd.DataFrame({"method": ["icm", "icm", "zero_shot"], "seed": [0, 1, 0], "accuracy": [0.8, 0.7, 0.5],
-                         "n_test": [10, 10, 10], "n_demos": [8, 8, 0]})
-    manager.store.save_eval("demo", {"task": "truthfulqa"}, rows)
+                         "accuracy_argmax": [0.6, 0.5, 0.5], "n_test": [10, 10, 10], "n_demos": [8, 8, 0]})
+    manager.store.save_eval("demo", {"task": "truthfulqa", "decision_rule": "centered log-odds"}, rows)
     at.run()
-    assert at.dataframe[0].value["accuracy"].tolist() == [0.8, 0.7, 0.5]
+    assert not at.exception
+    summary = at.dataframe[0].value.set_index("method")
+    assert summary.loc["icm", "mean"] == pytest.approx(0.75) and summary.loc["icm", "accuracy_argmax"] == pytest.approx(0.55)
+    assert summary.loc["zero_shot", "name"] == "Zero-shot"
+    assert at.dataframe[1].value["accuracy"].tolist() == [0.8, 0.7, 0.5]  # each seed
+    assert any("centered log-odds" in c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("name", ["live", "audit", "steer", "export", "compare", "eval", "run"])

@@ -1,40 +1,47 @@
-"""Eval: stored evaluations (test accuracy of methods over seeds), as a table and, when available, a chart."""
+"""Eval: stored evaluations (test accuracy of methods over seeds): the chart, the summary table
+with both decision rules, each seed's rows, and the configuration that produced them."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import streamlit as st
 
+from icm_engine.eval_report import METHOD_NAMES, accuracy_figure, summarize
 from icm_engine.manager import RunManager
 
-
-def _accuracy_figure():
-    """icm_engine.eval_report.accuracy_figure if that module offers it; otherwise the table stands alone."""
-    try:
-        return getattr(importlib.import_module("icm_engine.eval_report"), "accuracy_figure", None)
-    except ImportError:
-        return None
+# Per-seed columns worth a glance; the full rows (predictions, log-odds, demo ids) are in the download.
+SEED_COLUMNS = ["method", "seed", "accuracy", "accuracy_argmax", "accuracy_centered", "n_demos", "demo_accuracy",
+                "label_accuracy", "label_coverage", "search_seconds", "predict_seconds"]
 
 
 def render_eval(manager: RunManager) -> None:
     st.title("Evaluations")
     evals = manager.store.evals()
     if not len(evals):
-        st.info("No evaluations stored yet (they are written by the evaluation command).")
+        st.info("No evaluations stored yet: run `icm eval` (see `icm eval --help`) on a database the studio "
+                "is not holding, then open it here.")
         return
     ids = [int(e) for e in evals["eval_id"]][::-1]
     names = {int(r["eval_id"]): f"#{int(r['eval_id'])} {r['name']} ({int(r['n_rows'])} rows, {r['created_at']:%Y-%m-%d %H:%M})"
              for _, r in evals.iterrows()}
     eval_id = st.selectbox("Evaluation", ids, format_func=names.get, key="eval.id")
     rows = manager.store.eval_rows(eval_id)
-    figure = _accuracy_figure()
-    if figure is not None and len(rows):
-        try:
-            st.plotly_chart(figure(rows), key="eval.chart")
-        except Exception as error:  # a report that cannot draw these rows must not hide the table
-            st.warning(f"No chart for this evaluation: {error}")
-    st.dataframe(rows, hide_index=True, key="eval.rows")
+    config = json.loads(evals[evals["eval_id"] == eval_id]["config_json"].iloc[0])
+    if not len(rows):
+        st.warning("This evaluation stored no rows.")
+        return
+    try:
+        st.plotly_chart(accuracy_figure(rows), key="eval.chart")
+    except Exception as error:  # a chart that cannot draw these rows must not hide the table
+        st.warning(f"No chart for this evaluation: {error}")
+    if config.get("decision_rule"):
+        st.caption(f"Decision rule (every row): {config['decision_rule']}")
+    summary = summarize(rows)
+    summary.insert(0, "name", summary["method"].map(lambda m: METHOD_NAMES.get(m, m)))
+    st.dataframe(summary.dropna(axis="columns", how="all"), hide_index=True, key="eval.summary")
+    with st.expander("Each seed"):
+        st.dataframe(rows[[c for c in SEED_COLUMNS if c in rows]], hide_index=True, key="eval.rows")
+        st.download_button("Download all rows (CSV)", rows.to_csv(index=False).encode(), f"eval_{eval_id}.csv",
+                           "text/csv", key="eval.download")
     with st.expander("Configuration"):
-        config = evals[evals["eval_id"] == eval_id]["config_json"].iloc[0]
-        st.json(json.loads(config))
+        st.json(config)
