@@ -273,6 +273,14 @@ def test_store_counts_the_buffer_that_entries_of_one_batch_share():
     small.put(np.array([8, 8]), (torch.zeros(1, 1, 8, 2), torch.zeros(1, 1, 8, 2)))  # 128 more: over
     # evicting one or two rows frees nothing; all three go before the budget holds
     assert small.evictions == 3 and small.nbytes == 32 + 128 and len(small) == 2
+    small.shrink_to(130)  # low memory: the least recently used entry goes, the budget stays lowered
+    assert small.nbytes == 128 and small.budget_bytes == 130 and len(small) == 1
+
+
+def test_cache_budget_from_the_environment(loaded, monkeypatch):
+    monkeypatch.setenv("ICM_KV_CACHE_MB", "3")
+    assert make_lm(loaded, "llama").cache_store.budget_bytes == 3 * 2**20
+    assert make_lm(loaded, "llama", cache_budget_mb=5).cache_store.budget_bytes == 5 * 2**20  # an argument wins
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])

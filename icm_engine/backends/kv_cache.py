@@ -123,6 +123,13 @@ class PrefixKVStore:
             self.evictions += 1
         return True
 
+    def shrink_to(self, budget_bytes: int) -> None:
+        """Lower the budget (never below zero) and evict least recently used entries to meet it."""
+        self.budget_bytes = max(0, min(self.budget_bytes, budget_bytes))
+        while self._entries and self.nbytes > self.budget_bytes:
+            self._remove(next(iter(self._entries)))
+            self.evictions += 1
+
     def _remove(self, entry_id: int) -> None:
         for pointer, size in self._entries.pop(entry_id).storages.items():
             self._block_users[pointer] -= 1

@@ -35,6 +35,11 @@ from icm_engine.backends.prefix_batches import Job, batch_cache, plan_waves, sli
 CPU_CACHE_BUDGET_FRACTION = 0.5
 CPU_CACHE_BUDGET_CAP_MB = 12 * 1024
 CPU_CACHE_BUDGET_FLOOR_MB = 1024
+# The budget is set at load time, but other processes (a second search, the studio) may claim
+# memory later: when the system's available memory falls under this, the store gives back a
+# quarter of what it holds after each batch, so it shrinks before the kernel kills a process.
+CPU_LOW_MEMORY_MB = 2048
+CACHE_BUDGET_ENV = "ICM_KV_CACHE_MB"  # an explicit budget in MB, for every TransformersLM of the process
 GPU_CACHE_BUDGET_FRACTION = 0.5  # default on CUDA: this share of the memory free after loading
 # Padded key/value buffer of one batched forward: big enough to fill the matrix units with rows,
 # small enough to stay in memory next to the prefix store.
@@ -72,6 +77,8 @@ class TransformersLM(LanguageModel):
         self._deferred_head_ok: bool | None = None  # decided by a probe on first fast use
         self._windows = sliding_windows(self._text_config)
         if prefix_cache:
+            if cache_budget_mb is None and os.environ.get(CACHE_BUDGET_ENV):
+                cache_budget_mb = float(os.environ[CACHE_BUDGET_ENV])
             if cache_budget_mb is None:
                 budget_bytes = _default_budget_bytes(self.device)
             else:
@@ -312,6 +319,8 @@ class TransformersLM(LanguageModel):
             self._store.put(job.tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
                                               for layer in cache.layers))
         self._count(sum(new_lengths), start)
+        if self.device.type == "cpu" and 0 < _available_memory_bytes() < CPU_LOW_MEMORY_MB * 2**20:
+            self._store.shrink_to(int(0.75 * self._store.nbytes))
 
     @property
     def _kv_bytes_per_token(self) -> int:
