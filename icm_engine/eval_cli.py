@@ -122,11 +122,17 @@ def run(args, backend=None) -> int:
         backend = load_model(m.name, device=m.device, dtype=m.dtype, quantization=m.quantization, max_context=m.max_context)
     print(f"model: {backend.name} (context {backend.context_window} tokens)", flush=True)
 
-    result = evaluate(dataset, backend, config, log=lambda message: print(message, flush=True))
     name = args.name or f"{dataset.task.name} · {backend.name} · {time.strftime('%Y-%m-%d %H:%M')}"
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    with Store(args.db) as store:
-        eval_id = result.save(store, name)
+    with Store(args.db) as store:  # held for the whole evaluation: each finished seed is saved at once
+        saved: list[int] = []
+
+        def save(partial) -> None:
+            saved[:] = [store.save_eval(name, partial.config, partial.rows, eval_id=saved[0] if saved else None)]
+            print(f"  saved seeds {partial.config['seeds_done']} as evaluation {saved[0]} in {args.db}", flush=True)
+
+        result = evaluate(dataset, backend, config, log=lambda message: print(message, flush=True), on_seed=save)
+        eval_id = store.save_eval(name, result.config, result.rows, eval_id=saved[0] if saved else None)
 
     summary = summarize(result.rows)
     print()

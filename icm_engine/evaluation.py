@@ -290,8 +290,12 @@ class EvalResult:
         return store.save_eval(name, self.config, self.rows)
 
 
-def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | None = None) -> EvalResult:
-    """Run every method of `config` on `dataset` (a LoadedDataset with gold); see the module docstring."""
+def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | None = None,
+             on_seed: Callable[["EvalResult"], None] | None = None) -> EvalResult:
+    """Run every method of `config` on `dataset` (a LoadedDataset with gold); see the module docstring.
+
+    on_seed, if given, receives the result so far after each seed (config["complete"] False),
+    so a caller can save it before the next seed's searches start."""
     say = log or (lambda message: None)
     if dataset.gold is None:
         raise ValueError(f"{dataset.name}: evaluation needs gold labels (a gold/label column)")
@@ -307,6 +311,20 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
         f"({config.size_unit}: {config.search_size} + {config.test_size}); {steps} search steps per ICM run")
 
     rows: list[dict] = []
+    info = getattr(backend, "info", None) or ModelInfo(name=backend.name, revision=backend.revision)
+    info = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
+
+    def resolved_config(running_seed: int | None) -> dict:
+        """The config plus what was resolved; running_seed: None once complete, else the last seed done."""
+        return config.to_dict() | {
+            "steps_resolved": steps,
+            "dataset": {"name": dataset.name, "source": dataset.source, "task": task.to_dict(), "n_examples": len(dataset.examples)},
+            "backend": info | {"context_window": backend.context_window},
+            "split": {"search_uids": [e.uid for e in search_examples], "test_uids": [e.uid for e in tests]},
+            "wall_seconds": time.perf_counter() - started,
+            "complete": running_seed is None,
+            "seeds_done": list(config.seeds) if running_seed is None else list(config.seeds[: config.seeds.index(running_seed) + 1]),
+        }
 
     def add_row(method: str, seed: int | None, log_odds: np.ndarray, demos: Sequence[int], labels: Sequence[int],
                 seconds: float, **extra) -> None:
@@ -363,14 +381,7 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
             log_odds = label_log_odds(backend, task, demo_prefix(task, [search_examples[k] for k in demos], labels), tests, say, method)
             add_row(method, seed, log_odds, demos, labels, time.perf_counter() - began, **extra)
 
-    seconds = time.perf_counter() - started
-    info = getattr(backend, "info", None) or ModelInfo(name=backend.name, revision=backend.revision)
-    info = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
-    resolved = config.to_dict() | {
-        "steps_resolved": steps,
-        "dataset": {"name": dataset.name, "source": dataset.source, "task": task.to_dict(), "n_examples": len(dataset.examples)},
-        "backend": info | {"context_window": backend.context_window},
-        "split": {"search_uids": [e.uid for e in search_examples], "test_uids": [e.uid for e in tests]},
-        "wall_seconds": seconds,
-    }
-    return EvalResult(pd.DataFrame(rows), resolved, split, icm_labels, seconds)
+        if on_seed is not None:  # a long evaluation keeps every finished seed, whatever happens next
+            on_seed(EvalResult(pd.DataFrame(rows), resolved_config(seed), split, icm_labels, time.perf_counter() - started))
+
+    return EvalResult(pd.DataFrame(rows), resolved_config(None), split, icm_labels, time.perf_counter() - started)

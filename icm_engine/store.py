@@ -512,8 +512,9 @@ class Store:
 
     # -- evaluations ----------------------------------------------------------------
 
-    def save_eval(self, name: str, config: dict, results: pd.DataFrame) -> int:
-        """One evaluation: known columns (EVAL_COLUMNS) as columns, every other column in extra_json."""
+    def save_eval(self, name: str, config: dict, results: pd.DataFrame, eval_id: int | None = None) -> int:
+        """One evaluation: known columns (EVAL_COLUMNS) as columns, every other column in extra_json.
+        With eval_id, that evaluation's config and rows are replaced (an evaluation saved per seed)."""
         def clean(value: Any) -> Any:
             if isinstance(value, (list, tuple, dict)) or getattr(value, "ndim", 0):
                 return value  # containers and arrays: _dumps handles them
@@ -524,8 +525,12 @@ class Store:
         known = {c: [clean(rec.get(c)) for rec in records] for c in EVAL_COLUMNS}
         extra_json = [_dumps({c: clean(rec[c]) for c in extras}) for rec in records]
         with self._transaction() as con:
-            eval_id = con.execute("SELECT nextval('eval_ids')").fetchone()[0]
-            con.execute("INSERT INTO eval_runs VALUES (?, ?, ?, ?)", [eval_id, name, _dumps(config), _now()])
+            if eval_id is None:
+                eval_id = con.execute("SELECT nextval('eval_ids')").fetchone()[0]
+                con.execute("INSERT INTO eval_runs VALUES (?, ?, ?, ?)", [eval_id, name, _dumps(config), _now()])
+            else:
+                con.execute("UPDATE eval_runs SET name = ?, config_json = ? WHERE eval_id = ?", [name, _dumps(config), eval_id])
+                con.execute("DELETE FROM eval_rows WHERE eval_id = ?", [eval_id])
             if records:
                 con.execute(
                     "INSERT INTO eval_rows SELECT ?, unnest(?), unnest(?::VARCHAR[]), unnest(?::BIGINT[]), "

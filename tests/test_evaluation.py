@@ -4,6 +4,7 @@ search, results land in the store with their config, and the chart builds."""
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -275,6 +276,43 @@ def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
     assert out.exists()
     with Store(str(db)) as store:
         assert len(store.eval_rows(int(store.evals()["eval_id"].iloc[0]))) == 1 + 5 * 2
+
+
+def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path):
+    """Nothing lost: seed 0's rows are in the database before seed 1's searches start."""
+    examples, gold = polarity_examples(24, seed=2)
+    table = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": [f"{e.fields['text']} item {k}" for k, e in enumerate(examples)],
+                  "gold": [gold[k] for k in range(len(examples))]}).to_csv(table, index=False)
+
+    class FailsLater(FakeLM):
+        calls = 0
+
+        def label_logprobs(self, queries):
+            FailsLater.calls += 1
+            if FailsLater.calls > budget:
+                raise RuntimeError("killed")
+            return super().label_logprobs(queries)
+
+    parser = argparse.ArgumentParser()
+    eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["eval", "--task", "sentiment", "--data", str(table), "--search-size", "6", "--test-size", "8",
+            "--steps", "12", "--seeds", "2", "--out", str(tmp_path / "fig.html")]
+    budget = 10**9
+    assert eval_cli.run(parser.parse_args(argv + ["--db", str(tmp_path / "full.duckdb")]), backend=FailsLater(strength=6)) == 0
+    calls_for_two_seeds, FailsLater.calls = FailsLater.calls, 0
+    budget = calls_for_two_seeds * 3 // 4  # dies inside seed 1
+    with pytest.raises(RuntimeError, match="killed"):
+        eval_cli.run(parser.parse_args(argv + ["--db", str(tmp_path / "cut.duckdb")]), backend=FailsLater(strength=6))
+    with Store(str(tmp_path / "full.duckdb")) as store:
+        full = store.eval_rows(int(store.evals()["eval_id"].iloc[0]))
+        assert json.loads(store.evals()["config_json"].iloc[0])["complete"] is True
+    with Store(str(tmp_path / "cut.duckdb")) as store:
+        evals = store.evals()
+        assert len(evals) == 1 and json.loads(evals["config_json"].iloc[0])["seeds_done"] == [0]
+        cut = store.eval_rows(int(evals["eval_id"].iloc[0]))
+    assert set(cut["seed"].dropna()) == {0} and len(cut) == 1 + 5
+    assert cut["accuracy"].tolist() == full["accuracy"].tolist()[: len(cut)]
 
 
 def test_cli_rejects_unknown_methods():
