@@ -125,14 +125,16 @@ def run(args, backend=None) -> int:
     name = args.name or f"{dataset.task.name} · {backend.name} · {time.strftime('%Y-%m-%d %H:%M')}"
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     with Store(args.db) as store:  # held for the whole evaluation: each finished seed is saved at once
-        saved: list[int] = []
+        eval_id = None
 
-        def save(partial) -> None:
-            saved[:] = [store.save_eval(name, partial.config, partial.rows, eval_id=saved[0] if saved else None)]
-            print(f"  saved seeds {partial.config['seeds_done']} as evaluation {saved[0]} in {args.db}", flush=True)
+        def save(result) -> None:  # the first call creates the evaluation, later ones replace its rows
+            nonlocal eval_id
+            eval_id = store.save_eval(name, result.config, result.rows, eval_id=eval_id)
+            if not result.config["complete"]:
+                print(f"  saved seeds {result.config['seeds_done']} as evaluation {eval_id} in {args.db}", flush=True)
 
         result = evaluate(dataset, backend, config, log=lambda message: print(message, flush=True), on_seed=save)
-        eval_id = store.save_eval(name, result.config, result.rows, eval_id=saved[0] if saved else None)
+        save(result)
 
     summary = summarize(result.rows)
     print()

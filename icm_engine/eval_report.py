@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .evaluation import DECISION_RULES
+
 # Display order and names, following the paper's Figures 3, 8 and 10.
 METHOD_NAMES = {
     "zero_shot": "Zero-shot",
@@ -28,7 +30,9 @@ METHOD_COLORS = {
     "icm_no_consistency": "#9DB9D8",
     "perturbed": "#9A9A9A",
 }
-RANDOM_GUESS = 0.5  # a binary label guessed by a fair coin
+RANDOM_GUESS = 0.5
+# Each row's accuracy under every decision rule, as evaluation.add_row names them.
+DECISION_COLUMNS = tuple(f"accuracy_{rule}" for rule in DECISION_RULES)  # a binary label guessed by a fair coin
 
 
 def _std(values: pd.Series) -> float:
@@ -44,7 +48,7 @@ def _ordered(methods) -> list[str]:
 
 SUMMARY_COLUMNS = ["method", "mean", "std", "n_test", "n_demos", "seeds"] + [
     f"{c}{s}" for c in ("demo_accuracy", "label_accuracy", "label_coverage") for s in ("", "_std")
-] + ["accuracy_argmax", "accuracy_centered"]
+] + list(DECISION_COLUMNS)
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +67,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             "n_demos": str(demos[0]) if len(demos) == 1 else f"{demos[0]}-{demos[-1]}" if demos else "",
             "seeds": len(part),
         }
-        for column in ("accuracy_argmax", "accuracy_centered"):  # each decision rule's mean (older evals: absent)
+        for column in DECISION_COLUMNS:  # each decision rule's mean (older evals: absent)
             line[column] = float(part[column].mean()) if column in part and part[column].notna().any() else np.nan
         for column in ("demo_accuracy", "label_accuracy", "label_coverage"):
             values = part[column].dropna() if column in part else pd.Series(dtype=float)

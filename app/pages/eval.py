@@ -6,11 +6,11 @@ import json
 
 import streamlit as st
 
-from icm_engine.eval_report import METHOD_NAMES, accuracy_figure, summarize
+from icm_engine.eval_report import DECISION_COLUMNS, METHOD_NAMES, accuracy_figure, summarize
 from icm_engine.manager import RunManager
 
 # Per-seed columns worth a glance; the full rows (predictions, log-odds, demo ids) are in the download.
-SEED_COLUMNS = ["method", "seed", "accuracy", "accuracy_argmax", "accuracy_centered", "n_demos", "demo_accuracy",
+SEED_COLUMNS = ["method", "seed", "accuracy", *DECISION_COLUMNS, "n_demos", "demo_accuracy",
                 "label_accuracy", "label_coverage", "search_seconds", "predict_seconds"]
 
 

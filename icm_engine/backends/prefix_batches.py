@@ -105,7 +105,6 @@ class BatchLayer(DynamicLayer):
         # so the forward is handed those alone; the stored states stay full (see kv_cache).
         self.is_sliding = sliding_window is not None
         self._window = sliding_window
-        self._visible_from = 0
 
     def get_seq_length(self) -> int:
         return self._length
