@@ -14,9 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .datasets import (
-    SAMPLE_DIR, LoadedDataset, load_gsm8k, load_hh_rlhf, load_sentiment, load_truthfulqa, shared_data_dir,
-)
+from .datasets import SAMPLE_DIR, LoadedDataset
+from .shared_data import load_gsm8k, load_hh_rlhf, load_sentiment, load_truthfulqa, shared_data_dir
 
 SEED = 0  # the samples' subset and within-group order
 SIZES = {"sentiment_yelp": 200, "truthfulqa": 64, "gsm8k_verification": 48, "hh_rlhf_harmless": 64}  # groups

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from icm_engine import datasets as ds
+from icm_engine import shared_data as sd
 from icm_engine.datasets import DatasetError, build_dataset, gsm8k_final_answer, read_table
 from icm_engine.sample_builder import build_samples
 from icm_engine.tasks import ConsistencyIndex, builtin_task_names, load_task
 
-needs_shared = pytest.mark.skipif(not ds.shared_data_dir().is_dir(), reason="no ../shared/data here")
+needs_shared = pytest.mark.skipif(not sd.shared_data_dir().is_dir(), reason="no ../shared/data here")
 # words that would give gold away if they showed up in an id (or a model name that predicts it)
 TELLS = ("chosen", "rejected", "correct", "true", "false", "gold", "label", "6b", "175b", "good", "bad")
 
@@ -58,7 +59,7 @@ def test_task_defs_ship_and_follow_table_1_style():
 
 @needs_shared
 def test_truthfulqa_groups_by_question_with_no_keys():
-    data = ds.load_truthfulqa(limit=6)
+    data = sd.load_truthfulqa(limit=6)
     assert data.task.rule == "none" and len(_groups(data)) == 6 and len(data) == 24
     assert all(e.key is None for e in data.examples)
     for members in _groups(data).values():
@@ -68,7 +69,7 @@ def test_truthfulqa_groups_by_question_with_no_keys():
 
 @needs_shared
 def test_gsm8k_keys_are_parsed_final_answers_and_gold_obeys_the_rule():
-    data = ds.load_gsm8k()
+    data = sd.load_gsm8k()
     assert len(data) == 2304 and all(len(m) == 4 for m in _groups(data).values())
     for example in data.examples:
         parsed = gsm8k_final_answer(example.fields["solution"])
@@ -91,7 +92,7 @@ def test_gsm8k_final_answer(text, answer):
 
 @needs_shared
 def test_hh_pairs_hold_both_orders_with_exactly_one_true():
-    data = ds.load_hh_rlhf(limit=40)
+    data = sd.load_hh_rlhf(limit=40)
     groups = _groups(data)
     assert len(groups) == 40 and len(data) == 80
     for members in groups.values():
@@ -105,7 +106,7 @@ def test_hh_pairs_hold_both_orders_with_exactly_one_true():
 
 @needs_shared
 def test_hh_keys_and_positions_do_not_tell_gold():
-    data = ds.load_hh_rlhf()
+    data = sd.load_hh_rlhf()
     assert len(_groups(data)) == 2303 and "skipped 9" in data.notes[0]
     ab_true = [data.gold[i] for i, e in enumerate(data.examples) if e.key == "ab"]
     first_true = [data.gold[m[0]] for m in _groups(data).values()]
@@ -116,14 +117,14 @@ def test_hh_keys_and_positions_do_not_tell_gold():
 @needs_shared
 @pytest.mark.parametrize("source", ["yelp", "amazon"])
 def test_sentiment_complementary_groups(source):
-    data = ds.load_sentiment(source, limit=30)
+    data = sd.load_sentiment(source, limit=30)
     assert data.task.rule == "complementary" and len(data) == 60
     for members in _groups(data).values():
         claims = [data.examples[i] for i in members]
         assert {c.key for c in claims} == {"positive", "negative"}
         assert {c.fields["claim"] for c in claims} == set(ds.SENTIMENT_CLAIMS.values())
         assert sorted(data.gold[i] for i in members) == [0, 1]
-    full = ds.load_sentiment(source)
+    full = sd.load_sentiment(source)
     first_true = [full.gold[m[0]] for m in _groups(full).values()]
     assert 0.43 < sum(first_true) / len(first_true) < 0.57  # claim order is no tell
     _assert_neutral(data)
@@ -131,10 +132,10 @@ def test_sentiment_complementary_groups(source):
 
 @needs_shared
 def test_sentiment_single_limit_is_balanced_and_reproducible():
-    data = ds.load_sentiment("yelp", single=True, limit=50, seed=3)
+    data = sd.load_sentiment("yelp", single=True, limit=50, seed=3)
     assert data.task.name == "sentiment_single" and len(data) == 50 and sum(data.gold.values()) == 25
-    assert ds.load_sentiment("yelp", single=True, limit=50, seed=3).examples == data.examples
-    assert ds.load_sentiment("yelp", single=True, limit=50, seed=4).examples != data.examples
+    assert sd.load_sentiment("yelp", single=True, limit=50, seed=3).examples == data.examples
+    assert sd.load_sentiment("yelp", single=True, limit=50, seed=4).examples != data.examples
     _assert_neutral(data)
 
 
@@ -143,12 +144,12 @@ def test_sentiment_file_splits_on_newline_only(tmp_path, monkeypatch):
     (tmp_path / "sentiment").mkdir()
     (tmp_path / "sentiment" / "yelp_labelled.txt").write_bytes(sentences.encode("utf-8"))
     monkeypatch.setenv("ICM_SHARED_DATA", str(tmp_path))
-    data = ds.load_sentiment("yelp", single=True)
+    data = sd.load_sentiment("yelp", single=True)
     assert [e.fields["text"] for e in data.examples] == ["Good food\u2028really.", "Awful\x85 service.", "Fine place."]
     assert [data.gold[i] for i in range(3)] == [1, 0, 1]
     (tmp_path / "sentiment" / "yelp_labelled.txt").write_text("Fine.\t1\nNo tab here\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"line 2, column 'label'"):
-        ds.load_sentiment("yelp")
+        sd.load_sentiment("yelp")
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_samples_load_and_match_their_tasks():
 def test_samples_rebuild_byte_identical(tmp_path):
     for path in build_samples(tmp_path):
         assert path.read_bytes() == (ds.SAMPLE_DIR / path.name).read_bytes(), path.name
-    assert ds.load_sample("hh_rlhf_harmless").examples == ds.load_hh_rlhf(limit=64).examples
+    assert ds.load_sample("hh_rlhf_harmless").examples == sd.load_hh_rlhf(limit=64).examples
 
 
 @needs_shared
