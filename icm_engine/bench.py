@@ -109,6 +109,9 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
         record = search.step()
         used = fast.backend.stats.since(before)
         cost.add(used.tokens_forwarded, record.seconds)
+        kind = "unchanged" if record.old_label == record.proposed_label else "add" if record.old_label is None else "relabel"
+        print(f"  search step {cost.count}: {kind}, {sum(1 for _ in record.fixes)} fixes, "
+              f"{used.tokens_forwarded:,} tokens in {record.seconds:.1f} s", flush=True)
         if record.old_label == record.proposed_label:
             counts["unchanged"] += 1
             continue
