@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import duckdb
 import pandas as pd
 
+from .json_values import json_value, tag_state, to_json, untag_state
 from .records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchSnapshot, StepRecord
 from .tasks import Example, Task
 
@@ -100,47 +101,6 @@ class SchemaVersionError(StoreError):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _plain(obj: Any) -> Any:
-    """json.dumps fallback: numpy scalars/arrays, sets and dataclasses turn up in records."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "isoformat"):  # datetimes in evaluation extras
-        return obj.isoformat()
-    raise TypeError(f"cannot store {type(obj).__name__} as JSON: {obj!r}")
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_plain)
-
-
-# RNG states must come back *identical*, not merely JSON-equal: random.Random.setstate wants
-# tuples and numpy's MT19937 keeps an ndarray, so both are tagged rather than flattened.
-def _tag_state(obj: Any) -> Any:
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_tag_state(x) for x in obj]}
-    if isinstance(obj, list):
-        return [_tag_state(x) for x in obj]
-    if isinstance(obj, dict):
-        return {str(k): _tag_state(v) for k, v in obj.items()}
-    if getattr(obj, "ndim", 0) and hasattr(obj, "dtype"):
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
-    return obj  # numpy scalars are left to _plain
-
-
-def _untag_state(obj: dict) -> Any:
-    if obj.keys() == {"__tuple__"}:
-        return tuple(obj["__tuple__"])
-    if obj.keys() == {"__ndarray__", "dtype"}:
-        import numpy as np  # only states that held an array need it
-
-        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
-    return obj
 
 
 def _opt_int(value: Any) -> int | None:
@@ -262,7 +222,7 @@ class Store:
             dataset_id = con.execute("SELECT nextval('dataset_ids')").fetchone()[0]
             con.execute(
                 "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [dataset_id, name, _dumps(task_dict), source, n, gold is not None, _now()],
+                [dataset_id, name, to_json(task_dict), source, n, gold is not None, _now()],
             )
             for start in range(0, n, _CHUNK):
                 cols: tuple[list, ...] = ([], [], [], [], [])
@@ -272,7 +232,7 @@ class Store:
                     if missing:
                         raise ValueError(f"example {idx} ({ex.uid!r}) lacks task fields {missing}")
                     try:
-                        fields_json = _dumps(dict(ex.fields))
+                        fields_json = to_json(dict(ex.fields))
                     except (TypeError, ValueError) as exc:
                         raise ValueError(f"example {idx} ({ex.uid!r}): fields are not storable: {exc}") from exc
                     group = None if ex.group is None else str(ex.group)  # loaders may hand ints
@@ -348,7 +308,7 @@ class Store:
             now = _now()
             con.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, 'created', ?, ?, NULL, -1, NULL, ?)",
-                [run_id, dataset_id, name or f"run {run_id}", _dumps(config), _dumps(model_info),
+                [run_id, dataset_id, name or f"run {run_id}", to_json(config), to_json(model_info),
                  _opt_int(seed), now, now, parent_run_id],
             )
         return int(run_id)
@@ -358,7 +318,7 @@ class Store:
         model_info = dataclasses.asdict(model_info) if dataclasses.is_dataclass(model_info) else dict(model_info)
         with self._transaction() as con:
             con.execute("UPDATE runs SET model_json = ?, updated_at = ? WHERE run_id = ?",
-                        [_dumps(model_info), _now(), run_id])
+                        [to_json(model_info), _now(), run_id])
 
     def record_step(self, run_id: int, record: StepRecord, snapshot: SearchSnapshot) -> None:
         """Persist one step atomically: its event, its flips, the labeled set and the state to resume from."""
@@ -384,8 +344,8 @@ class Store:
                 "INSERT INTO events VALUES (" + ", ".join("?" * 26) + ")",
                 [run_id, r.iteration, seq, r.kind, _opt_float(r.temperature), _opt_int(r.example),
                  _opt_int(r.old_label), _opt_int(r.proposed_label),
-                 None if r.proposal_logp is None else _dumps(list(r.proposal_logp)),
-                 _dumps([dataclasses.asdict(f) for f in r.fixes]),
+                 None if r.proposal_logp is None else to_json(list(r.proposal_logp)),
+                 to_json([dataclasses.asdict(f) for f in r.fixes]),
                  _opt_float(r.u_before), _opt_float(r.u_after), _opt_float(r.ap_before), _opt_float(r.ap_after),
                  _opt_int(r.i_before), _opt_int(r.i_after), _opt_float(r.delta), _opt_float(r.accept_prob),
                  _opt_float(r.draw), bool(r.accepted), int(r.labeled_count), int(r.model_calls),
@@ -414,7 +374,7 @@ class Store:
             s = snapshot
             con.execute(
                 "INSERT OR REPLACE INTO run_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, s.iteration, _dumps(_tag_state(s.rng_state)), _dumps(sorted(int(e) for e in s.excluded)),
+                [run_id, s.iteration, to_json(tag_state(s.rng_state)), to_json(sorted(int(e) for e in s.excluded)),
                  int(s.next_position), float(s.alpha), float(s.t0), _opt_float(s.u), _opt_float(s.ap),
                  _opt_int(s.inconsistencies)],
             )
@@ -442,7 +402,7 @@ class Store:
                   for e, y, p, lf, lt, pin in rows}
         return SearchSnapshot(
             iteration=iteration, labels=labels, excluded=set(json.loads(excluded_json)),
-            rng_state=json.loads(rng_json, object_hook=_untag_state), next_position=next_position,
+            rng_state=json.loads(rng_json, object_hook=untag_state), next_position=next_position,
             alpha=alpha, t0=t0, u=u, ap=ap, inconsistencies=inconsistencies,
         )
 
@@ -515,21 +475,16 @@ class Store:
     def save_eval(self, name: str, config: dict, results: pd.DataFrame, eval_id: int | None = None) -> int:
         """One evaluation: known columns (EVAL_COLUMNS) as columns, every other column in extra_json.
         With eval_id, that evaluation's config and rows are replaced (an evaluation saved per seed)."""
-        def clean(value: Any) -> Any:
-            if isinstance(value, (list, tuple, dict)) or getattr(value, "ndim", 0):
-                return value  # containers and arrays: _dumps handles them
-            return None if pd.isna(value) else value.item() if hasattr(value, "item") else value
-
         extras = [c for c in results.columns if c not in EVAL_COLUMNS]
         records = results.to_dict("records")
-        known = {c: [clean(rec.get(c)) for rec in records] for c in EVAL_COLUMNS}
-        extra_json = [_dumps({c: clean(rec[c]) for c in extras}) for rec in records]
+        known = {c: [json_value(rec.get(c)) for rec in records] for c in EVAL_COLUMNS}
+        extra_json = [to_json({c: json_value(rec[c]) for c in extras}) for rec in records]
         with self._transaction() as con:
             if eval_id is None:
                 eval_id = con.execute("SELECT nextval('eval_ids')").fetchone()[0]
-                con.execute("INSERT INTO eval_runs VALUES (?, ?, ?, ?)", [eval_id, name, _dumps(config), _now()])
+                con.execute("INSERT INTO eval_runs VALUES (?, ?, ?, ?)", [eval_id, name, to_json(config), _now()])
             else:
-                con.execute("UPDATE eval_runs SET name = ?, config_json = ? WHERE eval_id = ?", [name, _dumps(config), eval_id])
+                con.execute("UPDATE eval_runs SET name = ?, config_json = ? WHERE eval_id = ?", [name, to_json(config), eval_id])
                 con.execute("DELETE FROM eval_rows WHERE eval_id = ?", [eval_id])
             if records:
                 con.execute(
