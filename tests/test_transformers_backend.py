@@ -273,8 +273,30 @@ def test_store_counts_the_buffer_that_entries_of_one_batch_share():
     small.put(np.array([8, 8]), (torch.zeros(1, 1, 8, 2), torch.zeros(1, 1, 8, 2)))  # 128 more: over
     # evicting one or two rows frees nothing; all three go before the budget holds
     assert small.evictions == 3 and small.nbytes == 32 + 128 and len(small) == 2
-    small.shrink_to(130)  # low memory: the least recently used entry goes, the budget stays lowered
-    assert small.nbytes == 128 and small.budget_bytes == 130 and len(small) == 1
+    assert small.release(30) == 32  # low memory: the least recently used entry goes, the budget stays
+    assert small.nbytes == 128 and small.budget_bytes == 300 and len(small) == 1
+    assert small.release(1000, keep_bytes=100) == 0 and len(small) == 1  # never below keep_bytes
+
+
+def test_memory_pressure_evicts_what_is_missing_and_keeps_a_quarter(loaded, monkeypatch):
+    """Under pressure from other processes the store gives back what the machine lacks, keeps
+    its budget (it may grow back once memory frees) and never empties itself: a store emptied
+    batch after batch would recompute every prompt from scratch."""
+    from icm_engine.backends import transformers_backend as tb
+
+    lm = make_lm(loaded, "llama", cache_budget_mb=1)
+    demos = random_demos(random.Random(5), 8, words=6)
+    lm.label_logprobs(loo_queries(demos))
+    held, budget = lm.cache_store.nbytes, lm.cache_store.budget_bytes
+    assert held > 0.5 * budget
+    monkeypatch.setattr(tb, "_available_memory_bytes", lambda: tb.CPU_LOW_MEMORY_MB * 2**20 - 1000)
+    lm._relieve_memory_pressure()  # 1000 bytes missing: an entry or so goes
+    assert 0.5 * held < lm.cache_store.nbytes < held and lm.cache_store.budget_bytes == budget
+    monkeypatch.setattr(tb, "_available_memory_bytes", lambda: 1)  # far too little: keep a quarter
+    for _ in range(3):
+        lm._relieve_memory_pressure()
+    assert tb.CPU_PRESSURE_KEEP_FRACTION * budget <= lm.cache_store.nbytes < 0.5 * held
+    assert_matches_naive(lm, loo_queries(demos))  # what is left still scores exactly
 
 
 def test_cache_budget_from_the_environment(loaded, monkeypatch):
@@ -325,6 +347,11 @@ def test_waves_wait_only_for_a_worthwhile_neighbour():
     ]
     waves = plan_waves(jobs, store)
     assert [sorted(j.index for j in wave) for wave in waves] == [[0, 1, 3], [2]]
+    # a store too small to keep job 1's state until the next wave: job 2 goes along, not after it
+    tiny = PrefixKVStore(10 * (3 * GAIN))
+    tiny.put(stored, ())
+    assert len(plan_waves(jobs, tiny, bytes_per_token=100)) == 1
+    assert len(plan_waves(jobs, tiny, bytes_per_token=1)) == 2
     assert store.match_length(jobs[0].tokens, 101) == 100 and store.match_length(jobs[1].tokens) == 0
     # rows go shortest-new-part first, and a batch never passes the byte budget
     batches = split_batches(jobs, [100, 0, 0, 50], bytes_per_token=1, max_bytes=2 * 160, max_rows=8)

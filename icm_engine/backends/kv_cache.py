@@ -123,12 +123,20 @@ class PrefixKVStore:
             self.evictions += 1
         return True
 
-    def shrink_to(self, budget_bytes: int) -> None:
-        """Lower the budget (never below zero) and evict least recently used entries to meet it."""
-        self.budget_bytes = max(0, min(self.budget_bytes, budget_bytes))
-        while self._entries and self.nbytes > self.budget_bytes:
-            self._remove(next(iter(self._entries)))
+    def release(self, nbytes: int, keep_bytes: int = 0) -> int:
+        """Evict least recently used entries until nbytes are freed, stopping before an eviction
+        would leave less than keep_bytes held; the budget stays as it is. Returns the bytes freed."""
+        before = self.nbytes
+        while self._entries and self.nbytes > before - nbytes:
+            oldest = next(iter(self._entries))
+            if self.nbytes - self._freed_by_removing(oldest) < keep_bytes:
+                break
+            self._remove(oldest)
             self.evictions += 1
+        return before - self.nbytes
+
+    def _freed_by_removing(self, entry_id: int) -> int:
+        return sum(size for pointer, size in self._entries[entry_id].storages.items() if self._block_users[pointer] == 1)
 
     def _remove(self, entry_id: int) -> None:
         for pointer, size in self._entries.pop(entry_id).storages.items():

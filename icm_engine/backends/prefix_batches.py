@@ -43,23 +43,30 @@ class Job:
         return min(self.positions)
 
 
-def plan_waves(jobs: Sequence[Job], store: PrefixKVStore) -> list[list[Job]]:
+def plan_waves(jobs: Sequence[Job], store: PrefixKVStore, bytes_per_token: int = 0) -> list[list[Job]]:
     """Group jobs into waves run one after another; jobs of one wave are independent.
 
     Jobs are taken in lexicographic token order (a depth-first walk of their prefix tree), where
     the longest prefix a job shares with any earlier job is the one it shares with the job just
     before it. A job waits one wave after that neighbour when the neighbour's state would save
-    it MIN_TOKENS_SAVED_BY_WAITING tokens over the best stored prefix.
+    it MIN_TOKENS_SAVED_BY_WAITING tokens over the best stored prefix, and when the store can
+    hold the neighbour's whole wave (given bytes_per_token): a state evicted before the next wave
+    would leave the waiting job to start from scratch, one small forward after another.
     """
+    capacity = store.budget_bytes // bytes_per_token if bytes_per_token else float("inf")
     ordered = sorted(jobs, key=lambda job: tuple(job.tokens))
     wave_of: list[int] = []
+    wave_tokens: list[int] = []
     for k, job in enumerate(ordered):
         wave = 0
         if k:
             from_neighbour = min(common_prefix_length(ordered[k - 1].tokens, job.tokens), job.reuse_limit)
-            if from_neighbour - store.match_length(job.tokens, job.reuse_limit) >= MIN_TOKENS_SAVED_BY_WAITING:
+            saves = from_neighbour - store.match_length(job.tokens, job.reuse_limit)
+            if saves >= MIN_TOKENS_SAVED_BY_WAITING and wave_tokens[wave_of[k - 1]] <= capacity:
                 wave = wave_of[k - 1] + 1
         wave_of.append(wave)
+        wave_tokens += [0] * (wave + 1 - len(wave_tokens))
+        wave_tokens[wave] += len(job.tokens)
     waves: list[list[Job]] = [[] for _ in range(max(wave_of, default=-1) + 1)]
     for job, wave in zip(ordered, wave_of):
         waves[wave].append(job)

@@ -36,9 +36,12 @@ CPU_CACHE_BUDGET_FRACTION = 0.5
 CPU_CACHE_BUDGET_CAP_MB = 12 * 1024
 CPU_CACHE_BUDGET_FLOOR_MB = 1024
 # The budget is set at load time, but other processes (a second search, the studio) may claim
-# memory later: when the system's available memory falls under this, the store gives back a
-# quarter of what it holds after each batch, so it shrinks before the kernel kills a process.
+# memory later: when the system's available memory falls under this, the store evicts what is
+# missing after each batch, so it shrinks before the kernel kills a process. It keeps at least a
+# quarter of its budget: freed blocks do not always show up as available memory again, and a
+# store that emptied itself batch after batch would recompute every prompt from scratch.
 CPU_LOW_MEMORY_MB = 2048
+CPU_PRESSURE_KEEP_FRACTION = 0.25
 CACHE_BUDGET_ENV = "ICM_KV_CACHE_MB"  # an explicit budget in MB, for every TransformersLM of the process
 GPU_CACHE_BUDGET_FRACTION = 0.5  # default on CUDA: this share of the memory free after loading
 # Padded key/value buffer of one batched forward: big enough to fill the matrix units with rows,
@@ -287,7 +290,7 @@ class TransformersLM(LanguageModel):
         forwarding only what the store lacks, many jobs per forward (see prefix_batches)."""
         results: list[torch.Tensor | None] = [None] * len(jobs)
         max_bytes = GPU_BATCH_BYTES if self.device.type == "cuda" else CPU_BATCH_BYTES
-        for wave in plan_waves(jobs, self._store):
+        for wave in plan_waves(jobs, self._store, self._kv_bytes_per_token):
             fetched = [self._store.longest_prefix(job.tokens, limit=job.reuse_limit) for job in wave]
             reused = [n for _, n in fetched]
             for batch in split_batches(wave, reused, self._kv_bytes_per_token, max_bytes, MAX_BATCH_ROWS):
@@ -319,8 +322,14 @@ class TransformersLM(LanguageModel):
             self._store.put(job.tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
                                               for layer in cache.layers))
         self._count(sum(new_lengths), start)
-        if self.device.type == "cpu" and 0 < _available_memory_bytes() < CPU_LOW_MEMORY_MB * 2**20:
-            self._store.shrink_to(int(0.75 * self._store.nbytes))
+        if self.device.type == "cpu":
+            self._relieve_memory_pressure()
+
+    def _relieve_memory_pressure(self) -> None:
+        available = _available_memory_bytes()
+        missing = CPU_LOW_MEMORY_MB * 2**20 - available
+        if available > 0 and missing > 0:
+            self._store.release(missing, keep_bytes=int(CPU_PRESSURE_KEEP_FRACTION * self._store.budget_bytes))
 
     @property
     def _kv_bytes_per_token(self) -> int:
