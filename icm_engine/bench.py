@@ -112,10 +112,9 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
         kind = "unchanged" if record.old_label == record.proposed_label else "add" if record.old_label is None else "relabel"
         print(f"  search step {cost.count}: {kind}, {sum(1 for _ in record.fixes)} fixes, "
               f"{used.tokens_forwarded:,} tokens in {record.seconds:.1f} s", flush=True)
-        if record.old_label == record.proposed_label:
-            counts["unchanged"] += 1
+        counts[kind] += 1
+        if kind == "unchanged":
             continue
-        counts["add" if record.old_label is None else "relabel"] += 1
         counts["fix"] += sum(1 for _ in record.fixes)
         candidate = {**before_labels, record.example: record.proposed_label}
         candidate_order = before_order + ([record.example] if record.old_label is None else [])

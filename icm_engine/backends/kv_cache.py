@@ -118,9 +118,7 @@ class PrefixKVStore:
             users = self._block_users.get(pointer, 0)
             self.nbytes += size if users == 0 else 0
             self._block_users[pointer] = users + 1
-        while self.nbytes > self.budget_bytes:
-            self._remove(next(iter(self._entries)))
-            self.evictions += 1
+        self.release(self.nbytes - self.budget_bytes)
         return True
 
     def release(self, nbytes: int, keep_bytes: int = 0) -> int:
