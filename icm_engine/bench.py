@@ -83,6 +83,7 @@ def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, r
                 results[kind]["naive"].add(tokens, seconds)
                 print(f"  measured {kind}: naive {tokens:,} tokens in {seconds:.1f} s", flush=True)
                 for f, g in zip(fast_evals, naive_evals):
+                    # at the paper's alpha = 50; the inconsistency counts are equal, so /50 is nats
                     results[kind]["max_du"] = max(results[kind]["max_du"], abs(f.utility(50.0) - g.utility(50.0)))
     return results
 
@@ -129,6 +130,15 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
     return counts, cost, (agree / compared if compared else float("nan")), compared
 
 
+def _device_name(backend) -> str:
+    device = getattr(backend, "device", None)
+    if device is None or device.type != "cuda":
+        return "cpu"
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(device)})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="icm bench", description=__doc__)
     add_arguments(parser)
@@ -161,16 +171,17 @@ def run(args) -> int:
     naive = Scorer(backend.naive(), task, loaded.examples)
     prequential = Scorer(backend, task, loaded.examples, mode="prequential")
     rng = np.random.default_rng(args.seed)
-    print(f"model {backend.name} on {getattr(backend, 'device', 'cpu')}; task {task.name}; n = {args.n} labeled")
+    print(f"model {backend.name} ({backend.info.dtype}, quantization {backend.info.quantization}) on "
+          f"{_device_name(backend)}; task {task.name}; n = {args.n} labeled")
     raw = backend.raw_throughput(1024)
     print(f"raw model throughput (one 1024-token forward): {raw:,.0f} tokens/s")
 
     results = compare_step_types(fast, naive, args.n, rng, args.repeats, not args.no_naive)
-    print(f"\n{'step type':10s} {'fast tok':>10s} {'fast s':>8s} {'naive tok':>10s} {'naive s':>8s} {'speedup':>8s} {'max|dU|':>9s}")
+    print(f"\n{'step type':10s} {'fast tok':>10s} {'fast s':>8s} {'naive tok':>10s} {'naive s':>8s} {'speedup':>8s} {'max|dU|':>9s} {'in nats':>9s}")
     for kind, r in results.items():
         ft, fs = r["fast"].per_step()
         nt, ns = r["naive"].per_step()
-        print(f"{kind:10s} {ft:10.0f} {fs:8.2f} {nt:10.0f} {ns:8.2f} {ns / fs:8.1f}x {r['max_du']:9.2e}")
+        print(f"{kind:10s} {ft:10.0f} {fs:8.2f} {nt:10.0f} {ns:8.2f} {ns / fs:8.1f}x {r['max_du']:9.2e} {r['max_du'] / 50:9.2e}")
 
     counts, cost, agreement, compared = run_mix(fast, prequential, args.n, args.mix_steps, args.seed, rng)
     fast_tokens, fast_seconds = cost.tokens / cost.count, cost.seconds / cost.count
@@ -185,4 +196,8 @@ def run(args) -> int:
               f"mix speedup {naive_per_step / fast_seconds:.1f}x")
     print(f"prequential (approximate) mode agrees with exact accept/reject on {agreement:.0%} of {compared} changed steps")
     print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    if getattr(backend, "device", None) is not None and backend.device.type == "cuda":
+        import torch
+
+        print(f"peak GPU memory (torch max allocated): {torch.cuda.max_memory_allocated(backend.device) / 2**20:,.0f} MiB")
     return 0
