@@ -356,3 +356,32 @@ def test_waves_wait_only_for_a_worthwhile_neighbour():
     # rows go shortest-new-part first, and a batch never passes the byte budget
     batches = split_batches(jobs, [100, 0, 0, 50], bytes_per_token=1, max_bytes=2 * 160, max_rows=8)
     assert batches == [[0, 3], [1, 2]]  # 2 x (100 + 10) and 2 x (0 + 145) fit 320; 3 rows would not
+
+
+def test_new_tokens_run_in_chunks_of_the_smallest_sliding_window():
+    from icm_engine.backends.prefix_batches import chunk_spans
+
+    assert chunk_spans(40, [16, None, 32]) == [(0, 16), (16, 32), (32, 40)]
+    assert chunk_spans(40, [None, None]) == [(0, 40)]  # no sliding window: one forward
+    assert chunk_spans(10, [16]) == [(0, 10)]
+
+
+def test_chunked_batch_forward_matches_naive(loaded, monkeypatch):
+    """Rows whose new parts span several windows (the tiny Gemma's is 16 tokens), read at
+    positions inside different chunks, after a relabel near the start."""
+    from icm_engine.backends import transformers_backend
+
+    spans, real_chunk_spans = [], transformers_backend.chunk_spans
+
+    def recording_chunk_spans(width, windows):
+        spans.append(real_chunk_spans(width, windows))
+        return spans[-1]
+
+    monkeypatch.setattr(transformers_backend, "chunk_spans", recording_chunk_spans)
+    lm = make_lm(loaded, "gemma3")
+    demos = random_demos(random.Random(7), 9)
+    lm.label_logprobs(loo_queries(demos))
+    demos[1] = (demos[1][0], 1 - demos[1][1])
+    spans.clear()
+    assert_matches_naive(lm, loo_queries(demos))
+    assert max(len(s) for s in spans) >= 3  # some batch ran in three or more chunks

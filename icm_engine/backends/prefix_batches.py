@@ -98,16 +98,19 @@ def split_batches(jobs: Sequence[Job], pasts: Sequence[int], bytes_per_token: in
 class BatchLayer(DynamicLayer):
     """A full-attention cache layer for one batched forward: rows' pasts left-padded to one length.
 
-    The padded tensor is built on the forward's single update, when the new keys' shape is known,
-    so pasts are copied once, straight into place.
+    The new tokens may come in several chunks (one model call each, see chunk_spans). The buffer
+    for pasts and all new tokens is allocated on the first update, when the keys' shape is known,
+    so pasts are copied once, straight into place, and each chunk is written after the last.
     """
 
-    def __init__(self, pasts: Sequence[LayerKV | None], past_length: int, sliding_window: int | None = None):
+    def __init__(self, pasts: Sequence[LayerKV | None], past_length: int, sliding_window: int | None = None,
+                 new_length: int | None = None):
         super().__init__()
         self._pasts = list(pasts)
         self._length = past_length
+        self._capacity = None if new_length is None else past_length + new_length
         self.is_initialized = True
-        # A sliding-window layer attends only to the last window-1 keys before the first new
+        # A sliding-window layer attends only to the last window-1 keys before the chunk's first
         # token (the same for every row: all rows' new tokens start at the same padded index),
         # so the forward is handed those alone; the stored states stay full (see kv_cache).
         self.is_sliding = sliding_window is not None
@@ -122,12 +125,25 @@ class BatchLayer(DynamicLayer):
         return self._length + query_length, 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if self._pasts is None:
-            raise RuntimeError("BatchLayer holds one forward; start a new cache for the next")
         batch, heads, new, dim = key_states.shape
+        if self._pasts is not None:
+            self._allocate(key_states, value_states, new)
+        elif self._length + new > self._buffer_keys.shape[-2]:
+            raise RuntimeError("BatchLayer was given more new tokens than it was built for")
+        visible_from = self.get_mask_sizes(new)[1]
+        end = self._length + new
+        self._buffer_keys[:, :, self._length : end] = key_states
+        self._buffer_values[:, :, self._length : end] = value_states
+        self._length = end
+        self.keys, self.values = self._buffer_keys[:, :, :end], self._buffer_values[:, :, :end]
+        return self.keys[:, :, visible_from:], self.values[:, :, visible_from:]
+
+    def _allocate(self, key_states: torch.Tensor, value_states: torch.Tensor, new: int) -> None:
+        batch, heads, _, dim = key_states.shape
         past_length = self._length
-        keys = key_states.new_empty((batch, heads, past_length + new, dim))
-        values = value_states.new_empty((batch, heads, past_length + new, dim))
+        size = self._capacity if self._capacity is not None else past_length + new
+        keys = key_states.new_empty((batch, heads, size, dim))
+        values = value_states.new_empty((batch, heads, size, dim))
         for row, past in enumerate(self._pasts):
             length = 0 if past is None else past[0].shape[-2]
             if length:
@@ -136,11 +152,21 @@ class BatchLayer(DynamicLayer):
             # Padding is masked out, but a NaN in garbage memory would still poison the softmax.
             keys[row, :, : past_length - length] = 0
             values[row, :, : past_length - length] = 0
-        keys[:, :, past_length:] = key_states
-        values[:, :, past_length:] = value_states
-        visible_from = self.get_mask_sizes(new)[1]
-        self.keys, self.values, self._length, self._pasts = keys, values, past_length + new, None
-        return keys[:, :, visible_from:], values[:, :, visible_from:]
+        self._buffer_keys, self._buffer_values, self._pasts = keys, values, None
+
+
+def chunk_spans(width: int, windows: Sequence[int | None]) -> list[tuple[int, int]]:
+    """Split a batch's new tokens into chunks of the smallest sliding window, one forward each.
+
+    Attention with a mask computes every query against every key it is handed, masked or not.
+    In one forward of W new tokens a sliding-window layer is handed window-1+W keys per query;
+    in chunks of the window it is handed at most 2*window-1, and full layers skip the upper
+    triangle of the chunks after. The result is the same: attention is causal either way.
+    Models without sliding windows run in one forward.
+    """
+    sliding = [w for w in windows if w is not None]
+    chunk = min(sliding) if sliding else width
+    return [(start, min(start + chunk, width)) for start in range(0, width, max(chunk, 1))]
 
 
 def sliding_windows(config) -> list[int | None]:
@@ -154,11 +180,13 @@ def sliding_windows(config) -> list[int | None]:
     return [window if kind == "sliding_attention" else None for kind in layer_types]
 
 
-def batch_cache(pasts: Sequence[tuple[LayerKV, ...] | None], past_length: int, windows: Sequence[int | None]):
-    """A DynamicCache of BatchLayers: one per model layer, each over every row's past of that layer."""
+def batch_cache(pasts: Sequence[tuple[LayerKV, ...] | None], past_length: int, windows: Sequence[int | None],
+                new_length: int | None = None):
+    """A DynamicCache of BatchLayers: one per model layer, each over every row's past of that layer,
+    with room for new_length new tokens (given in one forward or in chunks)."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
     for layer, window in enumerate(windows):
-        cache.layers.append(BatchLayer([None if p is None else p[layer] for p in pasts], past_length, window))
+        cache.layers.append(BatchLayer([None if p is None else p[layer] for p in pasts], past_length, window, new_length))
     return cache

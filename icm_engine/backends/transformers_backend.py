@@ -28,7 +28,9 @@ import torch
 
 from icm_engine.backends.base import BackendStats, LabelQuery, LanguageModel, ModelInfo
 from icm_engine.backends.kv_cache import LayerKV, PrefixKVStore
-from icm_engine.backends.prefix_batches import Job, batch_cache, plan_waves, sliding_windows, split_batches
+from icm_engine.backends.prefix_batches import (
+    Job, batch_cache, chunk_spans, plan_waves, sliding_windows, split_batches,
+)
 
 # Default prefix-store budget on CPU: this share of the memory the system has free, at most
 # CPU_CACHE_BUDGET_CAP_MB. A fixed 4 GB thrashed at n=64 demos on Gemma 3 270M (fp32 keys/values
@@ -318,13 +320,20 @@ class TransformersLM(LanguageModel):
             ids[row, : len(job.tokens) - n] = torch.as_tensor(job.tokens[n:])
             position_ids[row] = torch.arange(n, n + width)  # right padding continues the positions
             attention_mask[row, past_length - n :] = 1  # left padding of the past stays masked
-        cache = batch_cache([past for past, _ in fetched], past_length, self._windows)
-        out = self.model.base_model(
-            input_ids=ids.to(self.device), position_ids=position_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device), cache=cache, use_cache=True,
-        )
+        cache = batch_cache([past for past, _ in fetched], past_length, self._windows, width)
+        ids, position_ids, attention_mask = ids.to(self.device), position_ids.to(self.device), attention_mask.to(self.device)
+        read: list[list[torch.Tensor | None]] = [[None] * len(job.positions) for job in jobs]
+        for first, end in chunk_spans(width, self._windows):
+            out = self.model.base_model(
+                input_ids=ids[:, first:end], position_ids=position_ids[:, first:end],
+                attention_mask=attention_mask[:, : past_length + end], cache=cache, use_cache=True,
+            )
+            for row, (job, n) in enumerate(zip(jobs, reused)):
+                for k, position in enumerate(job.positions):
+                    if first <= position - n < end:
+                        read[row][k] = out.last_hidden_state[row, position - n - first]
         for row, (job, n, new) in enumerate(zip(jobs, reused, new_lengths)):
-            results[job.index] = out.last_hidden_state[row, [p - n for p in job.positions]]
+            results[job.index] = torch.stack(read[row])
             span = slice(past_length - n, past_length + new)
             self._store.put(job.tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
                                               for layer in cache.layers))
