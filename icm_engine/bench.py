@@ -130,9 +130,15 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
     return counts, cost, (agree / compared if compared else float("nan")), compared
 
 
-def _device_name(backend) -> str:
+def _cuda_device(backend):
+    """The backend's CUDA device, or None when it runs on the CPU (or has no device at all)."""
     device = getattr(backend, "device", None)
-    if device is None or device.type != "cuda":
+    return device if device is not None and device.type == "cuda" else None
+
+
+def _device_name(backend) -> str:
+    device = _cuda_device(backend)
+    if device is None:
         return "cpu"
     import torch
 
@@ -196,8 +202,8 @@ def run(args) -> int:
               f"mix speedup {naive_per_step / fast_seconds:.1f}x")
     print(f"prequential (approximate) mode agrees with exact accept/reject on {agreement:.0%} of {compared} changed steps")
     print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
-    if getattr(backend, "device", None) is not None and backend.device.type == "cuda":
+    if _cuda_device(backend) is not None:
         import torch
 
-        print(f"peak GPU memory (torch max allocated): {torch.cuda.max_memory_allocated(backend.device) / 2**20:,.0f} MiB")
+        print(f"peak GPU memory (torch max allocated): {torch.cuda.max_memory_allocated(_cuda_device(backend)) / 2**20:,.0f} MiB")
     return 0

@@ -103,12 +103,12 @@ class BatchLayer(DynamicLayer):
     so pasts are copied once, straight into place, and each chunk is written after the last.
     """
 
-    def __init__(self, pasts: Sequence[LayerKV | None], past_length: int, sliding_window: int | None = None,
-                 new_length: int | None = None):
+    def __init__(self, pasts: Sequence[LayerKV | None], past_length: int, sliding_window: int | None,
+                 new_length: int):
         super().__init__()
         self._pasts = list(pasts)
         self._length = past_length
-        self._capacity = None if new_length is None else past_length + new_length
+        self._capacity = past_length + new_length
         self.is_initialized = True
         # A sliding-window layer attends only to the last window-1 keys before the chunk's first
         # token (the same for every row: all rows' new tokens start at the same padded index),
@@ -125,11 +125,11 @@ class BatchLayer(DynamicLayer):
         return self._length + query_length, 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        batch, heads, new, dim = key_states.shape
-        if self._pasts is not None:
-            self._allocate(key_states, value_states, new)
-        elif self._length + new > self._buffer_keys.shape[-2]:
+        new = key_states.shape[-2]
+        if self._length + new > self._capacity:
             raise RuntimeError("BatchLayer was given more new tokens than it was built for")
+        if self._pasts is not None:
+            self._allocate(key_states, value_states)
         visible_from = self.get_mask_sizes(new)[1]
         end = self._length + new
         self._buffer_keys[:, :, self._length : end] = key_states
@@ -138,12 +138,11 @@ class BatchLayer(DynamicLayer):
         self.keys, self.values = self._buffer_keys[:, :, :end], self._buffer_values[:, :, :end]
         return self.keys[:, :, visible_from:], self.values[:, :, visible_from:]
 
-    def _allocate(self, key_states: torch.Tensor, value_states: torch.Tensor, new: int) -> None:
+    def _allocate(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, dim = key_states.shape
         past_length = self._length
-        size = self._capacity if self._capacity is not None else past_length + new
-        keys = key_states.new_empty((batch, heads, size, dim))
-        values = value_states.new_empty((batch, heads, size, dim))
+        keys = key_states.new_empty((batch, heads, self._capacity, dim))
+        values = value_states.new_empty((batch, heads, self._capacity, dim))
         for row, past in enumerate(self._pasts):
             length = 0 if past is None else past[0].shape[-2]
             if length:
@@ -181,7 +180,7 @@ def sliding_windows(config) -> list[int | None]:
 
 
 def batch_cache(pasts: Sequence[tuple[LayerKV, ...] | None], past_length: int, windows: Sequence[int | None],
-                new_length: int | None = None):
+                new_length: int):
     """A DynamicCache of BatchLayers: one per model layer, each over every row's past of that layer,
     with room for new_length new tokens (given in one forward or in chunks)."""
     from transformers import DynamicCache
