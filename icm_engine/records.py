@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 # Why a label changed: the search's random initialization, an accepted proposal, a consistency
-# fix (Algorithm 2) inside an accepted step, or a person steering the run.
-FLIP_CAUSES = ("initial", "proposal", "fix", "human")
+# fix (Algorithm 2) inside an accepted step, the final pass that labels what the search left
+# (argmax given the final D), or a person steering the run.
+FLIP_CAUSES = ("initial", "proposal", "fix", "final_pass", "human")
 
-# Kinds of events: the search's own iterations, and steering actions taken by a person.
-EVENT_KINDS = ("init", "propose", "pin", "unpin", "exclude", "include", "set_param")
+# Kinds of events: the search's own iterations, its final pass, and steering actions taken by a person.
+STEERING_KINDS = ("pin", "unpin", "exclude", "include", "set_param")
+EVENT_KINDS = ("init", "propose", "final_pass", *STEERING_KINDS)
 
 
 @dataclass
@@ -91,3 +93,14 @@ class SearchSnapshot:
     u: float | None = None
     ap: float | None = None
     inconsistencies: int | None = None
+    progress: "SearchProgress" = field(default_factory=lambda: SearchProgress())
+
+
+@dataclass
+class SearchProgress:
+    """Counters the clock and the stopping rule read; stored with every step."""
+
+    accepted_changes: int = 0  # accepted proposals that changed D (the "accepted" clock counts these)
+    last_change: int = 0  # iteration of the last change of D (search or person)
+    labeled_at: int | None = None  # first iteration at which the search had labeled every active example
+    search_labeled: int | None = None  # examples the search itself had labeled when its final pass ran

@@ -31,6 +31,7 @@ def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Sc
         examples,
         calibration=search.calibration,
         use_consistency=search.use_consistency,
+        objective=search.objective,
         mode="prequential" if search.scorer == "prequential" else "exact",
     )
 

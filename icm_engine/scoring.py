@@ -2,7 +2,8 @@
 
 For each labeled example i, the prompt is every other labeled example as a demonstration, in
 the fixed demonstration order, then x_i's query; log P(y_i | x_i, D minus i) is read from the
-next-token distribution over the task's label words. U(D) = alpha * P(D) - I(D), a sum.
+next-token distribution over the task's label words. U(D) = alpha * P(D) - I(D), where P(D)
+is the configured objective (config.OBJECTIVES) over those log-probabilities.
 
 Prompts are built from segments (query text, then label word + separator, per demonstration)
 so that a backend can share computation between prompts with common leading segments.
@@ -36,6 +37,26 @@ def normalize(raw: np.ndarray, calibration: str = "none", center: np.ndarray | N
         raw = raw - (raw.mean(axis=0) if center is None else center)
     peak = raw.max(axis=1, keepdims=True)
     return raw - (peak + np.log(np.exp(raw - peak).sum(axis=1, keepdims=True)))
+
+
+def predictability(logp: np.ndarray, labels: Sequence[int], objective: str = "sum") -> float:
+    """P(D) from renormalized label log-probs (one row per labeled example) and their labels.
+
+    sum: sum of log P(y_i); chance: sum of log P(y_i) + log(number of labels), each term measured
+    against a coin flip; mean: the mean signed log-odds log P(y_i) - log P(other label).
+    """
+    if len(labels) == 0:
+        return 0.0
+    rows = np.arange(len(labels))
+    chosen = logp[rows, np.asarray(labels)]
+    if objective == "sum":
+        return float(sum(chosen))  # Python's sum, left to right: the order earlier runs were scored in
+    if objective == "chance":
+        return float(sum(chosen + np.log(logp.shape[1])))
+    if objective == "mean":
+        other = logp[rows, 1 - np.asarray(labels)]
+        return float(sum(chosen - other) / len(labels))
+    raise ValueError(f"unknown objective {objective!r}")
 
 
 @dataclass
@@ -73,6 +94,7 @@ class Scorer:
     use_consistency: bool = True
     mode: str = "exact"
     context_policy: str = "drop_oldest"
+    objective: str = "sum"
     consistency: ConsistencyIndex = field(init=False)
     _query_text: dict[int, str] = field(init=False, default_factory=dict)
     _token_counts: dict[str, int] = field(init=False, default_factory=dict)
@@ -124,8 +146,12 @@ class Scorer:
     # scoring -----------------------------------------------------------------------------
     def predict(self, order: Sequence[int], labels: Mapping[int, int], target: int) -> np.ndarray:
         """Raw label log-probs for `target` given D minus target (Algorithm 1, line 6)."""
-        query, _ = self.prompt(order, labels, target)
-        return self.backend.label_logprobs([query])[0]
+        return self.predict_many(order, labels, [target])[0]
+
+    def predict_many(self, order: Sequence[int], labels: Mapping[int, int], targets: Sequence[int]) -> np.ndarray:
+        """predict() for several targets in one backend call: raw label log-probs [len(targets), 2]."""
+        queries = [self.prompt(order, labels, target)[0] for target in targets]
+        return self.backend.label_logprobs(queries) if queries else np.zeros((0, 2))
 
     def evaluate(self, order: Sequence[int], labels: Mapping[int, int]) -> Evaluation:
         """Score one labeled set: order lists its examples in demonstration order."""
@@ -168,8 +194,8 @@ class Scorer:
         if raw:
             targets = list(raw)
             logp = normalize(np.stack([raw[t] for t in targets]), self.calibration)
-            predictability = float(sum(logp[k, labels[t]] for k, t in enumerate(targets)))
+            value = predictability(logp, [labels[t] for t in targets], self.objective)
         else:
-            predictability = 0.0
+            value = 0.0
         inconsistencies = len(self.consistency.inconsistent_pairs(labels))
-        return Evaluation(raw, predictability, inconsistencies, dropped)
+        return Evaluation(raw, value, inconsistencies, dropped)

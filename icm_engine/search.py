@@ -14,14 +14,21 @@ from typing import Sequence
 import numpy as np
 
 from .config import SearchConfig
-from .records import Fix, Flip, LabelState, SearchSnapshot, StepRecord
+from .records import Fix, Flip, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from .scoring import Evaluation, Scorer, normalize
 from .tasks import consistent_options
+
+ACCEPTED_CLOCK_DECAY = 2.0  # the released code's T = T0 / (1 + 2 log(1 + accepted flips))
 
 
 def temperature(iteration: int, t0: float, t_min: float, beta: float) -> float:
     """T = max(T_min, T_0 / (1 + beta * log n)), n counted from 1 (Algorithm 1, line 4)."""
     return max(t_min, t0 / (1.0 + beta * math.log(max(iteration, 1))))
+
+
+def accepted_clock_temperature(accepted: int, t0: float, t_min: float) -> float:
+    """T = max(T_min, T_0 / (1 + 2 log(1 + a))), a = accepted changes so far (the released code)."""
+    return max(t_min, t0 / (1.0 + ACCEPTED_CLOCK_DECAY * math.log1p(max(accepted, 0))))
 
 
 def acceptance_probability(delta: float, temp: float) -> float:
@@ -47,6 +54,7 @@ class Search:
             self.alpha = config.alpha
             self.t0 = config.t0
             self.rng = np.random.default_rng(config.seed)
+            self.progress = SearchProgress()
         else:
             self.iteration = snapshot.iteration
             self.labels = {i: replace(state) for i, state in snapshot.labels.items()}
@@ -56,6 +64,7 @@ class Search:
             self.t0 = snapshot.t0
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = snapshot.rng_state
+            self.progress = replace(snapshot.progress)
             self._current = self._restore_evaluation(snapshot)
 
     # state views ----------------------------------------------------------------------
@@ -63,9 +72,34 @@ class Search:
     def initialized(self) -> bool:
         return self.iteration >= 0
 
+    def active(self) -> list[int]:
+        """Examples the search may label: all but the excluded ones."""
+        return [i for i in range(self.n_examples) if i not in self.excluded]
+
+    def unlabeled(self) -> list[int]:
+        return [i for i in self.active() if i not in self.labels]
+
+    @property
+    def stopped(self) -> bool:
+        """The search's own stopping rule holds (config.stop); a final pass may still be due."""
+        if not self.initialized:
+            return False
+        if self.iteration >= self.config.steps:
+            return True
+        if self.config.stop == "labeled" and not self.unlabeled():
+            patience = math.ceil(self.config.patience_sweeps * len(self.active()))
+            return self.iteration - self.progress.last_change >= patience
+        return False
+
     @property
     def done(self) -> bool:
-        return self.iteration >= self.config.steps
+        """Stopped, and nothing left for the final pass (when it is on) to label."""
+        return self.stopped and not (self.config.final_pass and self.unlabeled())
+
+    def temperature_now(self, iteration: int) -> float:
+        if self.config.clock == "accepted":
+            return accepted_clock_temperature(self.progress.accepted_changes, self.t0, self.config.t_min)
+        return temperature(iteration, self.t0, self.config.t_min, self.config.beta)
 
     def order(self, labels: dict[int, LabelState] | None = None) -> list[int]:
         labels = self.labels if labels is None else labels
@@ -88,6 +122,7 @@ class Search:
             u=None if current is None else current.utility(self.alpha),
             ap=None if current is None else self.alpha * current.predictability,
             inconsistencies=None if current is None else current.inconsistencies,
+            progress=replace(self.progress),
         )
 
     def _restore_evaluation(self, snapshot: SearchSnapshot) -> Evaluation | None:
@@ -116,14 +151,16 @@ class Search:
 
     # Algorithm 2 --------------------------------------------------------------------------
     def _consistency_fix(
-        self, labels: dict[int, LabelState], evaluation: Evaluation
+        self, labels: dict[int, LabelState], evaluation: Evaluation, only: set[int] | None = None
     ) -> tuple[dict[int, LabelState], Evaluation, list[Fix]]:
+        """Algorithm 2; `only`: consider just the pairs with a member in it (the final pass's examples)."""
         fixes: list[Fix] = []
         if not self.config.use_consistency:
             return labels, evaluation, fixes
         tried: set[tuple[int, int]] = set()
         for _ in range(self.config.max_fix_iters):
-            pairs = [p for p in self.scorer.consistency.inconsistent_pairs(self.label_map(labels)) if p not in tried]
+            pairs = [p for p in self.scorer.consistency.inconsistent_pairs(self.label_map(labels))
+                     if p not in tried and (only is None or p[0] in only or p[1] in only)]
             if not pairs:
                 break
             a, b = pairs[int(self.rng.integers(len(pairs)))]
@@ -163,7 +200,11 @@ class Search:
         if not pool:
             raise ValueError("no examples to label")
         chosen = self.rng.choice(pool, size=min(self.config.k_init, len(pool)), replace=False)
-        labels = {int(i): LabelState(label=int(self.rng.integers(2)), position=p) for p, i in enumerate(chosen)}
+        if self.config.balanced_init:  # half of each label, in a random order (the released code's seed set)
+            initial = self.rng.permutation([k % 2 for k in range(len(chosen))]).tolist()
+        else:
+            initial = [int(self.rng.integers(2)) for _ in chosen]
+        labels = {int(i): LabelState(label=int(y), position=p) for p, (i, y) in enumerate(zip(chosen, initial))}
         self.next_position = len(labels)
         evaluation = self._evaluate(labels)
         u_initial = evaluation.utility(self.alpha)
@@ -174,6 +215,7 @@ class Search:
         flips = [Flip(i, None, y, "initial") for i, y in initial_labels.items()]
         flips += self._fix_flips(initial_labels, labels, fixes)
         self.labels, self._current, self.iteration = labels, evaluation, 0
+        self._note_labeled()
         return self._record(
             StepRecord(
                 iteration=0, kind="init", fixes=fixes, u_before=u_initial, ap_before=ap_initial, i_before=i_initial,
@@ -195,9 +237,11 @@ class Search:
         """Algorithm 1, lines 4-16, once."""
         if not self.initialized:
             return self.initialize()
+        if self.stopped and self.config.final_pass and self.unlabeled():
+            return self.final_pass()
         started, calls = time.perf_counter(), self._backend_stats()
         n = self.iteration + 1
-        temp = temperature(n, self.t0, self.config.t_min, self.config.beta)
+        temp = self.temperature_now(n)
         current = self._current_evaluation()
         u_before = current.utility(self.alpha)
         record = StepRecord(
@@ -212,7 +256,12 @@ class Search:
         weights = self._sampling_weights(candidates)
         example = candidates[int(self.rng.choice(len(candidates), p=weights / weights.sum()))]
         old = self.labels[example].label if example in self.labels else None
-        raw = self.scorer.predict(self.order(), self.label_map(), example)
+        if example in current.raw and self.scorer.mode != "prequential":
+            # A labeled example's prompt (D minus it, then its query) is the one its term of U was
+            # scored with: the same numbers, without asking the model again.
+            raw = current.raw[example]
+        else:
+            raw = self.scorer.predict(self.order(), self.label_map(), example)
         logp = normalize(raw, self.scorer.calibration, current.center())[0]
         proposed = int(np.argmax(logp))
         record.example, record.old_label, record.proposed_label = example, old, proposed
@@ -244,8 +293,55 @@ class Search:
             flips = [Flip(example, old, proposed, "proposal")] + self._fix_flips(before_fix, labels, record.fixes)
             record.flips = [f for f in flips if f.cause != "fix" or f.old != f.new]
             self._store_scores(labels, evaluation)
+            if self.label_map(labels) != self.label_map():
+                self.progress.accepted_changes += 1
+                self.progress.last_change = n
             self.labels, self._current = labels, evaluation
         self.iteration = n
+        self._note_labeled()
+        return self._record(record, started, calls)
+
+    def _note_labeled(self) -> None:
+        if self.progress.labeled_at is None and not self.unlabeled():
+            self.progress.labeled_at = self.iteration
+
+    # the final pass -----------------------------------------------------------------------
+    def final_pass(self) -> StepRecord:
+        """Label every active example the search left: argmax P(y | x, D) with the final D as
+        demonstrations, under the run's calibration; then ConsistencyFix over the pairs those
+        examples are in, choosing by U. Recorded as one event of kind "final_pass"."""
+        if not self.initialized:
+            raise RuntimeError("the search has not started: nothing to finish")
+        started, calls = time.perf_counter(), self._backend_stats()
+        todo = self.unlabeled()
+        record = StepRecord(iteration=self.iteration, kind="final_pass", accepted=True)
+        if self.progress.search_labeled is None:
+            self.progress.search_labeled = len(self.labels)
+        if not todo:
+            record.note = "nothing left to label"
+            return self._record(record, started, calls)
+        current = self._current_evaluation()
+        record.u_before, record.ap_before = current.utility(self.alpha), self.alpha * current.predictability
+        record.i_before = current.inconsistencies
+        raw = self.scorer.predict_many(self.order(), self.label_map(), todo)
+        logp = normalize(raw, self.scorer.calibration, current.center())
+        labels = {i: replace(state) for i, state in self.labels.items()}
+        position = self.next_position
+        for k, i in enumerate(todo):
+            labels[i] = LabelState(label=int(np.argmax(logp[k])), position=position)
+            position += 1
+        evaluation = self._evaluate(labels)
+        before_fix = self.label_map(labels)
+        labels, evaluation, record.fixes = self._consistency_fix(labels, evaluation, only=set(todo))
+        record.u_after, record.ap_after = evaluation.utility(self.alpha), self.alpha * evaluation.predictability
+        record.i_after = evaluation.inconsistencies
+        record.delta = record.u_after - record.u_before
+        record.flips = [Flip(i, None, labels[i].label, "final_pass") for i in todo]
+        record.flips += [f for f in self._fix_flips(before_fix, labels, record.fixes) if f.example not in set(todo)]
+        record.note = f"labeled {len(todo)} examples the search left, given the final D of {len(self.labels)}"
+        self._store_scores(labels, evaluation)
+        self.labels, self._current, self.next_position = labels, evaluation, position
+        self.progress.last_change = self.iteration
         return self._record(record, started, calls)
 
     def _fix_flips(self, before: dict[int, int], labels: dict[int, LabelState], fixes: list[Fix]) -> list[Flip]:
@@ -308,6 +404,7 @@ class Search:
 
     def _steer(self, kind: str, example, old, new, flips, dirty: bool) -> StepRecord:
         if dirty:
+            self.progress.last_change = max(self.iteration, 0)
             self._current = None  # scored lazily at the next step, so steering answers at once
             for state in self.labels.values():
                 state.logp = None

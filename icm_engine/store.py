@@ -23,10 +23,10 @@ import duckdb
 import pandas as pd
 
 from .json_values import json_value, tag_state, to_json, untag_state
-from .records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchSnapshot, StepRecord
+from .records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from .tasks import Example, Task
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: run_state.progress_json (the clock's and the stopping rule's counters)
 RUN_STATUSES = ("created", "running", "paused", "stopped", "finished", "failed")
 EVAL_COLUMNS = ("method", "seed", "accuracy", "n_test", "n_demos")  # the rest of a row goes to extra_json
 _CHUNK = 10_000  # examples per insert in add_dataset: bounds memory and paces progress()
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS run_state (
     run_id INTEGER PRIMARY KEY, iteration INTEGER NOT NULL, rng_state_json VARCHAR NOT NULL,
     excluded_json VARCHAR NOT NULL, next_position INTEGER NOT NULL, alpha DOUBLE NOT NULL,
-    t0 DOUBLE NOT NULL, u DOUBLE, ap DOUBLE, inconsistencies INTEGER);
+    t0 DOUBLE NOT NULL, u DOUBLE, ap DOUBLE, inconsistencies INTEGER, progress_json VARCHAR);
 CREATE TABLE IF NOT EXISTS events (
     run_id INTEGER NOT NULL, iteration INTEGER NOT NULL, seq INTEGER NOT NULL,
     kind VARCHAR NOT NULL, temperature DOUBLE, example INTEGER, old_label TINYINT,
@@ -148,6 +148,8 @@ class Store:
         if found == SCHEMA_VERSION:
             return
         with self._transaction() as con:
+            if found == 1:  # a version-1 file: its runs resume with counters rebuilt from their events
+                con.execute("ALTER TABLE run_state ADD COLUMN IF NOT EXISTS progress_json VARCHAR")
             con.execute(_SCHEMA)
             con.execute("DELETE FROM schema_version")
             con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
@@ -373,10 +375,10 @@ class Store:
                 )
             s = snapshot
             con.execute(
-                "INSERT OR REPLACE INTO run_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO run_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [run_id, s.iteration, to_json(tag_state(s.rng_state)), to_json(sorted(int(e) for e in s.excluded)),
                  int(s.next_position), float(s.alpha), float(s.t0), _opt_float(s.u), _opt_float(s.ap),
-                 _opt_int(s.inconsistencies)],
+                 _opt_int(s.inconsistencies), to_json(dataclasses.asdict(s.progress))],
             )
             # A steering event on a paused or finished run must not flip it back to running.
             con.execute(
@@ -397,14 +399,22 @@ class Store:
                 "WHERE run_id = ? ORDER BY position, example",
                 [run_id],
             )
-        iteration, rng_json, excluded_json, next_position, alpha, t0, u, ap, inconsistencies = state[0]
+        iteration, rng_json, excluded_json, next_position, alpha, t0, u, ap, inconsistencies, progress_json = state[0]
+        progress = SearchProgress(**json.loads(progress_json)) if progress_json else self._rebuilt_progress(run_id)
         labels = {int(e): LabelState(int(y), int(p), None if lf is None and lt is None else (lf, lt), bool(pin))
                   for e, y, p, lf, lt, pin in rows}
         return SearchSnapshot(
             iteration=iteration, labels=labels, excluded=set(json.loads(excluded_json)),
             rng_state=json.loads(rng_json, object_hook=untag_state), next_position=next_position,
-            alpha=alpha, t0=t0, u=u, ap=ap, inconsistencies=inconsistencies,
+            alpha=alpha, t0=t0, u=u, ap=ap, inconsistencies=inconsistencies, progress=progress,
         )
+
+    def _rebuilt_progress(self, run_id: int) -> SearchProgress:
+        """Counters for a run written before they were stored (schema 1), from its flips."""
+        (accepted, last), = self._rows(
+            "SELECT count(DISTINCT seq) FILTER (WHERE cause = 'proposal'), coalesce(max(iteration), 0) "
+            "FROM flips WHERE run_id = ?", [run_id])
+        return SearchProgress(accepted_changes=int(accepted), last_change=int(last))
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
         """Set the status; error is replaced too, so a resumed run drops its old failure."""

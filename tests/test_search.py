@@ -17,7 +17,7 @@ def make_search(n=16, paired=False, seed=0, steps=40, **overrides):
     examples, gold = polarity_examples(n, seed=1, paired=paired)
     config = SearchConfig(seed=seed, steps=steps, k_init=4, **overrides)
     scorer = Scorer(FakeLM(strength=6), PAIRED if paired else SINGLE, examples,
-                    calibration=config.calibration, use_consistency=config.use_consistency)
+                    calibration=config.calibration, use_consistency=config.use_consistency, objective=config.objective)
     return Search(scorer, config), gold
 
 
@@ -65,7 +65,9 @@ def test_search_finds_the_concept_up_to_orientation():
 def test_step_record_is_complete_and_consistent():
     search, _ = make_search(steps=10)
     records = run_all(search)
-    for r in records[1:]:
+    assert [r.kind for r in records[:11]] == ["init"] + ["propose"] * 10
+    assert [r.kind for r in records[11:]] in ([], ["final_pass"])  # the final pass labels what is left
+    for r in records[1:11]:
         assert r.temperature == temperature(r.iteration, 10, 0.01, 0.99)
         assert r.example is not None and r.proposed_label in (0, 1)
         if r.proposed_label != r.old_label:
