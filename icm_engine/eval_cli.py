@@ -48,7 +48,8 @@ def _methods(text: str) -> tuple[str, ...]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `eval` to an argparse subparsers object; returns the new parser."""
     from .config import SCORERS, SearchConfig
-    from .evaluation import DECISION_RULES, DEFAULT_DECISION, SIZE_UNITS, all_methods
+    from .evaluation import DECISION_RULES, DEFAULT_DECISION, DEFAULT_METHODS, SIZE_UNITS, all_methods
+    from .label_baselines import SELF_LABEL_ROUNDS
 
     defaults = SearchConfig()
     parser = subparsers.add_parser(
@@ -67,9 +68,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--split-seed", type=int, default=0)
 
     method = parser.add_argument_group("methods")
-    method.add_argument("--methods", type=_methods, default=all_methods(), help=f"comma list (default all): {','.join(all_methods())}")
+    method.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
+                        help=f"comma list (default {','.join(DEFAULT_METHODS)}); all: {','.join(all_methods())}")
     method.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="a count (default 3: seeds 0,1,2) or a comma list")
-    method.add_argument("--steps", type=int, default=None, help="ICM iterations per search (default: twice the search split's examples)")
+    method.add_argument("--steps", type=int, default=None, help=f"cap on ICM iterations per search (default {defaults.steps}); "
+                        "each search stops by its own rule (default: until labeled) and ends with the final pass")
+    method.add_argument("--self-label-rounds", type=int, default=SELF_LABEL_ROUNDS, help="rounds of the self-labeling baseline")
     method.add_argument("--max-demos", type=int, default=None, help="cap on demonstrations (default: as many as fit the context)")
     method.add_argument("--scorer", choices=SCORERS, default=defaults.scorer)
     method.add_argument("--alpha", type=float, default=defaults.alpha)
@@ -94,7 +98,7 @@ def config_from_args(args):
     return EvalConfig(
         task=args.task, data=args.data or DEFAULT_DATA.get(args.task, ""), search_size=args.search_size,
         test_size=args.test_size, size_unit=args.size_unit, split_seed=args.split_seed, seeds=tuple(args.seeds),
-        steps=args.steps, max_demos=args.max_demos, methods=tuple(args.methods),
+        steps=args.steps, max_demos=args.max_demos, methods=tuple(args.methods), self_label_rounds=args.self_label_rounds,
         search=SearchConfig(alpha=args.alpha, scorer=args.scorer), decision=args.decision,
         model=ModelConfig(args.model, args.device, args.dtype, args.quantization, args.max_context),
     )
@@ -103,7 +107,7 @@ def config_from_args(args):
 def run(args, backend=None) -> int:
     """Execute `icm eval`; `backend` replaces loading --model (tests pass a fake one)."""
     from .datasets import load_any
-    from .eval_report import accuracy_figure, format_table, summarize, write_figure
+    from .eval_report import accuracy_figure, format_label_table, format_table, summarize, summarize_labels, write_figure
     from .evaluation import evaluate
     from .store import Store
 
@@ -136,9 +140,16 @@ def run(args, backend=None) -> int:
         result = evaluate(dataset, backend, config, log=lambda message: print(message, flush=True), on_seed=save)
         save(result)
 
-    summary = summarize(result.rows)
+    labels = summarize_labels(result.rows)
+    if len(labels):
+        print()
+        print(f"label table: the labels each method would export, scored on the whole search split "
+              f"({len(result.split.search)} examples; mean ± std over seeds)")
+        print(format_label_table(labels))
     print()
-    print(format_table(summary))
+    print(f"test table: many-shot prompting with {result.config['n_demos']} demonstrations from the search split "
+          f"(the same examples in every row of a seed), both decision rules")
+    print(format_table(summarize(result.rows)))
     print()
     print(f"evaluation {eval_id} ({name}) saved to {args.db}")
     print(f"data: {dataset.name}; split by group: {len(result.split.search)} search examples (gold hidden from the search), "

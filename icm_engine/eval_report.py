@@ -12,23 +12,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluation import DECISION_RULES
+from .config import CALIBRATIONS, OBJECTIVES
+from .evaluation import DECISION_RULES, LABEL_TABLE, TEST_TABLE
 
 # Display order and names, following the paper's Figures 3, 8 and 10.
 METHOD_NAMES = {
     "zero_shot": "Zero-shot",
     "gold": "Gold labels",
-    "icm": "ICM",
-    "icm_centered": "ICM (centered objective)",
+    "icm": "ICM (defaults)",
+    **{f"icm_{o}_{c}": f"ICM, {o} objective, {'centered' if c == 'centered' else 'uncalibrated'}"
+       for o in OBJECTIVES for c in CALIBRATIONS},
+    "icm_released_code": "ICM, released code's settings",
+    "icm_centered": "ICM (centered objective)",  # evaluations stored before the objectives existed
     "icm_no_consistency": "ICM without consistency",
     "perturbed": "Perturbed gold (ICM's accuracy)",
+    "zero_shot_labels": "Zero-shot labels",
+    "self_labels": "Iterated self-labeling",
+    "random_labels": "Random labels",
 }
 METHOD_COLORS = {
     "gold": "#E3A33B",
     "icm": "#2F6EBA",
-    "icm_centered": "#6FA0DC",
     "icm_no_consistency": "#9DB9D8",
     "perturbed": "#9A9A9A",
+    "zero_shot_labels": "#7F7F7F",
+    "self_labels": "#5B8C5A",
+    "random_labels": "#B03A2E",
 }
 RANDOM_GUESS = 0.5
 # Each row's accuracy under every decision rule, as evaluation.add_row names them.
@@ -49,11 +58,56 @@ def _ordered(methods) -> list[str]:
 SUMMARY_COLUMNS = ["method", "mean", "std", "n_test", "n_demos", "seeds"] + [
     f"{c}{s}" for c in ("demo_accuracy", "label_accuracy", "label_coverage") for s in ("", "_std")
 ] + list(DECISION_COLUMNS)
+LABEL_SUMMARY_COLUMNS = ["method", "accuracy", "std", "n", "coverage", "search_share", "search_share_std",
+                         "iterations_per_example", "iterations_per_example_std", "share_true", "seeds"]
+
+
+def table_rows(rows: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The rows of one table; evaluations stored before the label table have only test rows."""
+    if "table" not in rows:
+        return rows if table == TEST_TABLE else rows.iloc[0:0]
+    return rows[rows["table"].fillna(TEST_TABLE) == table]
+
+
+def summarize_labels(rows: pd.DataFrame) -> pd.DataFrame:
+    """The label table: one line per method, accuracy of its labels on the whole search split over seeds."""
+    part_rows = table_rows(rows, LABEL_TABLE)
+    lines = []
+    for method in _ordered(part_rows["method"].unique()) if len(part_rows) else []:
+        part = part_rows[part_rows["method"] == method]
+        line = {"method": method, "accuracy": float(part["accuracy"].mean()), "std": _std(part["accuracy"]),
+                "n": int(part["n_test"].max()), "coverage": float(part["coverage"].mean()), "seeds": len(part),
+                "share_true": float(part["share_true"].mean())}
+        for column in ("search_share", "iterations_per_example"):
+            values = part[column].dropna() if column in part else pd.Series(dtype=float)
+            line[column] = float(values.mean()) if len(values) else np.nan
+            line[f"{column}_std"] = _std(values) if len(values) else np.nan
+        lines.append(line)
+    return pd.DataFrame(lines, columns=LABEL_SUMMARY_COLUMNS)
+
+
+def format_label_table(summary: pd.DataFrame) -> str:
+    """The label table as fixed-width text for the terminal."""
+    def spread(mean, std) -> str:
+        return "" if pd.isna(mean) else f"{mean:.3f} ± {std:.3f}"
+
+    table = pd.DataFrame({
+        "method": summary["method"],
+        "label accuracy": [spread(m, s) for m, s in zip(summary["accuracy"], summary["std"])],
+        "coverage": summary["coverage"].map(lambda v: f"{v:.0%}"),
+        "labeled by the search": [spread(m, s) for m, s in zip(summary["search_share"], summary["search_share_std"])],
+        "iterations/example": [spread(m, s) for m, s in zip(summary["iterations_per_example"], summary["iterations_per_example_std"])],
+        "share True": summary["share_true"].map(lambda v: f"{v:.2f}"),
+        "seeds": summary["seeds"],
+        "n": summary["n"],
+    })
+    return table.to_string(index=False)
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per method: mean and std of test accuracy over seeds, and of the ICM labels' accuracy."""
+    """The test table: one line per method, mean and std of test accuracy over seeds, and of the ICM labels' accuracy."""
     lines = []
+    rows = table_rows(rows, TEST_TABLE)
     if not len(rows):
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     for method in _ordered(rows["method"].unique()):
@@ -78,68 +132,58 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(summary: pd.DataFrame) -> str:
-    """The summary as fixed-width text for the terminal."""
+    """The test table as fixed-width text for the terminal: both decision rules side by side."""
     def pct(value) -> str:
         return "" if pd.isna(value) else f"{value:.3f}"
 
     table = pd.DataFrame({
         "method": summary["method"],
-        "mean acc": summary["mean"].map(pct),
+        **{f"{rule} acc": summary[f"accuracy_{rule}"].map(pct) for rule in DECISION_RULES},
         "std": summary["std"].map(pct),
         "n_test": summary["n_test"],
         "n_demos": summary["n_demos"],
         "seeds": summary["seeds"],
-        "argmax": summary["accuracy_argmax"].map(pct),
-        "centered": summary["accuracy_centered"].map(pct),
         "demo label acc": summary["demo_accuracy"].map(pct),
-        "ICM label acc (search split)": [
-            "" if pd.isna(m) else f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["label_accuracy"], summary["label_accuracy_std"])
-        ],
-        "labeled": summary["label_coverage"].map(lambda v: "" if pd.isna(v) else f"{v:.0%}"),
     })
     return table.to_string(index=False)
 
 
+RULE_COLORS = {"centered": "#2F6EBA", "argmax": "#9DB9D8"}
+
+
 def accuracy_figure(rows: pd.DataFrame, title: str | None = None):
-    """Bars per many-shot method (mean over seeds, std error bars, each seed as a dot), with
-    zero-shot and random-guess lines, as in the paper's Figure 3. Returns a plotly Figure."""
+    """Test accuracy of many-shot prompting per method, one bar per decision rule side by side
+    (mean over seeds), each seed as a dot on the bar of the run's own rule, with zero-shot and
+    random-guess lines, as in the paper's Figure 3. Returns a plotly Figure."""
     import plotly.graph_objects as go
 
     summary = summarize(rows)
     bars = summary[summary["method"] != "zero_shot"]
     names = [METHOD_NAMES.get(m, m) for m in bars["method"]]
-    text = [
-        f"{mean:.2f}" + ("" if pd.isna(label) else f"<br>labels {label:.2f}")
-        for mean, label in zip(bars["mean"], bars["label_accuracy"])
-    ]
     fig = go.Figure()
-    fig.add_trace(go.Bar(
-        x=names, y=bars["mean"], error_y={"type": "data", "array": bars["std"], "visible": True},
-        marker_color=[METHOD_COLORS.get(m, "#5B8C5A") for m in bars["method"]], text=text, textposition="inside",
-        customdata=[[float(s), int(n), d] for s, n, d in zip(bars["std"], bars["seeds"], bars["n_demos"])],
-        hovertemplate="%{x}<br>test accuracy %{y:.3f} ± %{customdata[0]:.3f}<br>"
-                      "%{customdata[1]} seeds, %{customdata[2]} demonstrations<extra></extra>",
-        name="many-shot",
-    ))
-    seeded = rows[rows["method"].isin(bars["method"])]
-    if len(seeded):
-        fig.add_trace(go.Scatter(
-            x=[METHOD_NAMES.get(m, m) for m in seeded["method"]], y=seeded["accuracy"], mode="markers",
-            marker={"color": "black", "size": 6, "opacity": 0.6}, name="one seed",
-            hovertemplate="seed %{text}: %{y:.3f}<extra></extra>",
-            text=["-" if pd.isna(s) else str(int(s)) for s in seeded["seed"]],
+    for rule in DECISION_RULES:
+        column = f"accuracy_{rule}"
+        values = bars[column] if column in bars else bars["mean"]
+        fig.add_trace(go.Bar(
+            x=names, y=values, name=f"decision: {rule}", marker_color=RULE_COLORS.get(rule, "#5B8C5A"),
+            text=[f"{v:.2f}" if pd.notna(v) else "" for v in values], textposition="inside",
+            customdata=[[int(n), d] for n, d in zip(bars["seeds"], bars["n_demos"])],
+            hovertemplate=f"%{{x}}<br>{rule}: %{{y:.3f}}<br>%{{customdata[0]}} seeds, %{{customdata[1]}} demonstrations<extra></extra>",
         ))
     zero = summary[summary["method"] == "zero_shot"]
     if len(zero):
-        fig.add_hline(y=float(zero["mean"].iloc[0]), line_dash="dash", line_color="#444",
-                      annotation_text=f"zero-shot {float(zero['mean'].iloc[0]):.2f}", annotation_position="top left")
+        for rule in DECISION_RULES:
+            value = zero[f"accuracy_{rule}"].iloc[0] if f"accuracy_{rule}" in zero else zero["mean"].iloc[0]
+            if pd.notna(value):
+                fig.add_hline(y=float(value), line_dash="dash", line_color=RULE_COLORS.get(rule, "#444"),
+                              annotation_text=f"zero-shot ({rule}) {float(value):.2f}", annotation_position="top left")
     fig.add_hline(y=RANDOM_GUESS, line_dash="dot", line_color="#B03A2E",
                   annotation_text="random guess", annotation_position="bottom right")
     n_test = int(summary["n_test"].max()) if len(summary) else 0
     fig.update_layout(
         title=title or f"Test accuracy, many-shot prompting ({n_test} test examples)",
-        yaxis={"title": "test accuracy", "range": [0, 1.05]}, xaxis={"title": None},
-        showlegend=False, template="plotly_white", bargap=0.35,
+        yaxis={"title": "test accuracy", "range": [0, 1.05]}, xaxis={"title": None}, barmode="group",
+        template="plotly_white", bargap=0.3, legend={"orientation": "h", "y": -0.25},
     )
     return fig
 

@@ -1,26 +1,26 @@
-"""The paper's comparison (sections 3.2, 4.1, 5): test accuracy of many-shot prompting with gold,
-ICM and perturbed labels, of zero-shot prompting, of the consistency ablation and of each
-scoring objective, over several seeds.
+"""Are the labels any good? Two tables over a gold-labelled dataset, several seeds.
+
+The label table: the accuracy, on the whole search split, of the labels each method would
+export: every ICM variant (its search, then the final pass, so every example is labeled);
+zero-shot labels; iterated self-labeling; random labels. Coverage and, for ICM, the share the
+search labeled itself and its iterations per example, as the paper's Table 5 reports.
+
+The test table (the paper's Figures 3, 8, 10): test accuracy of many-shot prompting whose
+demonstrations are the whole search split (as many as fit the context, the same examples in the
+same seeded order for every row, the count shown), so rows differ only in the labels those
+examples carry: gold, each ICM variant, perturbed gold (as many flipped as the default ICM row
+gets wrong), zero-shot labels, self-labels, random labels; plus zero-shot prompting itself.
 
 Honesty rules this module keeps:
 - A gold-labelled dataset is split by consistency group into a search split and a test split,
   so no group straddles the two (a sentence's two claims, a question's solutions, both orders
   of a pair stay together).
-- Each ICM search is given only the search split's Examples (inputs, group, key). Search-split
-  gold is read only to build the gold and perturbed demonstrations and to report how accurate
-  the ICM labels are.
+- Each search and each baseline labeler is given only the search split's Examples (inputs,
+  group, key). Search-split gold is read only for the gold and perturbed demonstrations and to
+  score the label table.
 - Test examples are only ever the final query of a prediction prompt, never a demonstration.
-
-Rows (names as stored): zero_shot (the test query alone); gold (many-shot, gold labels); icm
-(many-shot, labels of a search with the paper's objective); icm_<calibration> for every other
-objective the engine offers; icm_no_consistency (the paper's ablation, Figure 10: no I(D), no
-ConsistencyFix); perturbed (the Figure 8 control: the gold labels of the same demonstrations
-with exactly as many flipped, at seeded random positions, as the icm row gets wrong there).
-
-Within one seed every many-shot row uses the same demonstrations: the same search-split
-examples, in the same seeded order, the same count (as many as fit the context for the
-longest test query). Rows differ only in the labels those examples carry. Every row, zero-shot
-included, decides with DECISION_RULE.
+- Every test row, zero-shot included, decides with the configured rule and records its
+  accuracy under every rule in DECISION_RULES.
 """
 from __future__ import annotations
 
@@ -34,9 +34,12 @@ import numpy as np
 import pandas as pd
 
 from .backends.base import LabelQuery, LanguageModel, ModelInfo
-from .config import CALIBRATIONS, ModelConfig, RunConfig, SearchConfig
+from .config import CALIBRATIONS, OBJECTIVES, PRESETS, ModelConfig, RunConfig, SearchConfig
+from .label_baselines import (
+    SELF_LABEL_ROUNDS, decide, label_log_odds, random_labels, self_labels, zero_shot_labels,
+)
 from .runner import make_scorer
-from .scoring import ContextOverflowError, normalize
+from .scoring import ContextOverflowError
 from .search import Search
 from .tasks import Example, Task
 
@@ -61,21 +64,30 @@ DECISION_RULES = {
 DEFAULT_DECISION = "centered"
 DECISION_RULE = DECISION_RULES[DEFAULT_DECISION]
 ZERO_SHOT, GOLD, ICM, PERTURBED, NO_CONSISTENCY = "zero_shot", "gold", "icm", "perturbed", "icm_no_consistency"
+ZERO_SHOT_LABELS, SELF_LABELS, RANDOM_LABELS = "zero_shot_labels", "self_labels", "random_labels"
+LABEL_TABLE, TEST_TABLE = "labels", "test"
 SIZE_UNITS = ("groups", "examples")
-PREDICT_BATCH = 64  # test queries per backend call: small enough to print progress, large enough to batch
 
 Log = Callable[[str], None]
 
 
 def icm_variants() -> dict[str, dict]:
-    """Each ICM row's search settings: one row per scoring objective, plus the paper's ablation."""
-    variants = {(ICM if c == "none" else f"icm_{c}"): {"calibration": c, "use_consistency": True} for c in CALIBRATIONS}
-    variants[NO_CONSISTENCY] = {"calibration": "none", "use_consistency": False}
+    """Each ICM row's search settings over the eval's base SearchConfig: the defaults ("icm"), each
+    objective x calibration, the released code's preset and the paper's consistency ablation."""
+    variants: dict[str, dict] = {ICM: {}}
+    for objective in OBJECTIVES:
+        for calibration in CALIBRATIONS:
+            variants[f"icm_{objective}_{calibration}"] = {"objective": objective, "calibration": calibration}
+    variants["icm_released_code"] = dict(PRESETS["released_code"])
+    variants[NO_CONSISTENCY] = {"use_consistency": False}
     return variants
 
 
 def all_methods() -> tuple[str, ...]:
-    return (ZERO_SHOT, GOLD, *icm_variants(), PERTURBED)
+    return (ZERO_SHOT, GOLD, *icm_variants(), PERTURBED, ZERO_SHOT_LABELS, SELF_LABELS, RANDOM_LABELS)
+
+
+DEFAULT_METHODS = (ZERO_SHOT, GOLD, ICM, NO_CONSISTENCY, PERTURBED, ZERO_SHOT_LABELS, SELF_LABELS, RANDOM_LABELS)
 
 
 @dataclass(frozen=True)
@@ -89,9 +101,10 @@ class EvalConfig:
     size_unit: str = "groups"  # "examples": whole groups are taken while the count stays within the size
     split_seed: int = 0  # one split for all seeds, so every seed is scored on the same test set
     seeds: tuple[int, ...] = (0, 1, 2)  # each drives the searches, the demonstration order and the perturbation
-    steps: int | None = None  # ICM iterations per search; None: twice the search split's examples
+    steps: int | None = None  # cap on ICM iterations per search; None: the search config's own cap
     max_demos: int | None = None  # cap on demonstrations; None: as many as fit the context
-    methods: tuple[str, ...] = field(default_factory=all_methods)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    self_label_rounds: int = SELF_LABEL_ROUNDS
     search: SearchConfig = field(default_factory=SearchConfig)  # alpha, temperatures, scorer; per-row fields overridden
     model: ModelConfig = field(default_factory=ModelConfig)
     decision: str = DEFAULT_DECISION  # a key of DECISION_RULES
@@ -114,6 +127,8 @@ class EvalConfig:
             raise ValueError("max_demos must be at least 1")
         if self.steps is not None and self.steps < 0:
             raise ValueError("steps must be non-negative")
+        if self.self_label_rounds < 1:
+            raise ValueError("self_label_rounds must be at least 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -195,29 +210,6 @@ def fit_demo_count(backend: LanguageModel, task: Task, pool: Sequence[Example], 
     return count
 
 
-def label_log_odds(backend: LanguageModel, task: Task, prefix: tuple[str, ...], tests: Sequence[Example],
-                   log: Log | None = None, what: str = "") -> np.ndarray:
-    """log P(label 1) - log P(label 0) for each test query after `prefix`: float array [len(tests)]."""
-    odds = []
-    for start in range(0, len(tests), PREDICT_BATCH):
-        chunk = tests[start : start + PREDICT_BATCH]
-        queries = [LabelQuery(prefix + (task.render_query(e),), task.label_words) for e in chunk]
-        logp = normalize(backend.label_logprobs(queries), "none")  # [len(chunk), 2]
-        odds.append(logp[:, 1] - logp[:, 0])
-        if log is not None and len(tests) > PREDICT_BATCH:
-            log(f"  {what}: {min(start + PREDICT_BATCH, len(tests))}/{len(tests)} test queries")
-    return np.concatenate(odds) if odds else np.zeros(0)
-
-
-def decide(log_odds: np.ndarray, decision: str) -> np.ndarray:
-    """DECISION_RULES[decision] applied to one row's log-odds: int array of 0/1."""
-    if decision == "centered":
-        log_odds = log_odds - (log_odds.mean() if len(log_odds) else 0.0)
-    elif decision != "argmax":
-        raise ValueError(f"unknown decision {decision!r}")
-    return (log_odds > 0).astype(int)  # a tie goes to label 0, as argmax takes the first index
-
-
 def predict(backend: LanguageModel, task: Task, prefix: tuple[str, ...], tests: Sequence[Example],
             log: Log | None = None, what: str = "", decision: str = "argmax") -> np.ndarray:
     """decide() for each test query after `prefix`: int array [len(tests)] of 0/1."""
@@ -234,45 +226,52 @@ def perturb_to_match(gold: Sequence[int], reference: Sequence[int], rng: np.rand
 # ---- ICM searches --------------------------------------------------------------------------
 
 
+@dataclass
+class IcmOutcome:
+    """What one search delivered: labels by position in the search split (after its final pass)."""
+
+    labels: dict[int, int]
+    search_labeled: int  # examples the search itself labeled, before the final pass
+    iterations: int  # search iterations run
+    labeled_at: int | None  # the iteration at which the search itself had labeled every example
+    seconds: float
+
+
 def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], config: SearchConfig,
-            log: Log | None = None, what: str = "icm") -> dict[int, int]:
-    """One search over `examples` (inputs only) to config.steps; returns its labels by position."""
+            log: Log | None = None, what: str = "icm") -> IcmOutcome:
+    """One search over `examples` (inputs only) until its stopping rule, then its final pass."""
     scorer = make_scorer(backend, task, list(examples), RunConfig(task=task.name, dataset="eval", search=config))
     search = Search(scorer, config)
-    every = max(1, config.steps // 20)  # about 5% at a time: searches are the slow part on CPU
+    every = max(1, len(examples) // 2)  # a line every half sweep: searches are the slow part on CPU
     started = time.perf_counter()
     while not search.done:
         record = search.step()
-        if log is not None and (record.iteration % every == 0 or search.done):
-            log(f"  {what}: step {record.iteration}/{config.steps}, {record.labeled_count} labeled, "
+        if log is not None and (record.iteration % every == 0 or search.done or record.kind == "final_pass"):
+            log(f"  {what}: step {record.iteration} ({record.kind}), {record.labeled_count}/{len(examples)} labeled, "
                 f"{time.perf_counter() - started:.0f} s")
-    return search.label_map()
+    searched = search.progress.search_labeled
+    return IcmOutcome(search.label_map(), len(search.labels) if searched is None else searched, search.iteration,
+                      search.progress.labeled_at, time.perf_counter() - started)
 
 
-def _searches(backend: LanguageModel, task: Task, examples: Sequence[Example], gold: Sequence[int],
-              variants: dict[str, dict], base: SearchConfig, say: Log) -> tuple[dict[str, dict[int, int]], dict[str, dict]]:
-    """One seed's ICM searches (inputs only); gold is read afterwards, to report label accuracy."""
-    labels_by: dict[str, dict[int, int]] = {}
-    info: dict[str, dict] = {}
+def _searches(backend: LanguageModel, task: Task, examples: Sequence[Example], variants: dict[str, dict],
+              base: SearchConfig, say: Log) -> dict[str, IcmOutcome]:
+    """One seed's ICM searches (inputs only). Variants whose settings resolve to the same search
+    (e.g. the defaults and their own objective x calibration row) share one run."""
+    outcomes: dict[str, IcmOutcome] = {}
+    by_config: dict[SearchConfig, str] = {}
     for method, settings in variants.items():
         config = replace(base, **settings)
-        if method == NO_CONSISTENCY and task.rule == "none" and ICM in labels_by:
-            # Without a rule, use_consistency changes nothing in the search: same labels, no rerun.
-            labels_by[method] = labels_by[ICM]
-            info[method] = dict(info[ICM], search_config=dataclasses.asdict(config),
-                                note="the task has no consistency rule: the same search as icm")
+        if not config.use_consistency and task.rule == "none":
+            config = replace(config, use_consistency=True)  # without a rule the ablation is the same search
+        if config in by_config:
+            outcomes[method] = outcomes[by_config[config]]
+            say(f"seed {base.seed}: '{method}' is the same search as '{by_config[config]}'")
             continue
         say(f"seed {base.seed}: ICM search '{method}' on {len(examples)} examples")
-        began = time.perf_counter()
-        labels = labels_by[method] = run_icm(backend, task, examples, config, say, method)
-        accuracy = float(np.mean([y == gold[k] for k, y in labels.items()])) if labels else None
-        info[method] = {
-            "label_accuracy": accuracy, "label_coverage": len(labels) / len(examples),
-            "search_seconds": time.perf_counter() - began, "search_config": dataclasses.asdict(config),
-        }
-        say(f"  {method}: {len(labels)}/{len(examples)} labeled, label accuracy on the search split "
-            f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}")
-    return labels_by, info
+        outcomes[method] = run_icm(backend, task, examples, config, say, method)
+        by_config[config] = method
+    return outcomes
 
 
 # ---- the whole comparison ------------------------------------------------------------------
@@ -280,7 +279,7 @@ def _searches(backend: LanguageModel, task: Task, examples: Sequence[Example], g
 
 @dataclass
 class EvalResult:
-    rows: pd.DataFrame  # one row per method and seed: method, seed, accuracy, n_test, n_demos, extras
+    rows: pd.DataFrame  # one row per (table, method, seed): table, method, seed, accuracy, n_test, n_demos, extras
     config: dict  # EvalConfig plus what was resolved: split, model, sizes, wall time
     split: Split
     icm_labels: dict[tuple[str, int], dict[str, int]]  # (method, seed) -> uid -> label the search gave
@@ -303,12 +302,22 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
     task: Task = dataset.task
     split = split_by_group(dataset.examples, config.search_size, config.test_size, config.split_seed, config.size_unit)
     search_examples = [dataset.examples[i] for i in split.search]
-    search_gold = [int(dataset.gold[i]) for i in split.search]  # gold/perturbed demos and label accuracy only
+    search_gold = np.array([int(dataset.gold[i]) for i in split.search])  # demos and label accuracy only
     tests = [dataset.examples[i] for i in split.test]
     test_gold = np.array([int(dataset.gold[i]) for i in split.test])
-    steps = config.steps if config.steps is not None else 2 * len(search_examples)
+    steps = config.steps if config.steps is not None else config.search.steps
+    base = replace(config.search, steps=steps, final_pass=True)  # every exported label set covers the split
+    methods = set(config.methods)
+    # The test table's demonstrations: the whole search split in one seeded order, as many as fit.
+    pool_order = {seed: np.random.default_rng([seed, 1]).permutation(len(search_examples)).tolist() for seed in config.seeds}
+    count = fit_demo_count(backend, task, [search_examples[k] for k in pool_order[config.seeds[0]]], tests, config.max_demos)
+    if count == 0 and methods - {ZERO_SHOT}:  # every row but zero-shot is many-shot
+        raise ValueError(
+            f"no demonstration fits the context window ({backend.context_window} tokens) before the longest test query: "
+            "the test table would compare labels at 0 demonstrations; use a longer-context model or shorter examples")
     say(f"split: {len(search_examples)} search examples, {len(tests)} test examples "
-        f"({config.size_unit}: {config.search_size} + {config.test_size}); {steps} search steps per ICM run")
+        f"({config.size_unit}: {config.search_size} + {config.test_size}); searches stop by '{base.stop}' "
+        f"(cap {steps} steps) and end with the final pass; test prompts carry {count} demonstrations")
 
     rows: list[dict] = []
     info = getattr(backend, "info", None) or ModelInfo(name=backend.name, revision=backend.revision)
@@ -317,7 +326,7 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
     def resolved_config(running_seed: int | None) -> dict:
         """The config plus what was resolved; running_seed: None once complete, else the last seed done."""
         return config.to_dict() | {
-            "steps_resolved": steps,
+            "steps_resolved": steps, "n_demos": count,
             "dataset": {"name": dataset.name, "source": dataset.source, "task": task.to_dict(), "n_examples": len(dataset.examples)},
             "backend": info | {"context_window": backend.context_window},
             "split": {"search_uids": [e.uid for e in search_examples], "test_uids": [e.uid for e in tests]},
@@ -326,44 +335,69 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
             "seeds_done": list(config.seeds) if running_seed is None else list(config.seeds[: config.seeds.index(running_seed) + 1]),
         }
 
-    def add_row(method: str, seed: int | None, log_odds: np.ndarray, demos: Sequence[int], labels: Sequence[int],
-                seconds: float, **extra) -> None:
+    def label_row(method: str, seed: int | None, labels: Sequence[int], seconds: float, **extra) -> None:
+        """A label-table row: the accuracy of labels over the whole search split (None: unlabeled)."""
+        given = [k for k, y in enumerate(labels) if y is not None]
+        accuracy = float(np.mean([labels[k] == search_gold[k] for k in given])) if given else None
+        rows.append({"table": LABEL_TABLE, "method": method, "seed": seed, "accuracy": accuracy,
+                     "n_test": len(search_examples), "n_demos": None, "coverage": len(given) / len(search_examples),
+                     "share_true": float(np.mean([labels[k] for k in given])) if given else None,
+                     "labels": [None if y is None else int(y) for y in labels], "label_seconds": seconds, **extra})
+        say(f"labels {method} (seed {seed}): accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'} "
+            f"on {len(given)}/{len(search_examples)} search examples")
+
+    def test_row(method: str, seed: int | None, log_odds: np.ndarray, demos: Sequence[int], labels: Sequence[int],
+                 seconds: float, **extra) -> None:
         by_rule = {rule: float(np.mean(decide(log_odds, rule) == test_gold)) for rule in DECISION_RULES}
         predictions = decide(log_odds, config.decision)
         demo_accuracy = float(np.mean([y == search_gold[k] for k, y in zip(demos, labels)])) if len(demos) else None
         rows.append({
-            "method": method, "seed": seed, "accuracy": by_rule[config.decision], "n_test": len(tests),
+            "table": TEST_TABLE, "method": method, "seed": seed, "accuracy": by_rule[config.decision], "n_test": len(tests),
             "n_demos": len(demos), "demo_accuracy": demo_accuracy, "demo_uids": [search_examples[k].uid for k in demos],
             "demo_labels": [int(y) for y in labels], "predictions": predictions.tolist(),
             "log_odds": [float(v) for v in log_odds], "predict_seconds": seconds,
             **{f"accuracy_{rule}": value for rule, value in by_rule.items()}, **extra,
         })
         others = ", ".join(f"{rule} {value:.3f}" for rule, value in by_rule.items() if rule != config.decision)
-        say(f"{method} (seed {seed}): accuracy {by_rule[config.decision]:.3f} ({config.decision}; {others}) "
+        say(f"test {method} (seed {seed}): accuracy {by_rule[config.decision]:.3f} ({config.decision}; {others}) "
             f"on {len(tests)} test examples with {len(demos)} demonstrations")
 
-    if ZERO_SHOT in config.methods:
-        # Deterministic: the same prompt and rule whatever the seed, so it is computed once.
+    # Deterministic methods (no seed): computed once.
+    fixed_labels: dict[str, list[int]] = {}
+    if ZERO_SHOT in methods:
         began = time.perf_counter()
-        add_row(ZERO_SHOT, None, label_log_odds(backend, task, (), tests, say, ZERO_SHOT), [], [], time.perf_counter() - began)
+        test_row(ZERO_SHOT, None, label_log_odds(backend, task, (), tests, say, ZERO_SHOT), [], [], time.perf_counter() - began)
+    if ZERO_SHOT_LABELS in methods:
+        began = time.perf_counter()
+        fixed_labels[ZERO_SHOT_LABELS], _ = zero_shot_labels(backend, task, search_examples, config.decision, say)
+        label_row(ZERO_SHOT_LABELS, None, fixed_labels[ZERO_SHOT_LABELS], time.perf_counter() - began)
+    if SELF_LABELS in methods:
+        began = time.perf_counter()
+        fixed_labels[SELF_LABELS], rounds = self_labels(backend, task, search_examples, config.decision,
+                                                        config.self_label_rounds, say)
+        label_row(SELF_LABELS, None, fixed_labels[SELF_LABELS], time.perf_counter() - began, rounds=rounds)
 
-    variants = {m: v for m, v in icm_variants().items() if m in config.methods or (m == ICM and PERTURBED in config.methods)}
+    variants = {m: v for m, v in icm_variants().items() if m in methods or (m == ICM and PERTURBED in methods)}
     icm_labels: dict[tuple[str, int], dict[str, int]] = {}
     for seed in config.seeds:
-        labels_by, search_info = _searches(backend, task, search_examples, search_gold, variants,
-                                           replace(config.search, steps=steps, seed=seed), say)
-        for method, labels in labels_by.items():
-            icm_labels[(method, seed)] = {search_examples[k].uid: y for k, y in labels.items()}
+        outcomes = _searches(backend, task, search_examples, variants, replace(base, seed=seed), say)
+        labels_by: dict[str, list[int]] = {}
+        for method, outcome in outcomes.items():
+            labels_by[method] = [outcome.labels.get(k) for k in range(len(search_examples))]
+            icm_labels[(method, seed)] = {search_examples[k].uid: y for k, y in outcome.labels.items()}
+            reached = outcome.labeled_at
+            label_row(method, seed, labels_by[method], outcome.seconds,
+                      search_share=outcome.search_labeled / len(search_examples), iterations=outcome.iterations,
+                      labeled_at=reached,
+                      iterations_per_example=(reached if reached is not None else outcome.iterations) / len(search_examples),
+                      search_config=dataclasses.asdict(replace(base, seed=seed, **variants[method])))
+        if RANDOM_LABELS in methods:
+            labels_by[RANDOM_LABELS] = random_labels(len(search_examples), seed)
+            label_row(RANDOM_LABELS, seed, labels_by[RANDOM_LABELS], 0.0)
+        labels_by.update(fixed_labels)
 
-        # The demonstrations: search examples in a seeded order, kept only where every search of
-        # this seed gave a label, so every row shows the very same examples.
-        order = np.random.default_rng([seed, 1]).permutation(len(search_examples)).tolist()
-        pool = [k for k in order if all(k in labels for labels in labels_by.values())]
-        count = fit_demo_count(backend, task, [search_examples[k] for k in pool], tests, config.max_demos)
-        demos = pool[:count]
-        if count == 0:
-            say(f"seed {seed}: warning: no demonstrations (no example labeled by every search, or none fits)")
-        gold_demos = [search_gold[k] for k in demos]
+        demos = pool_order[seed][:count]
+        gold_demos = [int(search_gold[k]) for k in demos]
         perturb_rng = np.random.default_rng([seed, 2])
         for method in config.methods:
             if method == ZERO_SHOT:
@@ -376,10 +410,9 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
                 extra = {"matched_to": ICM}
             else:
                 labels = [labels_by[method][k] for k in demos]
-                extra = search_info[method]
             began = time.perf_counter()
             log_odds = label_log_odds(backend, task, demo_prefix(task, [search_examples[k] for k in demos], labels), tests, say, method)
-            add_row(method, seed, log_odds, demos, labels, time.perf_counter() - began, **extra)
+            test_row(method, seed, log_odds, demos, labels, time.perf_counter() - began, **extra)
 
         if on_seed is not None:  # a long evaluation keeps every finished seed, whatever happens next
             on_seed(EvalResult(pd.DataFrame(rows), resolved_config(seed), split, icm_labels, time.perf_counter() - started))

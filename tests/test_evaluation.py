@@ -16,10 +16,13 @@ from icm_engine.backends.base import LanguageModel
 from icm_engine.backends.fake import FakeLM
 from icm_engine.config import RunConfig, SearchConfig
 from icm_engine.datasets import LoadedDataset
-from icm_engine.eval_report import accuracy_figure, format_table, summarize, write_figure
+from icm_engine.eval_report import (
+    accuracy_figure, format_label_table, format_table, summarize, summarize_labels, table_rows, write_figure,
+)
 from icm_engine.evaluation import (
-    DECISION_RULE, GOLD, ICM, NO_CONSISTENCY, PERTURBED, ZERO_SHOT, EvalConfig, all_methods, demo_prefix, evaluate,
-    fit_demo_count, perturb_to_match, split_by_group,
+    DECISION_RULE, DEFAULT_METHODS, GOLD, ICM, LABEL_TABLE, NO_CONSISTENCY, PERTURBED, RANDOM_LABELS, SELF_LABELS,
+    TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, demo_prefix, evaluate, fit_demo_count,
+    icm_variants, perturb_to_match, split_by_group,
 )
 from icm_engine.runner import make_scorer
 from icm_engine.search import Search
@@ -69,7 +72,19 @@ CONFIG = EvalConfig(task="polarity_pairs", data="memory", search_size=8, test_si
 def run():
     data = dataset()
     backend = Recording(FakeLM(strength=6))
-    return data, backend, evaluate(data, backend, CONFIG)
+    return data, backend, evaluate(data, backend, replace(CONFIG, methods=all_methods()))
+
+
+def _test_rows(result):
+    return table_rows(result.rows, TEST_TABLE)
+
+
+def _test_rows_frame(rows):
+    return table_rows(rows, TEST_TABLE)
+
+
+def _label_rows(result):
+    return table_rows(result.rows, LABEL_TABLE)
 
 
 def by_uid(data):
@@ -132,7 +147,7 @@ def test_demo_count_fits_the_context_and_the_cap():
 
 def test_every_method_and_seed_has_a_row(run):
     data, _, result = run
-    rows = result.rows
+    rows = _test_rows(result)
     assert list(rows[rows["method"] == ZERO_SHOT]["seed"].isna()) == [True]  # deterministic: run once
     for method in all_methods():
         if method != ZERO_SHOT:
@@ -141,13 +156,50 @@ def test_every_method_and_seed_has_a_row(run):
     for _, row in rows.iterrows():
         assert row["n_test"] == len(result.split.test)
         assert row["accuracy"] == pytest.approx(np.mean(np.array(row["predictions"]) == test_gold))
+    labels = _label_rows(result)
+    for method in [*icm_variants(), RANDOM_LABELS]:
+        assert sorted(labels[labels["method"] == method]["seed"]) == [0, 1]
+    for method in (ZERO_SHOT_LABELS, SELF_LABELS):  # deterministic: labeled once
+        assert list(labels[labels["method"] == method]["seed"].isna()) == [True]
 
 
-def test_rows_of_a_seed_share_their_demonstrations(run):
+def test_the_label_table_scores_every_exported_label_on_the_whole_search_split(run):
+    data, _, result = run
+    gold = [data.gold[i] for i in result.split.search]
+    for _, row in _label_rows(result).iterrows():
+        assert len(row["labels"]) == row["n_test"] == len(result.split.search)
+        assert row["coverage"] == 1.0 and None not in row["labels"]  # ICM rows too: the final pass labels the rest
+        assert row["accuracy"] == pytest.approx(np.mean([y == g for y, g in zip(row["labels"], gold)]))
+        if row["method"].startswith("icm"):
+            assert 0 < row["search_share"] <= 1 and row["iterations_per_example"] > 0
+    icm = _label_rows(result)[_label_rows(result)["method"] == ICM]
+    assert all(max(a, 1 - a) >= 0.7 for a in icm["accuracy"])  # the concept, up to its orientation
+    summary = summarize_labels(result.rows)
+    assert set(summary["method"]) == set(_label_rows(result)["method"]) and "label accuracy" in format_label_table(summary)
+
+
+def test_zero_shot_labels_use_the_decision_rule_on_the_query_alone(run):
+    data, backend, result = run
+    search = [data.examples[i] for i in result.split.search]
+    fresh = FakeLM(strength=6)
+    from icm_engine.label_baselines import label_log_odds
+
+    expected = decide(label_log_odds(fresh, data.task, (), search), CONFIG.decision).tolist()
+    row = _label_rows(result)[_label_rows(result)["method"] == ZERO_SHOT_LABELS].iloc[0]
+    assert row["labels"] == expected
+
+
+def test_rows_of_a_seed_share_their_demonstrations_the_whole_search_split(run):
     _, _, result = run
-    for seed, part in result.rows.dropna(subset=["seed"]).groupby("seed"):
+    for seed, part in _test_rows(result).dropna(subset=["seed"]).groupby("seed"):
         assert len({tuple(u) for u in part["demo_uids"]}) == 1
-        assert part["n_demos"].nunique() == 1 and part["n_demos"].iloc[0] > 0
+        assert part["n_demos"].nunique() == 1 and part["n_demos"].iloc[0] == len(result.split.search)
+
+
+def test_the_evaluation_stops_at_zero_demonstrations():
+    data = dataset()
+    with pytest.raises(ValueError, match="0 demonstrations"):
+        evaluate(data, FakeLM(strength=6, context_window=12), replace(CONFIG, seeds=(0,), methods=(ZERO_SHOT, GOLD)))
 
 
 def test_gold_row_shows_gold_labels(run):
@@ -161,7 +213,7 @@ def test_gold_row_shows_gold_labels(run):
 def test_perturbed_row_has_exactly_the_icm_rows_accuracy(run):
     data, _, result = run
     index = by_uid(data)
-    rows = result.rows
+    rows = _test_rows(result)
     partial = 0
     for seed in (0, 1):
         icm = rows[(rows["method"] == ICM) & (rows["seed"] == seed)].iloc[0]
@@ -177,7 +229,8 @@ def test_perturbed_row_has_exactly_the_icm_rows_accuracy(run):
 def test_icm_rows_show_the_labels_their_search_produced(run):
     data, _, result = run
     search_examples = [data.examples[i] for i in result.split.search]
-    for _, row in result.rows[result.rows["method"].str.startswith("icm")].iterrows():
+    test_rows = _test_rows(result)
+    for _, row in _label_rows(result)[_label_rows(result)["method"].str.startswith("icm")].iterrows():
         # Rerun the search independently, from the row's stored config, on the search split only.
         config = SearchConfig(**row["search_config"])
         search = Search(make_scorer(FakeLM(strength=6), data.task, search_examples,
@@ -186,12 +239,16 @@ def test_icm_rows_show_the_labels_their_search_produced(run):
             search.step()
         labels = {search_examples[k].uid: y for k, y in search.label_map().items()}
         assert labels == result.icm_labels[(row["method"], row["seed"])]
-        assert row["demo_labels"] == [labels[u] for u in row["demo_uids"]]
-        assert row["label_accuracy"] == pytest.approx(np.mean([y == data.gold[by_uid(data)[u]] for u, y in labels.items()]))
-    ablation = result.rows[result.rows["method"] == NO_CONSISTENCY]
+        test_row = test_rows[(test_rows["method"] == row["method"]) & (test_rows["seed"] == row["seed"])].iloc[0]
+        assert test_row["demo_labels"] == [labels[u] for u in test_row["demo_uids"]]
+        assert row["accuracy"] == pytest.approx(np.mean([y == data.gold[by_uid(data)[u]] for u, y in labels.items()]))
+    rows = _label_rows(result)
+    ablation = rows[rows["method"] == NO_CONSISTENCY]
     assert all(not SearchConfig(**c).use_consistency for c in ablation["search_config"])
-    centered = result.rows[result.rows["method"] == "icm_centered"]
-    assert all(SearchConfig(**c).calibration == "centered" for c in centered["search_config"])
+    for objective in ("sum", "chance", "mean"):
+        part = rows[rows["method"] == f"icm_{objective}_centered"]
+        assert len(part) and all(SearchConfig(**c).calibration == "centered" and SearchConfig(**c).objective == objective
+                                 for c in part["search_config"])
 
 
 # ---- honesty ----------------------------------------------------------------------------
@@ -206,7 +263,7 @@ def test_prompts_carry_the_rows_labels_and_never_a_test_example(run):
         assert set(query.segments[:-1:2]) <= search_texts
     prompts = [q.segments for q in backend.queries]
     index = by_uid(data)
-    for _, row in result.rows.iterrows():
+    for _, row in _test_rows(result).iterrows():
         prefix = demo_prefix(data.task, [data.examples[index[u]] for u in row["demo_uids"]], row["demo_labels"])
         asked = [p for p in prompts if p[:-1] == prefix and p[-1] in test_texts]
         assert len(asked) >= row["n_test"]  # the prompts really held these labels
@@ -215,7 +272,7 @@ def test_prompts_carry_the_rows_labels_and_never_a_test_example(run):
 def test_search_results_do_not_depend_on_gold():
     data = dataset()
     flipped = LoadedDataset(data.name, data.task, data.examples, {i: 1 - y for i, y in data.gold.items()}, data.source)
-    config = replace(CONFIG, seeds=(0,), methods=(ICM, "icm_centered"))
+    config = replace(CONFIG, seeds=(0,), methods=(ICM, "icm_sum_centered"))
     assert evaluate(data, FakeLM(strength=6), config).icm_labels == evaluate(flipped, FakeLM(strength=6), config).icm_labels
 
 
@@ -223,11 +280,9 @@ def test_a_subset_of_methods_and_a_task_without_rule():
     data = dataset(n=30, paired=False)
     config = replace(CONFIG, task="polarity", seeds=(0,), methods=(GOLD, NO_CONSISTENCY, PERTURBED))
     result = evaluate(data, FakeLM(strength=6), config)
-    assert list(result.rows["method"]) == [GOLD, NO_CONSISTENCY, PERTURBED]  # icm ran for the control, unreported
+    assert list(_test_rows(result)["method"]) == [GOLD, NO_CONSISTENCY, PERTURBED]  # icm ran for the control
     # No rule: the ablation is the same search as icm, reused rather than rerun.
     assert result.icm_labels[(NO_CONSISTENCY, 0)] == result.icm_labels[(ICM, 0)]
-    ablation = result.rows[result.rows["method"] == NO_CONSISTENCY].iloc[0]
-    assert not ablation["search_config"]["use_consistency"] and "no consistency rule" in ablation["note"]
 
 
 def test_evaluation_needs_gold():
@@ -249,13 +304,15 @@ def test_results_and_config_are_stored_and_the_figure_builds(run, tmp_path):
     assert DECISION_RULE in listed["config_json"].iloc[0] and '"seeds": [0, 1]' in listed["config_json"].iloc[0]
     assert list(rows["method"]) == list(result.rows["method"])
     assert np.allclose(rows["accuracy"], result.rows["accuracy"])
-    assert rows["demo_labels"].tolist() == result.rows["demo_labels"].tolist()
+    assert _test_rows_frame(rows)["demo_labels"].tolist() == _test_rows(result)["demo_labels"].tolist()
+    assert table_rows(rows, LABEL_TABLE)["labels"].tolist() == _label_rows(result)["labels"].tolist()
     summary = summarize(rows)
-    assert list(summary["method"])[:3] == [ZERO_SHOT, GOLD, ICM] and "mean acc" in format_table(summary)
+    assert list(summary["method"])[:3] == [ZERO_SHOT, GOLD, ICM]
+    assert "centered acc" in format_table(summary) and "argmax acc" in format_table(summary)
     fig = accuracy_figure(rows)
-    bars = [t for t in fig.data if t.type == "bar"][0]
-    assert len(bars.x) == len(all_methods()) - 1  # zero-shot is a line, not a bar
-    assert bars.error_y.array is not None
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [b.name for b in bars] == ["decision: centered", "decision: argmax"]  # both rules side by side
+    assert all(len(b.x) == len(all_methods()) - 1 for b in bars)  # zero-shot is a line, not a bar
     written, _ = write_figure(fig, tmp_path / "chart.html")
     assert written[0].stat().st_size > 1000
 
@@ -275,7 +332,12 @@ def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
     assert "decision rule: " + DECISION_RULE in printed and "wall time" in printed and "perturbed" in printed
     assert out.exists()
     with Store(str(db)) as store:
-        assert len(store.eval_rows(int(store.evals()["eval_id"].iloc[0]))) == 1 + 5 * 2
+        rows = store.eval_rows(int(store.evals()["eval_id"].iloc[0]))
+    # test table: zero-shot once, every other default method per seed; label table: the deterministic
+    # labelers once, ICM rows and random labels per seed
+    assert len(table_rows(rows, TEST_TABLE)) == 1 + (len(DEFAULT_METHODS) - 1) * 2
+    assert len(table_rows(rows, LABEL_TABLE)) == 2 + 3 * 2
+    assert "label accuracy" in printed
 
 
 def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path):
@@ -311,7 +373,7 @@ def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path):
         evals = store.evals()
         assert len(evals) == 1 and json.loads(evals["config_json"].iloc[0])["seeds_done"] == [0]
         cut = store.eval_rows(int(evals["eval_id"].iloc[0]))
-    assert set(cut["seed"].dropna()) == {0} and len(cut) == 1 + 5
+    assert set(cut["seed"].dropna()) == {0} and len(cut) == 3 + 3 + (len(DEFAULT_METHODS) - 1)
     assert cut["accuracy"].tolist() == full["accuracy"].tolist()[: len(cut)]
 
 
@@ -351,12 +413,13 @@ def test_cli_with_a_real_tiny_model_keeps_every_prompt_inside_its_context(tmp_pa
         assert 1 + sum(backend.count_tokens(s) for s in query.segments) <= 160
     with Store(str(tmp_path / "db.duckdb")) as store:
         rows = store.eval_rows(1)
+    rows = table_rows(rows, TEST_TABLE)
     many_shot = rows[rows["method"] != ZERO_SHOT]
     assert many_shot["n_demos"].nunique() == 1 and 0 < many_shot["n_demos"].iloc[0] < 8  # cut by the context
 
 
 def test_centered_decision_removes_a_constant_lean_and_rows_record_both_rules():
-    from icm_engine.evaluation import DECISION_RULES, decide
+    from icm_engine.evaluation import DECISION_RULES
 
     # A model that says True to everything, more strongly for the true claims: argmax sees only the lean.
     gold = np.array([1, 0, 1, 0, 1, 0])
