@@ -14,8 +14,10 @@ import pandas as pd
 from icm_engine.scoring import normalize
 from icm_engine.tasks import LABEL_NAMES, Example, Task
 
+from icm_engine.records import STEERING_KINDS
+
 SEARCH_KINDS = ("init", "propose")
-STEERING_KINDS = ("pin", "unpin", "exclude", "include", "set_param")
+STALL_WINDOW = 50  # proposals without one accepted change, with examples still unlabeled, before the Live page says so
 UNLABELED = -1  # raster value of an example that is not in D at that iteration
 
 
@@ -38,6 +40,31 @@ def search_curves(events: pd.DataFrame) -> pd.DataFrame:
         "accepted": steps["accepted"].astype(bool).to_numpy(),
         "labeled": steps["labeled_count"].astype(int).to_numpy(),
     })
+
+
+def coverage(n_examples: int, labels: pd.DataFrame, excluded: set[int]) -> dict:
+    """How much of the dataset is labeled: labeled, total, excluded, and the active (not excluded) count."""
+    active = n_examples - len(excluded)
+    return {"labeled": int(len(labels)), "total": int(n_examples), "excluded": int(len(excluded)), "active": int(active),
+            "unlabeled": int(active - len(labels))}
+
+
+def growth_stall(events: pd.DataFrame, unlabeled: int, window: int = STALL_WINDOW) -> str | None:
+    """A note when the search has stopped growing: examples are still unlabeled and none of the
+    last `window` proposals changed D. None while it moves, or once everything is labeled."""
+    if unlabeled <= 0 or not len(events):
+        return None
+    proposals = events[events["kind"] == "propose"].tail(window)
+    if len(proposals) < window:
+        return None
+    changed = proposals["accepted"].astype(bool) & (proposals["old_label"].astype("Float64").fillna(-1)
+                                                   != proposals["proposed_label"].astype("Float64").fillna(-1))
+    if changed.any():
+        return None
+    return (f"The search has stopped growing: none of the last {window} proposals changed the labels, and "
+            f"{unlabeled} examples are still unlabeled. Each addition costs more than the temperature allows "
+            "(usual with the paper's sum objective on a small model). Label the rest now with the final pass, "
+            "lower alpha or raise T0 on the Steer page, or start a run with the mean or chance objective.")
 
 
 def rolling_acceptance(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:

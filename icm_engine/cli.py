@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,21 +13,34 @@ DEFAULT_DB = os.environ.get("ICM_STUDIO_DB", "runs/icm.duckdb")
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
-    from .config import CALIBRATIONS, SCORERS, SearchConfig
+    """One flag per SearchConfig field, with its declared help; unset flags (None) take the preset's value."""
+    from .config import PRESETS, SEARCH_HELP, SearchConfig
 
     defaults = SearchConfig()
-    group = parser.add_argument_group("search (defaults: the paper's appendix D)")
-    group.add_argument("--steps", type=int, default=None, help=f"search iterations after initialization (default {defaults.steps}; with --resume: the new total)")
-    group.add_argument("--seed", type=int, default=defaults.seed)
-    group.add_argument("--alpha", type=float, default=defaults.alpha)
-    group.add_argument("--t0", type=float, default=defaults.t0)
-    group.add_argument("--t-min", type=float, default=defaults.t_min)
-    group.add_argument("--beta", type=float, default=defaults.beta)
-    group.add_argument("--k-init", type=int, default=defaults.k_init)
-    group.add_argument("--max-fix-iters", type=int, default=defaults.max_fix_iters)
-    group.add_argument("--calibration", choices=CALIBRATIONS, default=defaults.calibration)
-    group.add_argument("--scorer", choices=SCORERS, default=defaults.scorer)
-    group.add_argument("--no-consistency", action="store_true", help="the paper's ablation: no I(D), no fixes")
+    choices = {"calibration": "CALIBRATIONS", "scorer": "SCORERS", "objective": "OBJECTIVES", "clock": "CLOCKS", "stop": "STOPS"}
+    from . import config as config_module
+
+    group = parser.add_argument_group("search (defaults: README, 'Choosing the objective'; the paper's with --preset paper)")
+    group.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                       help="named settings to start from; flags given here override them")
+    for field in dataclasses.fields(SearchConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        help_text = f"{SEARCH_HELP[field.name]} (default {default})"
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif field.name in choices:
+            group.add_argument(flag, dest=field.name, choices=getattr(config_module, choices[field.name]), default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=field.name, type=type(default), default=None, help=help_text)
+    group.add_argument("--no-consistency", dest="use_consistency", action="store_false",
+                       help="the paper's ablation: no I(D), no fixes (same as --no-use-consistency)")
+
+
+def _given_search_settings(args) -> dict:
+    from .config import SearchConfig
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if getattr(args, f.name, None) is not None}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="csv", choices=["csv", "sft", "preference", "provenance"])
     export.add_argument("--out", required=True)
 
+    final = sub.add_parser("finalize", help="label what a run's search left (argmax given its labeled set), recorded as a step")
+    final.add_argument("--db", default=DEFAULT_DB)
+    final.add_argument("--run", type=int, required=True)
+    add_model_options(final)
+
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--db", default=DEFAULT_DB)
 
@@ -84,14 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _search_config(args):
-    from .config import SearchConfig
+    from .config import preset
 
-    return SearchConfig(
-        alpha=args.alpha, t0=args.t0, t_min=args.t_min, beta=args.beta, k_init=args.k_init,
-        steps=args.steps if args.steps is not None else SearchConfig().steps,
-        seed=args.seed, max_fix_iters=args.max_fix_iters, calibration=args.calibration,
-        use_consistency=not args.no_consistency, scorer=args.scorer,
-    )
+    try:
+        return preset(args.preset, **_given_search_settings(args))
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"icm run: {error}") from None
 
 
 def _load_backend(model_config):
@@ -130,6 +147,7 @@ def cmd_run(args) -> int:
         if args.resume is not None:
             run_info = store.run(args.resume)
             config = RunConfig.from_dict(run_info["config"])
+            _refuse_changed_settings(args, config)
             run_id = args.resume
         else:
             model_config = ModelConfig(args.model, args.device, args.dtype, args.quantization, args.max_context)
@@ -140,7 +158,7 @@ def cmd_run(args) -> int:
         if args.resume is None:
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
         search = open_search(store, run_id, backend, steps=args.steps if args.resume is not None else None)
-        total = search.config.steps + 1
+        total = search.config.steps + 1  # the cap: a run that stops by "labeled" ends sooner
         print(f"run {run_id}: {len(search.scorer.examples)} examples, task {config.task}, model {backend.name}, db {args.db}")
         with tqdm(total=total, initial=search.iteration + 1, unit="step", dynamic_ncols=True) as bar:
             def on_step(record):
@@ -151,12 +169,60 @@ def cmd_run(args) -> int:
                 bar.set_postfix(T=f"{record.temperature or 0:.2f}", U=f"{record.u_after if record.accepted else record.u_before:.2f}",
                                 labeled=record.labeled_count, acc="y" if record.accepted else "n")
             advance(store, run_id, search, on_step=on_step)
-        labels = search.label_map()
-        print(f"run {run_id} finished at iteration {search.iteration}: {len(labels)} labeled, "
-              f"{sum(labels.values())} True / {len(labels) - sum(labels.values())} False")
+        _print_outcome(run_id, search)
         agreement = gold_agreement(store, run_id)
         if agreement and agreement["accuracy"] is not None:
             print(f"audit only (gold never used by the search): agreement with gold {agreement['accuracy']:.3f} on {agreement['n']} labeled")
+    return 0
+
+
+def _refuse_changed_settings(args, config) -> None:
+    """--resume continues a run with the settings it started with: a flag that asks for another
+    value (other than --steps) is an error, not silently ignored."""
+    stored = dataclasses.asdict(config.search)
+    changed = [f"--{name.replace('_', '-')} {value} (run: {stored[name]})"
+               for name, value in _given_search_settings(args).items() if name != "steps" and value != stored[name]]
+    model = dict(dataclasses.asdict(config.model), model=config.model.name)
+    changed += [f"--{name.replace('_', '-')} {getattr(args, name)} (run: {model[name]})"
+                for name in ("model", "device", "dtype", "quantization", "max_context")
+                if getattr(args, name) != model[name] and getattr(args, name) not in (None, "auto", "gemma3-270m")]
+    changed += [f"--{flag} {value} (run: {config.dataset})" for flag, value in (("data", args.data), ("limit", args.limit), ("task", args.task))
+                if value not in (None, "sample:sentiment_yelp", config.dataset)]
+    if args.preset != "default":
+        changed.append(f"--preset {args.preset}")
+    if changed:
+        raise SystemExit(f"icm run --resume {args.resume}: a run keeps the settings it started with; only --steps may "
+                         f"change (got {'; '.join(changed)}). Change alpha or T0 by steering in the studio, or start a new run.")
+
+
+def _print_outcome(run_id: int, search) -> None:
+    labels = search.label_map()
+    active = len(search.active())
+    searched = search.progress.search_labeled if search.progress.search_labeled is not None else len(labels)
+    reached = search.progress.labeled_at
+    print(f"run {run_id} stopped at iteration {search.iteration}: {len(labels)} of {active} examples labeled "
+          f"({searched} by the search itself, {len(labels) - searched} by the final pass; "
+          f"{len(search.excluded)} excluded); {sum(labels.values())} True / {len(labels) - sum(labels.values())} False")
+    if reached is not None:
+        print(f"the search itself had labeled every example at iteration {reached} "
+              f"({reached / max(active, 1):.2f} iterations per example)")
+
+
+def cmd_finalize(args) -> int:
+    """Run the final pass now: label what the search left, given its labeled set (recorded as a step)."""
+    from .config import RunConfig
+    from .runner import finalize, open_search
+    from .store import Store
+
+    with Store(args.db) as store:
+        backend = _load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
+        search = open_search(store, args.run, backend)
+        if not search.initialized:
+            raise SystemExit(f"run {args.run} has no step yet: start it first (icm run --resume {args.run})")
+        left = len(search.unlabeled())
+        print(f"run {args.run}: final pass over {left} unlabeled examples, given {len(search.labels)} labeled ones")
+        finalize(store, args.run, search)
+        _print_outcome(args.run, search)
     return 0
 
 
@@ -231,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import bench, eval_cli
 
-    handlers = {"run": cmd_run, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "app": cmd_app,
+    handlers = {"run": cmd_run, "finalize": cmd_finalize, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "app": cmd_app,
                 "bench": bench.run, "eval": eval_cli.run}
     return handlers[args.command](args)
 

@@ -77,6 +77,28 @@ class SearchConfig:
             raise ValueError("steps, max_fix_iters and seed must be >= 0")
 
 
+# One line per setting, for every surface that offers it (the CLI's flags, the Run form's help).
+SEARCH_HELP: dict[str, str] = {
+    "alpha": "weight of mutual predictability against the inconsistency count",
+    "t0": "initial temperature",
+    "t_min": "floor of the temperature",
+    "beta": "cooling rate of the iteration clock: T = T0 / (1 + beta log n)",
+    "k_init": "examples labeled at random before the search starts (K)",
+    "steps": "cap on search iterations; with --stop steps, the number of iterations (with --resume: the new total)",
+    "seed": "drives the initial labels, sampling and acceptance draws",
+    "group_weight": "sampling weight of unlabeled examples that share a group with a labeled one",
+    "max_fix_iters": "M in Algorithm 2: consistency fixes tried per step",
+    "calibration": "none: raw label probabilities; centered: each label word's mean log-score removed (no gold)",
+    "use_consistency": "I(D) and ConsistencyFix on (off: the paper's ablation)",
+    "scorer": "exact (cached, same numbers as naive), naive (reference) or prequential (approximate)",
+    "objective": "sum: the paper's text; chance: each term against a coin flip; mean: mean signed log-odds (released code)",
+    "clock": "iteration: the paper's cooling; accepted: by accepted changes, T = T0 / (1 + 2 log(1 + a))",
+    "stop": "steps: a fixed count; labeled: until every example is labeled plus --patience-sweeps quiet sweeps",
+    "patience_sweeps": "with --stop labeled: sweeps without an accepted change before stopping",
+    "final_pass": "label what the search left: argmax given the final labeled set, then ConsistencyFix",
+    "balanced_init": "split the K initial labels evenly between the two labels",
+}
+
 # Named settings a user can start from; each stays editable and is stored resolved in the run.
 PRESETS: dict[str, dict] = {
     # The paper's text: sum of log-probabilities, iteration clock, alpha 50, a fixed step count.

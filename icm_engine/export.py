@@ -1,7 +1,11 @@
 """Labeled data out of a run, for fine-tuning: CSV, SFT JSONL, preference JSONL, provenance JSON.
 
-Each function returns bytes, so the CLI writes exactly what the app offers as a download.
-Nothing here depends on wall-clock time: exporting the same run twice gives identical files.
+The CSV holds every example of the dataset, one row each: its label (empty when it has none),
+where the label came from (search, final_pass, person, excluded, unlabeled), the model's
+confidence in it under the run's own calibration, and the iteration it was last set. The
+fine-tuning files hold the labeled examples only, and the provenance file says how many that
+is of how many. Each function returns bytes, so the CLI writes exactly what the app offers as a
+download. Nothing here depends on wall-clock time: exporting the same run twice gives identical files.
 """
 from __future__ import annotations
 
@@ -15,31 +19,75 @@ from .store import Store
 from .tasks import LABEL_NAMES, load_task
 
 FORMATS = ("csv", "sft", "preference", "provenance")
+# Where an example's label came from, read from its last flip (records.FLIP_CAUSES).
+SOURCES = ("search", "final_pass", "person", "excluded", "unlabeled")
+_SOURCE_OF_CAUSE = {"initial": "search", "proposal": "search", "fix": "search", "final_pass": "final_pass", "human": "person"}
+
+
+def _run_parts(store: Store, run_id: int):
+    run = store.run(run_id)
+    return run, load_task(store.dataset_task(run["dataset_id"])), store.load_examples(run["dataset_id"])
+
+
+def label_confidence(labels: pd.DataFrame, calibration: str) -> tuple[np.ndarray, np.ndarray]:
+    """(probability of each row's label, its signed log-odds) under the run's calibration: the
+    label log-probs as scored given the rest of the labeled set, centered over that set when the
+    run's calibration is "centered", renormalized over the two label words. NaN where unscored."""
+    n = len(labels)
+    probability, log_odds = np.full(n, np.nan), np.full(n, np.nan)
+    scored = (labels["logp_false"].notna() & labels["logp_true"].notna()).to_numpy() if n else np.zeros(0, bool)
+    if scored.any():
+        raw = labels.loc[scored, ["logp_false", "logp_true"]].to_numpy(dtype=float)
+        logp = normalize(raw, calibration)
+        chosen = labels.loc[scored, "label"].astype(int).to_numpy()
+        rows = np.arange(len(chosen))
+        probability[scored] = np.exp(logp[rows, chosen])
+        log_odds[scored] = logp[rows, chosen] - logp[rows, 1 - chosen]
+    return probability, log_odds
 
 
 def labeled_frame(store: Store, run_id: int) -> pd.DataFrame:
-    """One row per labeled example: inputs, label, and the model's confidence in that label."""
-    run = store.run(run_id)
-    task = load_task(store.dataset_task(run["dataset_id"]))
-    examples = store.load_examples(run["dataset_id"])
-    labels = store.labels(run_id).sort_values("example")
+    """One row per example of the run's dataset: inputs, label, its source, confidence, last change."""
+    run, task, examples = _run_parts(store, run_id)
+    labels = store.labels(run_id).set_index("example")
+    snapshot = store.load_snapshot(run_id)
+    excluded = snapshot.excluded if snapshot else set()
+    flips = store.flips(run_id)
+    last = flips.sort_values(["seq", "ord"]).groupby("example").last() if len(flips) else pd.DataFrame()
+    calibration = run["config"].get("search", {}).get("calibration", "none")
+    probability, log_odds = label_confidence(labels.reset_index(), calibration)
+    confidence = dict(zip(labels.index.astype(int), probability))
+    odds = dict(zip(labels.index.astype(int), log_odds))
     rows = []
-    for row in labels.itertuples(index=False):
-        example = examples[int(row.example)]
-        record = {"uid": example.uid}
-        record.update({name: example.fields[name] for name in task.fields})
-        record.update({"group": example.group, "key": example.key})
-        record["label"] = int(row.label)
-        record["label_name"] = LABEL_NAMES[int(row.label)]
-        confidence = None
-        if not (pd.isna(row.logp_false) or pd.isna(row.logp_true)):
-            logp = normalize(np.array([row.logp_false, row.logp_true]))[0]
-            confidence = float(np.exp(logp[int(row.label)]))
-        record["confidence"] = confidence
-        record["pinned"] = bool(row.pinned)
+    for index, example in enumerate(examples):
+        record = {"uid": example.uid, **{name: example.fields[name] for name in task.fields},
+                  "group": example.group, "key": example.key}
+        labeled = index in labels.index
+        label = int(labels.at[index, "label"]) if labeled else None
+        pinned = bool(labels.at[index, "pinned"]) if labeled else False
+        if index in excluded:
+            source = "excluded"
+        elif not labeled:
+            source = "unlabeled"
+        elif pinned:
+            source = "person"
+        else:
+            source = _SOURCE_OF_CAUSE.get(str(last.at[index, "cause"]) if index in last.index else "initial", "search")
+        value = confidence.get(index, np.nan)
+        record.update({
+            "label": label, "label_name": None if label is None else LABEL_NAMES[label], "source": source,
+            "confidence": None if np.isnan(value) else float(value),
+            "log_odds": None if np.isnan(odds.get(index, np.nan)) else float(odds[index]),
+            "last_set_iteration": int(last.at[index, "iteration"]) if index in last.index else None,
+            "pinned": pinned,
+        })
         rows.append(record)
-    columns = ["uid", *task.fields, "group", "key", "label", "label_name", "confidence", "pinned"]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["uid", *task.fields, "group", "key", "label", "label_name", "source", "confidence", "log_odds",
+               "last_set_iteration", "pinned"]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in ("label", "last_set_iteration"):
+        frame[column] = frame[column].astype("Int64")  # empty, not NaN-as-float, where there is none
+    return frame
 
 
 def to_csv(store: Store, run_id: int) -> bytes:
@@ -52,9 +100,7 @@ def _jsonl(records) -> bytes:
 
 def to_sft_jsonl(store: Store, run_id: int) -> bytes:
     """Prompt/completion pairs in the task's own format: the completion is the label word."""
-    run = store.run(run_id)
-    task = load_task(store.dataset_task(run["dataset_id"]))
-    examples = store.load_examples(run["dataset_id"])
+    _, task, examples = _run_parts(store, run_id)
     frame = store.labels(run_id).sort_values("example")
     return _jsonl(
         {"uid": examples[int(r.example)].uid, "prompt": task.render_query(examples[int(r.example)]),
@@ -69,12 +115,10 @@ def to_preference_jsonl(store: Store, run_id: int) -> bytes:
     A claim "A beats B" labeled True prefers A; labeled False prefers B. When a pair's two orders
     are both labeled they agree (the consistency rule), so each comparison is written once.
     """
-    run = store.run(run_id)
-    task = load_task(store.dataset_task(run["dataset_id"]))
+    _, task, examples = _run_parts(store, run_id)
     if task.pairwise_fields is None:
         raise ValueError(f"task {task.name!r} is not pairwise: preference export needs pairwise_fields")
     first, second = task.pairwise_fields
-    examples = store.load_examples(run["dataset_id"])
     seen, records = set(), []
     for row in store.labels(run_id).sort_values("example").itertuples(index=False):
         example = examples[int(row.example)]
@@ -90,24 +134,44 @@ def to_preference_jsonl(store: Store, run_id: int) -> bytes:
 
 
 def provenance(store: Store, run_id: int) -> bytes:
-    """Where the labels came from: config, model, seed, steps and times of the run."""
+    """Where the labels came from: the config as started and the settings in force at the end,
+    every steering event, the model, the dataset's size and how much of it is labeled, by whom."""
     run = store.run(run_id)
-    labels = store.labels(run_id)
+    frame = labeled_frame(store, run_id)
+    snapshot = store.load_snapshot(run_id)
+    events = store.events(run_id)
+    steering = events[~events["kind"].isin(["init", "propose", "final_pass"])] if len(events) else events
+    search = dict(run["config"].get("search", {}))
+    effective = dict(search, **({} if snapshot is None else {"alpha": snapshot.alpha, "t0": snapshot.t0}))
+    labeled = frame[frame["label"].notna()]
+    iterations = int(snapshot.iteration) if snapshot is not None else None
     record = {
         "run_id": int(run_id),
         "name": run.get("name"),
         "dataset_id": int(run["dataset_id"]),
         "task": store.dataset_task(run["dataset_id"]),
         "config": run["config"],
+        "effective_settings": effective,
         "model": run["model"],
-        "seed": run["config"]["search"]["seed"],
+        "seed": search.get("seed"),
         "status": run["status"],
-        "iterations": int(run["last_iteration"]) if run.get("last_iteration") is not None else None,
+        "iterations": iterations,
         "created_at": str(run["created_at"]),
         "updated_at": str(run["updated_at"]),
-        "labeled": int(len(labels)),
-        "label_counts": {LABEL_NAMES[k]: int((labels["label"] == k).sum()) for k in (0, 1)},
-        "pinned": int(labels["pinned"].sum()) if len(labels) else 0,
+        "dataset_size": int(len(frame)),
+        "labeled": int(len(labeled)),
+        "coverage": float(len(labeled) / len(frame)) if len(frame) else 0.0,
+        "by_source": {source: int((frame["source"] == source).sum()) for source in SOURCES},
+        "label_counts": {LABEL_NAMES[k]: int((labeled["label"] == k).sum()) for k in (0, 1)},
+        "pinned": int(frame["pinned"].sum()),
+        "progress": None if snapshot is None else {
+            "accepted_changes": snapshot.progress.accepted_changes, "labeled_by_search_at": snapshot.progress.labeled_at,
+            "labeled_by_search_before_final_pass": snapshot.progress.search_labeled},
+        "steering": [
+            {"iteration": int(e.iteration), "kind": e.kind, "example": None if pd.isna(e.example) else int(e.example),
+             "label": None if pd.isna(e.proposed_label) else int(e.proposed_label), "note": e.note}
+            for e in steering.itertuples(index=False)
+        ],
     }
     return (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 

@@ -32,7 +32,6 @@ from .store import Store
 Progress = Callable[[str, "float | None"], None]
 # (model settings, progress) -> a loaded backend; tests pass one that returns FakeLM
 BackendFactory = Callable[[ModelConfig, Progress], LanguageModel]
-STEERING = ("pin", "unpin", "exclude", "include", "set_params")
 
 
 def load_backend(config: ModelConfig, progress: Progress) -> LanguageModel:
@@ -85,6 +84,12 @@ class SharedBackend(LanguageModel):
         return self if view is self.inner else SharedBackend(view, self._lock)
 
 
+def _coverage(search: Search) -> dict:
+    """labeled / active (excluded apart), and whether the search's stopping rule already holds."""
+    return {"labeled": len(search.labels), "active": len(search.active()), "excluded": len(search.excluded),
+            "stopped": search.stopped, "final_pass_due": search.stopped and bool(search.unlabeled())}
+
+
 class _Worker:
     """The thread that owns one run's Search; see the module docstring."""
 
@@ -96,7 +101,7 @@ class _Worker:
         self._steering: deque[tuple[Future, str, tuple]] = deque()
         self.status = {"state": "loading", "message": "waiting to load the model", "progress": None,
                        "iteration": None, "steps": steps_total, "labeled": 0, "error": None,
-                       "traceback": None, "steering_error": None, "steps_taken": 0}
+                       "traceback": None, "steering_error": None, "steps_taken": 0, "coverage": None}
         self.thread = threading.Thread(target=self._main, name=f"icm-run-{run_id}", daemon=True)
 
     # -- called from any thread ------------------------------------------------------------
@@ -167,7 +172,7 @@ class _Worker:
     def _after_open(self, search: Search) -> None:
         self.manager._record_model(self.run_id, search.scorer.backend)
         self._set(state="finished" if search.done else "paused", message="", progress=None,
-                  iteration=search.iteration, labeled=len(search.labels))
+                  iteration=search.iteration, labeled=len(search.labels), coverage=_coverage(search))
 
     def _should_pause(self) -> bool:
         with self._cond:
@@ -177,7 +182,7 @@ class _Worker:
         with self._cond:
             if self._budget:  # None (to the end) and 0 (pause asked) stay as they are
                 self._budget -= 1
-        self._set(iteration=search.iteration, labeled=len(search.labels),
+        self._set(iteration=search.iteration, labeled=len(search.labels), coverage=_coverage(search),
                   steps_taken=self.status["steps_taken"] + 1)
         self._apply_steering(search)  # between two steps: the only moment the Search is not in use
 
@@ -194,7 +199,12 @@ class _Worker:
                 self._set(steering_error=f"{method}{args}: {error}")
                 future.set_exception(error)
                 continue
-            self._set(labeled=len(search.labels), steering_error=None)
+            self._set(labeled=len(search.labels), iteration=search.iteration, steps=search.config.steps,
+                      steering_error=None, coverage=_coverage(search))
+            if self.status["state"] in ("paused", "finished") and self.status["state"] != ("finished" if search.done else "paused"):
+                state = "finished" if search.done else "paused"  # a final pass finishes a run, an extension reopens it
+                self.manager.store.set_status(self.run_id, state)
+                self._set(state=state)
             future.set_result(record)
 
     def _fail(self, error: Exception) -> None:
@@ -314,6 +324,16 @@ class RunManager:
 
     def set_params(self, run_id: int, alpha: float | None = None, t0: float | None = None) -> Future:
         return self._steer(run_id, "set_params", alpha, t0)
+
+    def finalize(self, run_id: int) -> Future:
+        """The final pass now: label what the search left, given its labeled set (a model call, in the worker)."""
+        return self._steer(run_id, "final_pass")
+
+    def extend(self, run_id: int, steps: int) -> Future:
+        """Continue a run (a finished one too) for `steps` more iterations, then stop as usual."""
+        future = self._steer(run_id, "extend", int(steps))
+        self.resume(run_id)
+        return future
 
     def _steer(self, run_id: int, method: str, *args) -> Future:
         # A run without a worker gets one (paused): only its worker may touch its Search.

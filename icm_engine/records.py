@@ -104,3 +104,4 @@ class SearchProgress:
     last_change: int = 0  # iteration of the last change of D (search or person)
     labeled_at: int | None = None  # first iteration at which the search had labeled every active example
     search_labeled: int | None = None  # examples the search itself had labeled when its final pass ran
+    extended_until: int | None = None  # a person asked for more steps: no stopping rule before this iteration

@@ -74,6 +74,26 @@ def advance(
     return taken
 
 
-def record_steering(store: Store, run_id: int, search: Search, record: StepRecord) -> None:
-    """Persist a person's action (pin, unpin, exclude, include, set_param) as an event."""
+def finalize(store: Store, run_id: int, search: Search) -> StepRecord:
+    """The final pass on demand (also mid-run): commit it as a step of the run."""
+    record = search.final_pass()
     store.record_step(run_id, record, search.snapshot())
+    if search.done:
+        store.set_status(run_id, "finished")
+    return record
+
+
+def record_steering(store: Store, run_id: int, search: Search, record: StepRecord) -> None:
+    """Persist a person's action (pin, unpin, exclude, include, set_param, extend) as an event; an
+    extension also raises the step cap in the run's stored config, so a reopened run keeps it."""
+    store.record_step(run_id, record, search.snapshot())
+    stored = store.run(run_id)["config"]
+    if stored["search"]["steps"] != search.config.steps:
+        store.set_run_config(run_id, dict(stored, search=dict(stored["search"], steps=search.config.steps)))
+
+
+def extend(store: Store, run_id: int, search: Search, steps: int) -> StepRecord:
+    """`steps` more iterations for a run, recorded as a steering event."""
+    record = search.extend(steps)
+    record_steering(store, run_id, search, record)
+    return record

@@ -84,6 +84,8 @@ class Search:
         """The search's own stopping rule holds (config.stop); a final pass may still be due."""
         if not self.initialized:
             return False
+        if self.progress.extended_until is not None and self.iteration < self.progress.extended_until:
+            return False
         if self.iteration >= self.config.steps:
             return True
         if self.config.stop == "labeled" and not self.unlabeled():
@@ -400,6 +402,17 @@ class Search:
             notes.append(f"t0={self.t0:g}")
         record = self._steer("set_param", None, None, None, [], dirty=False)
         record.note = ", ".join(notes)
+        return record
+
+    def extend(self, steps: int) -> StepRecord:
+        """Run `steps` more iterations whatever the stopping rule says (a finished run continued)."""
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        until = max(self.iteration, 0) + int(steps)
+        self.progress.extended_until = until
+        self.config = replace(self.config, steps=max(self.config.steps, until))
+        record = self._steer("set_param", None, None, None, [], dirty=False)
+        record.note = f"steps={self.config.steps} (extended by {int(steps)})"
         return record
 
     def _steer(self, kind: str, example, old, new, flips, dirty: bool) -> StepRecord:

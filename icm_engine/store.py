@@ -315,6 +315,11 @@ class Store:
             )
         return int(run_id)
 
+    def set_run_config(self, run_id: int, config: dict) -> None:
+        """Replace a run's stored config (a step cap raised by extending the run)."""
+        with self._transaction() as con:
+            con.execute("UPDATE runs SET config_json = ?, updated_at = ? WHERE run_id = ?", [to_json(config), _now(), run_id])
+
     def set_run_model(self, run_id: int, model_info: dict) -> None:
         """Replace the requested model settings with what loading resolved (device, dtype, revision)."""
         model_info = dataclasses.asdict(model_info) if dataclasses.is_dataclass(model_info) else dict(model_info)

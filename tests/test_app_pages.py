@@ -292,3 +292,56 @@ def test_flip_raster_subsamples_long_runs_but_keeps_the_last_iteration():
     x = list(figure.data[0].x)
     assert len(x) <= MAX_RASTER_COLUMNS + 1 and x[-1] == 1000
     assert search_curves_figure(search_curves(pd.DataFrame(columns=["kind"]))).data  # empty run: empty traces
+
+
+def test_run_form_offers_the_objective_clock_and_stopping_rule_and_a_preset_fills_them(manager):
+    add_polarity_dataset(manager)
+    at = open_page(manager, "run")
+    assert at.selectbox(key="run.objective").value == "mean" and at.selectbox(key="run.stop_rule").value == "labeled"
+    at.selectbox(key="run.preset").set_value("released_code").run()
+    assert not at.exception
+    assert at.selectbox(key="run.objective").value == "mean" and at.selectbox(key="run.clock").value == "accepted"
+    assert at.number_input(key="run.alpha").value == 30.0 and at.checkbox(key="run.balanced_init").value
+    at.selectbox(key="run.preset").set_value("paper").run()
+    assert at.selectbox(key="run.objective").value == "sum" and at.selectbox(key="run.stop_rule").value == "steps"
+    at.selectbox(key="run.objective").set_value("chance")  # a preset's value stays editable
+    at.selectbox(key="run.model").set_value("a local path…")
+    at.text_input(key="run.model_path").set_value("fake")
+    at.number_input(key="run.steps").set_value(8)
+    at.number_input(key="run.k_init").set_value(4)
+    at.button(key="FormSubmitter:run.form-Start").click().run()
+    assert not at.exception
+    manager.wait(1)
+    search = manager.store.run(1)["config"]["search"]
+    assert (search["objective"], search["alpha"], search["stop"], search["steps"]) == ("chance", 50.0, "steps", 8)
+
+
+def test_run_page_labels_the_rest_and_continues_a_finished_run(manager):
+    run_id = finished_run(manager, steps=4, stop="steps", final_pass=False)
+    assert len(manager.store.labels(run_id)) < 12
+    at = open_page(manager, "run", run_id)
+    at.button(key="run.finalize").click().run()
+    manager.wait(run_id, until=lambda s: not s["busy"] and (s.get("coverage") or {}).get("labeled") == 12)
+    assert len(manager.store.labels(run_id)) == 12
+    assert manager.store.events(run_id)["kind"].iloc[-1] == "final_pass"
+    at.number_input(key="run.more_steps").set_value(5)
+    at.button(key="run.extend").click().run()
+    status = manager.wait(run_id)
+    assert status["state"] == "finished" and status["iteration"] == 9
+    assert manager.store.run(run_id)["config"]["search"]["steps"] == 9
+    assert "extended by 5" in manager.store.events(run_id)["note"].tolist()[4 + 1 + 1]
+
+
+def test_live_page_shows_coverage_and_says_when_the_search_stopped_growing(manager):
+    # The paper's sum at a huge alpha and a cold start: every addition costs more than the temperature allows.
+    run_id = finished_run(manager, steps=60, stop="steps", final_pass=False, objective="sum", calibration="none",
+                          alpha=5000.0, t0=0.01, t_min=0.001)
+    at = open_page(manager, "live", run_id)
+    assert not at.exception
+    labeled = len(manager.store.labels(run_id))
+    assert labeled < 12
+    assert at.metric[0].value == f"{labeled} / 12" and at.metric[1].value == str(12 - labeled)
+    assert any("stopped growing" in w.value for w in at.warning)
+    moving = finished_run(manager, steps=30)  # the defaults label everything: no such note
+    at = open_page(manager, "live", moving)
+    assert at.metric[0].value == "12 / 12" and not any("stopped growing" in w.value for w in at.warning)

@@ -83,7 +83,7 @@ def _icm(*args, **kwargs):
 def _run_cli(db, model, *extra):
     return subprocess.run(
         _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(db), "--model", str(model),
-             "--steps", "24", "--seed", "3", "--k-init", "4", *extra),
+             "--steps", "24", "--seed", "3", "--k-init", "4", "--stop", "steps", *extra),
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV,
     )
 
@@ -103,7 +103,7 @@ def test_sigkill_mid_search_then_resume_gives_the_uninterrupted_labels(tmp_path,
     killed_db = tmp_path / "killed.duckdb"
     process = subprocess.Popen(
         _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(killed_db), "--model", str(tiny_model),
-             "--steps", "24", "--seed", "3", "--k-init", "4", "--print-steps"),
+             "--steps", "24", "--seed", "3", "--k-init", "4", "--stop", "steps", "--print-steps"),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
     )
     seen = 0
@@ -153,3 +153,31 @@ def test_prompting_baselines_use_gold_demos_from_other_groups_only():
         demos = query.segments[:-1:2]
         target_text = next(e for e in examples if PAIRED.render_query(e) == target).fields["text"]
         assert all(target_text not in d for d in demos)  # neither the example nor its group-mate
+
+
+def test_cli_finalize_labels_the_rest_and_resume_refuses_new_settings(tmp_path, tiny_model):
+    db = tmp_path / "final.duckdb"
+    started = subprocess.run(
+        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(db), "--model", str(tiny_model),
+             "--steps", "3", "--seed", "1", "--k-init", "2", "--stop", "steps", "--no-final-pass"),
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert started.returncode == 0, started.stderr[-2000:]
+    with Store(str(db)) as store:
+        before = len(store.labels(1))
+        assert store.run(1)["config"]["search"]["final_pass"] is False and before < 12
+    refused = subprocess.run(_icm("run", "--resume", "1", "--db", str(db), "--alpha", "5"),
+                             cwd=ROOT, capture_output=True, text=True, timeout=120, env=ENV)
+    assert refused.returncode != 0 and "only --steps may change" in refused.stderr and "alpha" in refused.stderr
+    nonsense = subprocess.run(_icm("run", "--db", str(db), "--alpha", "nan"), cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=ENV)
+    assert nonsense.returncode != 0 and "alpha must be a finite number" in nonsense.stderr
+    finished = subprocess.run(_icm("finalize", "--run", "1", "--db", str(db), "--model", str(tiny_model)),
+                              cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert f"{12 - before} by the final pass" in finished.stdout
+    with Store(str(db)) as store:
+        assert len(store.labels(1)) == 12
+        events = store.events(1)
+        assert events["kind"].iloc[-1] == "final_pass" and store.run(1)["status"] == "finished"
+        flips = store.flips(1)
+        assert (flips["cause"] == "final_pass").sum() == 12 - before

@@ -21,6 +21,19 @@ def draw_live(manager: RunManager, run_id: int) -> None:
     if not len(curves):
         st.info("No steps yet: the model may still be loading, or the run has not been started.")
         return
+    covered = readers.coverage(len(view.examples), view.labels, view.excluded)
+    cols = st.columns(4)
+    cols[0].metric("Labeled", f"{covered['labeled']} / {covered['active']}",
+                   help="labeled examples of those not excluded")
+    cols[1].metric("Unlabeled", covered["unlabeled"])
+    cols[2].metric("Excluded", covered["excluded"])
+    by_pass = int((view.flips["cause"] == "final_pass").sum()) if len(view.flips) else 0
+    ran = len(view.events) and (view.events["kind"] == "final_pass").any()
+    cols[3].metric("Labeled by the final pass", by_pass if ran else "not run yet",
+                   help="examples the search left, labeled by argmax given the final labeled set")
+    stall = readers.growth_stall(view.events, covered["unlabeled"])
+    if stall:
+        st.warning(stall)
     marks = readers.steering_marks(view.events, view.uids)
     st.plotly_chart(charts.search_curves_figure(curves, marks), key="live.curves")
     matrix = label_matrix(manager, view)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.config import CALIBRATIONS, SCORERS, ModelConfig, RunConfig, SearchConfig
+from icm_engine.config import (
+    CALIBRATIONS, CLOCKS, OBJECTIVES, PRESETS, SCORERS, SEARCH_HELP, STOPS, ModelConfig, RunConfig, SearchConfig, preset,
+)
 from icm_engine.manager import RunManager
 from icm_engine.models import DEFAULT_MODEL, list_bundled_models
 
@@ -32,24 +34,74 @@ def _model_config() -> ModelConfig:
                        max_context=int(max_context) or None)
 
 
+# Widgets of the search settings, by SearchConfig field: a preset writes its values into these keys.
+SEARCH_KEYS = {"alpha": "run.alpha", "t0": "run.t0", "t_min": "run.t_min", "beta": "run.beta", "k_init": "run.k_init",
+               "steps": "run.steps", "seed": "run.seed", "calibration": "run.calibration", "scorer": "run.scorer",
+               "use_consistency": "run.consistency", "objective": "run.objective", "clock": "run.clock", "stop": "run.stop_rule",
+               "patience_sweeps": "run.patience", "final_pass": "run.final_pass", "balanced_init": "run.balanced_init",
+               "group_weight": "run.group_weight", "max_fix_iters": "run.max_fix_iters"}
+
+
+def _fill(values: SearchConfig, only_missing: bool) -> None:
+    for name, key in SEARCH_KEYS.items():
+        if only_missing and key in st.session_state:
+            continue
+        value = getattr(values, name)
+        st.session_state[key] = int(value) if name in ("k_init", "steps", "seed", "max_fix_iters") else value
+
+
+def _apply_preset() -> None:
+    """on_change of the preset picker: runs before the rerun, so the form below draws the preset's values."""
+    _fill(preset(st.session_state["run.preset"]), only_missing=False)
+
+
+def _preset_picker() -> None:
+    st.selectbox("Start from", tuple(PRESETS), key="run.preset", on_change=_apply_preset,
+                 format_func=lambda p: {"default": "defaults (measured best with the bundled model)",
+                                        "paper": "the paper's text (sum objective, alpha 50, fixed steps)",
+                                        "released_code": "the released research code (mean, accepted clock, alpha 30)"}.get(p, p),
+                 help="fills in the settings below; each stays editable")
+
+
 def _search_config() -> SearchConfig:
-    d = SearchConfig()
+    # The widgets take their values from session state only (set here once, or by a preset), so a
+    # preset can change them without Streamlit's "default value and Session State" conflict.
+    _fill(SearchConfig(), only_missing=True)
+    h = SEARCH_HELP
     cols = st.columns(4)
-    alpha = cols[0].number_input("alpha", 0.0, 1e6, d.alpha, key="run.alpha", help="weight of P(D) against I(D)")
-    t0 = cols[1].number_input("T_0", 1e-6, 1e6, d.t0, key="run.t0", help="initial temperature")
-    t_min = cols[2].number_input("T_min", 1e-6, 1e6, d.t_min, format="%.4f", key="run.t_min")
-    beta = cols[3].number_input("beta", 0.0, 100.0, d.beta, key="run.beta", help="T = max(T_min, T_0/(1+beta·log n))")
+    objective = cols[0].selectbox("Objective", OBJECTIVES, key="run.objective", help=h["objective"])
+    calibration = cols[1].selectbox("Calibration", CALIBRATIONS, key="run.calibration",
+                                    help=h["calibration"])
+    alpha = cols[2].number_input("alpha", 0.0, 1e6, key="run.alpha", help=h["alpha"])
+    seed = cols[3].number_input("Seed", 0, 2**31 - 1, key="run.seed", help=h["seed"])
     cols = st.columns(4)
-    k_init = cols[0].number_input("K (random initial labels)", 1, 10_000, d.k_init, key="run.k_init")
-    steps = cols[1].number_input("Steps", 1, 1_000_000, d.steps, key="run.steps")
-    seed = cols[2].number_input("Seed", 0, 2**31 - 1, d.seed, key="run.seed")
-    with st.expander("More search settings"):
-        cols = st.columns(3)
-        calibration = cols[0].selectbox("Calibration", CALIBRATIONS, key="run.calibration")
-        scorer = cols[1].selectbox("Scorer", SCORERS, key="run.scorer")
-        use_consistency = cols[2].checkbox("Use consistency (I(D) and fixes)", True, key="run.consistency")
+    stop = cols[0].selectbox("Stop", STOPS, key="run.stop_rule", help=h["stop"],
+                             format_func=lambda s: {"labeled": "until every example is labeled", "steps": "after a fixed number of steps"}[s])
+    steps = cols[1].number_input("Steps (cap)", 1, 1_000_000, key="run.steps", help=h["steps"])
+    patience = cols[2].number_input("Quiet sweeps before stopping", 0.0, 100.0, key="run.patience",
+                                    help=h["patience_sweeps"])
+    final_pass = cols[3].checkbox("Final pass", key="run.final_pass", help=h["final_pass"])
+    with st.expander("Temperature, initialization and more"):
+        cols = st.columns(4)
+        clock = cols[0].selectbox("Clock", CLOCKS, key="run.clock", help=h["clock"])
+        t0 = cols[1].number_input("T_0", 1e-6, 1e6, key="run.t0", help=h["t0"])
+        t_min = cols[2].number_input("T_min", 1e-6, 1e6, format="%.4f", key="run.t_min", help=h["t_min"])
+        beta = cols[3].number_input("beta", 0.0, 100.0, key="run.beta", help=h["beta"])
+        cols = st.columns(4)
+        k_init = cols[0].number_input("K (random initial labels)", 1, 10_000, key="run.k_init", help=h["k_init"])
+        balanced_init = cols[1].checkbox("Balanced initial labels", key="run.balanced_init", help=h["balanced_init"])
+        group_weight = cols[2].number_input("Group weight", 1e-6, 1e9, key="run.group_weight", help=h["group_weight"])
+        max_fix_iters = cols[3].number_input("Max fixes per step (M)", 0, 10_000, key="run.max_fix_iters",
+                                             help=h["max_fix_iters"])
+        cols = st.columns(2)
+        scorer = cols[0].selectbox("Scorer", SCORERS, key="run.scorer", help=h["scorer"])
+        use_consistency = cols[1].checkbox("Use consistency (I(D) and fixes)", key="run.consistency",
+                                           help=h["use_consistency"])
     return SearchConfig(alpha=alpha, t0=t0, t_min=t_min, beta=beta, k_init=int(k_init), steps=int(steps),
-                        seed=int(seed), calibration=calibration, scorer=scorer, use_consistency=use_consistency)
+                        seed=int(seed), calibration=calibration, scorer=scorer, use_consistency=use_consistency,
+                        objective=objective, clock=clock, stop=stop, patience_sweeps=float(patience),
+                        final_pass=final_pass, balanced_init=balanced_init, group_weight=float(group_weight),
+                        max_fix_iters=int(max_fix_iters))
 
 
 def _start_form(manager: RunManager) -> None:
@@ -60,6 +112,7 @@ def _start_form(manager: RunManager) -> None:
     ids = [int(d) for d in stored["dataset_id"]][::-1]
     rows = {int(r["dataset_id"]): r for _, r in stored.iterrows()}
     tasks = {d: manager.store.dataset_task(d)["name"] for d in ids}
+    _preset_picker()
     with st.form("run.form"):
         # the task comes with the dataset: it was fixed when the data was loaded
         dataset_id = st.selectbox("Dataset and task", ids, key="run.dataset", format_func=lambda d: (
@@ -93,6 +146,22 @@ def _settle(manager: RunManager, run_id: int) -> None:
         pass  # a long model step: the live status shows the pause when it lands
 
 
+def _continue_controls(manager: RunManager, run_id: int, status: dict) -> None:
+    """Finish now (the final pass) and N more steps: a finished run can be continued."""
+    live = status["state"] in ("loading", "running")
+    coverage = status.get("coverage") or {}
+    left, middle, right = st.columns([2, 1, 2])
+    more = middle.number_input("More steps", 1, 1_000_000, 50, key="run.more_steps", label_visibility="collapsed")
+    left.button(f"Run {int(more)} more steps", key="run.extend", disabled=live, width="stretch",
+                on_click=lambda: manager.extend(run_id, int(st.session_state["run.more_steps"])),
+                help="continue this run, a finished one too, for this many iterations")
+    unlabeled = coverage.get("active", 0) - coverage.get("labeled", 0) if coverage else None
+    right.button("Label the rest now (final pass)", key="run.finalize", disabled=live or unlabeled == 0, width="stretch",
+                 on_click=lambda: manager.finalize(run_id),
+                 help="each unlabeled example gets argmax P(label | example, labeled set), then ConsistencyFix; "
+                      "recorded as a step with flips of cause final_pass")
+
+
 def _controls(manager: RunManager, run_id: int, status: dict) -> None:
     live = status["state"] in ("loading", "running")
     done = status["state"] == "finished"
@@ -120,6 +189,7 @@ def render_run(manager: RunManager) -> None:
         st.success(f"Started run #{run_id}; the model loads in the background, then the search runs.")
     status = manager.status(run_id)
     _controls(manager, run_id, status)
+    _continue_controls(manager, run_id, status)
 
     @st.fragment(run_every=1.0 if is_live(status) else None)
     def live_status() -> None:
