@@ -122,6 +122,8 @@ def show_status(manager: RunManager, run_id: int) -> dict:
     cols[1].metric("Iteration", f"{max(iteration, 0)} / {steps}")
     cols[2].metric("Labeled", "–" if status["labeled"] is None else status["labeled"])
     cols[3].metric("Steps this session", status["steps_taken"])
+    if status.get("applying") == "final_pass":
+        st.info("Labeling the rest: each unlabeled example is scored given the labeled set (the final pass)…")
     if status["state"] == "loading":
         st.progress(status["progress"] or 0.0, text=status["message"] or "loading the model…")
     else:

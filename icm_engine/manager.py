@@ -101,7 +101,8 @@ class _Worker:
         self._steering: deque[tuple[Future, str, tuple]] = deque()
         self.status = {"state": "loading", "message": "waiting to load the model", "progress": None,
                        "iteration": None, "steps": steps_total, "labeled": 0, "error": None,
-                       "traceback": None, "steering_error": None, "steps_taken": 0, "coverage": None}
+                       "traceback": None, "steering_error": None, "steps_taken": 0, "coverage": None,
+                       "applying": None}
         self.thread = threading.Thread(target=self._main, name=f"icm-run-{run_id}", daemon=True)
 
     # -- called from any thread ------------------------------------------------------------
@@ -192,15 +193,18 @@ class _Worker:
                 if not self._steering:
                     return
                 future, method, args = self._steering.popleft()
+                # Until it is applied the run counts as busy, so pages keep refreshing through a
+                # steering action that takes a while (the final pass asks the model).
+                self._set(applying=method)
             try:
                 record = getattr(search, method)(*args)
                 record_steering(self.manager.store, self.run_id, search, record)
             except Exception as error:  # a refused action (e.g. pin an excluded example) is the caller's error
-                self._set(steering_error=f"{method}{args}: {error}")
+                self._set(steering_error=f"{method}{args}: {error}", applying=None)
                 future.set_exception(error)
                 continue
             self._set(labeled=len(search.labels), iteration=search.iteration, steps=search.config.steps,
-                      steering_error=None, coverage=_coverage(search))
+                      steering_error=None, coverage=_coverage(search), applying=None)
             if self.status["state"] in ("paused", "finished") and self.status["state"] != ("finished" if search.done else "paused"):
                 state = "finished" if search.done else "paused"  # a final pass finishes a run, an extension reopens it
                 self.manager.store.set_status(self.run_id, state)
@@ -348,7 +352,7 @@ class RunManager:
         if worker is not None and (worker.alive or worker.status["state"] in ("failed", "stopped")):
             status = dict(worker.status)
             status["active"] = worker.alive
-            status["busy"] = bool(worker._steering) or (worker.alive and worker._budget != 0)
+            status["busy"] = bool(worker._steering) or bool(status.get("applying")) or (worker.alive and worker._budget != 0)
             # Pause takes effect at the end of the step in flight, which on a real model takes seconds.
             status["pausing"] = worker.alive and worker._budget == 0 and status["state"] == "running"
         else:

@@ -171,7 +171,13 @@ def test_load_run_watch_pin_and_export(studio, shots):
         go_to(page, "Run")
         choose(page, "Model", "a local path…")
         page.get_by_label("Local model path (a directory or a .gguf file), used with 'a local path…'").fill(studio["model"])
-        page.get_by_label("Steps", exact=True).fill(str(STEPS))
+        choose(page, "Stop", "after a fixed number of steps")  # still running while the test acts
+        # The paper's sum at a large alpha adds almost nothing past the K initial labels, so the
+        # final pass below has examples left to label whatever the tiny model does.
+        choose(page, "Objective", "sum")
+        page.get_by_label("alpha", exact=True).fill("5000")
+        page.get_by_label("Steps (cap)", exact=True).fill(str(STEPS))
+        page.get_by_text("Temperature, initialization and more").click()
         page.get_by_label("K (random initial labels)", exact=True).fill("4")
         page.get_by_role("button", name="Start").click()
         page.get_by_text("Started run #1").wait_for()
@@ -233,6 +239,19 @@ def test_load_run_watch_pin_and_export(studio, shots):
         page.get_by_test_id("stMetricValue").filter(has_text=re.compile(r"^paused$")).wait_for(timeout=120_000)
         timings["paused_s"] = [time.perf_counter() - started]
 
+        # Label the rest: the final pass gives every example a label, recorded as a step
+        page.get_by_role("button", name="Label the rest now (final pass)").click()
+        settle(page)  # the click's rerun must run its callback before the page switch replaces it
+        snap(page, shots / "06a_run_after_final_pass.png")
+        go_to(page, "Live")
+        try:
+            page.get_by_test_id("stMetricValue").filter(has_text=f"{2 * SAMPLE_LIMIT} / {2 * SAMPLE_LIMIT}").wait_for(timeout=120_000)
+        except Exception:
+            snap(page, shots / "06b_failed.png")
+            raise
+        snap(page, shots / "06b_live_all_labeled.png")
+        lap("final pass")
+
         # Export: the labeled CSV
         go_to(page, "Export")
         page.get_by_role("button", name="Prepare file").click()
@@ -245,7 +264,10 @@ def test_load_run_watch_pin_and_export(studio, shots):
         browser.close()
 
     rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
-    assert rows and set(rows[0]) >= {"uid", "text", "claim", "label", "label_name", "confidence", "pinned"}
+    assert len(rows) == 2 * SAMPLE_LIMIT  # one row per example, every one labeled
+    assert set(rows[0]) >= {"uid", "text", "claim", "label", "label_name", "source", "confidence", "pinned"}
+    assert all(r["label"] in ("0", "1") for r in rows)
+    assert {r["source"] for r in rows} <= {"search", "final_pass", "person"}
     assert all(r["uid"].startswith("sentiment_yelp-") or r["uid"].startswith("yelp-") for r in rows)
     pinned = [r for r in rows if r["uid"] == pinned_uid]
     assert pinned and pinned[0]["label_name"] == "True" and pinned[0]["pinned"] == "True"

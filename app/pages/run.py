@@ -56,7 +56,7 @@ def _apply_preset() -> None:
 
 
 def _preset_picker() -> None:
-    st.selectbox("Start from", tuple(PRESETS), key="run.preset", on_change=_apply_preset,
+    st.selectbox("Preset", tuple(PRESETS), key="run.preset", on_change=_apply_preset,
                  format_func=lambda p: {"default": "defaults (measured best with the bundled model)",
                                         "paper": "the paper's text (sum objective, alpha 50, fixed steps)",
                                         "released_code": "the released research code (mean, accepted clock, alpha 30)"}.get(p, p),
