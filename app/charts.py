@@ -111,7 +111,8 @@ def label_timeline_figure(history: pd.DataFrame, last_iteration: int) -> go.Figu
     xs = list(points["iteration"]) + [last_iteration]
     ys = list(points["value"]) + ([points["value"].iloc[-1]] if len(points) else [None])
     fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv", "color": "#333"}, name="label"))
-    for cause, color in (("initial", "#999"), ("proposal", "#2e86ab"), ("fix", "#f18f01"), ("human", "#d1495b")):
+    for cause, color in (("initial", "#999"), ("proposal", "#2e86ab"), ("fix", "#f18f01"), ("final_pass", "#5B8C5A"),
+                         ("human", "#d1495b")):
         part = points[points["cause"] == cause]
         if len(part):
             fig.add_trace(go.Scatter(x=part["iteration"], y=part["value"], mode="markers", name=cause,

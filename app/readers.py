@@ -179,6 +179,9 @@ def why(row, uids: Sequence[str] | None = None) -> str:
         fix = next((f for f in fixes_of(row.get("fixes_json")) if f["applied"] and partner in f["pair"]), None)
         gain = "" if fix is None else f"; U {fix['u_before']:.3f} -> {fix['u_after']:.3f}"
         return f"consistency fix with {name(partner)} (the pair contradicted the task's rule{gain})"
+    if row["cause"] == "final_pass":
+        return ("final pass: the search left it unlabeled, so it got the label the model predicts given the "
+                "final labeled set (argmax under the run's calibration)")
     if row["kind"] == "exclude":
         return "a person excluded the example"
     return f"a person's override ({row['kind']})"

@@ -345,3 +345,23 @@ def test_live_page_shows_coverage_and_says_when_the_search_stopped_growing(manag
     moving = finished_run(manager, steps=30)  # the defaults label everything: no such note
     at = open_page(manager, "live", moving)
     assert at.metric[0].value == "12 / 12" and not any("stopped growing" in w.value for w in at.warning)
+
+
+def test_eval_page_shows_the_label_table_and_the_test_table(manager):
+    from dataclasses import replace
+
+    from icm_engine.backends.fake import FakeLM
+    from icm_engine.evaluation import evaluate
+    from tests.test_evaluation import CONFIG, dataset
+
+    result = evaluate(dataset(), FakeLM(strength=6), replace(CONFIG, seeds=(0,)))
+    result.save(manager.store, "fake")
+    at = open_page(manager, "eval")
+    assert not at.exception
+    labels = at.dataframe[0].value.set_index("method")
+    assert {"icm", "zero_shot_labels", "self_labels", "random_labels"} <= set(labels.index)
+    assert (labels["coverage"] == 1.0).all()
+    tests = at.dataframe[1].value.set_index("method")
+    assert {"gold", "icm", "perturbed"} <= set(tests.index) and "accuracy_argmax" in tests
+    assert [s.value for s in at.subheader][:2] == ["Labels: what each method would export, scored on the whole search split",
+                                                    "Test: many-shot prompting with those labels as demonstrations"]

@@ -1,17 +1,19 @@
-"""Eval: stored evaluations (test accuracy of methods over seeds): the chart, the summary table
-with both decision rules, each seed's rows, and the configuration that produced them."""
+"""Eval: stored evaluations: the label table (accuracy of each method's exported labels on the
+whole search split), the test table and its chart with both decision rules, each seed's rows,
+and the configuration that produced them."""
 from __future__ import annotations
 
 import json
 
 import streamlit as st
 
-from icm_engine.eval_report import DECISION_COLUMNS, METHOD_NAMES, accuracy_figure, summarize
+from icm_engine.eval_report import DECISION_COLUMNS, METHOD_NAMES, accuracy_figure, summarize, summarize_labels
 from icm_engine.manager import RunManager
 
 # Per-seed columns worth a glance; the full rows (predictions, log-odds, demo ids) are in the download.
-SEED_COLUMNS = ["method", "seed", "accuracy", *DECISION_COLUMNS, "n_demos", "demo_accuracy",
-                "label_accuracy", "label_coverage", "search_seconds", "predict_seconds"]
+SEED_COLUMNS = ["table", "method", "seed", "accuracy", *DECISION_COLUMNS, "n_demos", "demo_accuracy", "coverage",
+                "search_share", "iterations_per_example", "label_accuracy", "label_coverage", "label_seconds",
+                "predict_seconds"]
 
 
 def render_eval(manager: RunManager) -> None:
@@ -30,6 +32,13 @@ def render_eval(manager: RunManager) -> None:
     if not len(rows):
         st.warning("This evaluation stored no rows.")
         return
+    labels = summarize_labels(rows)
+    if len(labels):
+        st.subheader("Labels: what each method would export, scored on the whole search split")
+        labels.insert(0, "name", labels["method"].map(lambda m: METHOD_NAMES.get(m, m)))
+        st.dataframe(labels.dropna(axis="columns", how="all"), hide_index=True, key="eval.labels")
+        st.caption("Gold is read only to score these labels; no search or baseline labeler sees it.")
+    st.subheader("Test: many-shot prompting with those labels as demonstrations")
     try:
         st.plotly_chart(accuracy_figure(rows), key="eval.chart")
     except Exception as error:  # a chart that cannot draw these rows must not hide the table
