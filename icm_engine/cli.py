@@ -139,7 +139,7 @@ def cmd_run(args) -> int:
 
     from .audit import gold_agreement
     from .config import ModelConfig, RunConfig
-    from .runner import advance, create_run, open_search
+    from .runner import advance, create_run, extend, open_search
     from .store import Store
 
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +158,9 @@ def cmd_run(args) -> int:
         if args.resume is None:
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
         search = open_search(store, run_id, backend, steps=args.steps if args.resume is not None else None)
+        if args.resume is not None and args.steps is not None and search.stopped and args.steps > search.iteration:
+            # the run had stopped by its own rule: --steps asks for more, so continue to that total
+            extend(store, run_id, search, args.steps - search.iteration)
         total = search.config.steps + 1  # the cap: a run that stops by "labeled" ends sooner
         print(f"run {run_id}: {len(search.scorer.examples)} examples, task {config.task}, model {backend.name}, db {args.db}")
         with tqdm(total=total, initial=search.iteration + 1, unit="step", dynamic_ncols=True) as bar:

@@ -181,3 +181,21 @@ def test_cli_finalize_labels_the_rest_and_resume_refuses_new_settings(tmp_path, 
         assert events["kind"].iloc[-1] == "final_pass" and store.run(1)["status"] == "finished"
         flips = store.flips(1)
         assert (flips["cause"] == "final_pass").sum() == 12 - before
+
+
+def test_cli_resume_with_more_steps_continues_a_run_its_own_rule_had_stopped(tmp_path, tiny_model):
+    db = tmp_path / "more.duckdb"
+    first = subprocess.run(
+        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "3", "--db", str(db), "--model", str(tiny_model),
+             "--seed", "1", "--k-init", "2", "--patience-sweeps", "0.5"),
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert first.returncode == 0, first.stderr[-2000:]
+    with Store(str(db)) as store:
+        stopped_at = int(store.run(1)["last_iteration"])
+        assert len(store.labels(1)) == 6 and stopped_at < 400  # until labeled, then half a quiet sweep
+    more = subprocess.run(_icm("run", "--resume", "1", "--db", str(db), "--steps", str(stopped_at + 5)),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert more.returncode == 0, more.stderr[-2000:]
+    with Store(str(db)) as store:
+        assert int(store.run(1)["last_iteration"]) == stopped_at + 5
+        assert any("extended by 5" in note for note in store.events(1)["note"])
