@@ -59,7 +59,8 @@ SUMMARY_COLUMNS = ["method", "mean", "std", "n_test", "n_demos", "seeds"] + [
     f"{c}{s}" for c in ("demo_accuracy", "label_accuracy", "label_coverage") for s in ("", "_std")
 ] + list(DECISION_COLUMNS)
 LABEL_SUMMARY_COLUMNS = ["method", "accuracy", "std", "n", "coverage", "search_share", "search_share_std",
-                         "iterations_per_example", "iterations_per_example_std", "share_true", "seeds"]
+                         "search_share_at_4n", "search_share_at_4n_std", "iterations_per_example",
+                         "iterations_per_example_std", "share_true", "seeds"]
 
 
 def table_rows(rows: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -78,7 +79,7 @@ def summarize_labels(rows: pd.DataFrame) -> pd.DataFrame:
         line = {"method": method, "accuracy": float(part["accuracy"].mean()), "std": _std(part["accuracy"]),
                 "n": int(part["n_test"].max()), "coverage": float(part["coverage"].mean()), "seeds": len(part),
                 "share_true": float(part["share_true"].mean())}
-        for column in ("search_share", "iterations_per_example"):
+        for column in ("search_share", "search_share_at_4n", "iterations_per_example"):
             values = part[column].dropna() if column in part else pd.Series(dtype=float)
             line[column] = float(values.mean()) if len(values) else np.nan
             line[f"{column}_std"] = _std(values) if len(values) else np.nan
@@ -96,6 +97,7 @@ def format_label_table(summary: pd.DataFrame) -> str:
         "label accuracy": [spread(m, s) for m, s in zip(summary["accuracy"], summary["std"])],
         "coverage": summary["coverage"].map(lambda v: f"{v:.0%}"),
         "labeled by the search": [spread(m, s) for m, s in zip(summary["search_share"], summary["search_share_std"])],
+        "... by 4 it/example": [spread(m, s) for m, s in zip(summary["search_share_at_4n"], summary["search_share_at_4n_std"])],
         "iterations/example": [spread(m, s) for m, s in zip(summary["iterations_per_example"], summary["iterations_per_example_std"])],
         "share True": summary["share_true"].map(lambda v: f"{v:.2f}"),
         "seeds": summary["seeds"],

@@ -235,6 +235,7 @@ class IcmOutcome:
     iterations: int  # search iterations run
     labeled_at: int | None  # the iteration at which the search itself had labeled every example
     seconds: float
+    labeled_by_4n: int  # examples the search had labeled after 4 iterations per example (the paper's Table 5 budget)
 
 
 def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], config: SearchConfig,
@@ -244,14 +245,18 @@ def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], con
     search = Search(scorer, config)
     every = max(1, len(examples) // 2)  # a line every half sweep: searches are the slow part on CPU
     started = time.perf_counter()
+    budget, by_budget = 4 * len(examples), None
     while not search.done:
         record = search.step()
+        if record.kind == "propose" and record.iteration <= budget:
+            by_budget = record.labeled_count
         if log is not None and (record.iteration % every == 0 or search.done or record.kind == "final_pass"):
             log(f"  {what}: step {record.iteration} ({record.kind}), {record.labeled_count}/{len(examples)} labeled, "
                 f"{time.perf_counter() - started:.0f} s")
     searched = search.progress.search_labeled
-    return IcmOutcome(search.label_map(), len(search.labels) if searched is None else searched, search.iteration,
-                      search.progress.labeled_at, time.perf_counter() - started)
+    searched = len(search.labels) if searched is None else searched
+    return IcmOutcome(search.label_map(), searched, search.iteration, search.progress.labeled_at,
+                      time.perf_counter() - started, searched if by_budget is None else by_budget)
 
 
 def _searches(backend: LanguageModel, task: Task, examples: Sequence[Example], variants: dict[str, dict],
@@ -388,6 +393,7 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
             reached = outcome.labeled_at
             label_row(method, seed, labels_by[method], outcome.seconds,
                       search_share=outcome.search_labeled / len(search_examples), iterations=outcome.iterations,
+                      search_share_at_4n=outcome.labeled_by_4n / len(search_examples),
                       labeled_at=reached,
                       iterations_per_example=(reached if reached is not None else outcome.iterations) / len(search_examples),
                       search_config=dataclasses.asdict(replace(base, seed=seed, **variants[method])))

@@ -172,6 +172,7 @@ def test_the_label_table_scores_every_exported_label_on_the_whole_search_split(r
         assert row["accuracy"] == pytest.approx(np.mean([y == g for y, g in zip(row["labels"], gold)]))
         if row["method"].startswith("icm"):
             assert 0 < row["search_share"] <= 1 and row["iterations_per_example"] > 0
+            assert 0 < row["search_share_at_4n"] <= row["search_share"]
     icm = _label_rows(result)[_label_rows(result)["method"] == ICM]
     assert all(max(a, 1 - a) >= 0.7 for a in icm["accuracy"])  # the concept, up to its orientation
     summary = summarize_labels(result.rows)
