@@ -6,14 +6,14 @@ import io
 import pandas as pd
 import streamlit as st
 
-from icm_engine.export import export
+from icm_engine.export import export, labeled_frame
 from icm_engine.manager import RunManager
 from icm_engine.tasks import load_task
 
 from ..services import run_picker
 
 FORMATS = {  # format -> (description, file suffix, mime type)
-    "csv": ("Labeled CSV: inputs, label, confidence, pinned", "csv", "text/csv"),
+    "csv": ("CSV of every example: inputs, label, where it came from, confidence, last change", "csv", "text/csv"),
     "sft": ("JSONL for supervised fine-tuning: prompt and completion (the label word)", "sft.jsonl", "application/jsonl"),
     "preference": ("Preference JSONL for pairwise tasks: prompt, chosen, rejected", "preference.jsonl",
                    "application/jsonl"),
@@ -24,12 +24,17 @@ FORMATS = {  # format -> (description, file suffix, mime type)
 def _prepare(manager: RunManager, run_id: int, fmt: str, last_seq: int) -> bytes:
     """Build the file with visible progress; big runs take a moment to read and write."""
     with st.status(f"Exporting run #{run_id} as {fmt}…", expanded=True) as box:
-        bar = st.progress(0.0, text="Reading the labeled set")
-        n = len(manager.store.labels(run_id))
-        bar.progress(0.3, text=f"Writing {n} labeled examples")
+        bar = st.progress(0.0, text="Reading the labels and where they came from")
+        frame = labeled_frame(manager.store, run_id)
+        counts = frame["source"].value_counts()
+        summary = ", ".join(f"{int(counts[s])} {s.replace('_', ' ')}" for s in counts.index)
+        labeled = int(frame["label"].notna().sum())
+        bar.progress(0.3, text=f"Writing {len(frame)} examples ({summary})")
         data = export(manager.store, run_id, fmt)
         bar.progress(1.0, text=f"{len(data):,} bytes")
-        box.update(label=f"Export ready: {n} labeled examples, {len(data):,} bytes", state="complete", expanded=False)
+        what = (f"all {len(frame)} examples" if fmt == "csv" else f"the {labeled} labeled examples")
+        box.update(label=f"Export ready: {what}, {labeled} of {len(frame)} labeled ({summary}); {len(data):,} bytes",
+                   state="complete", expanded=False)
     st.session_state["export.ready"] = {"run": run_id, "fmt": fmt, "seq": last_seq, "data": data}
     return data
 
