@@ -101,6 +101,8 @@ SEARCH_HELP: dict[str, str] = {
 
 # Named settings a user can start from; each stays editable and is stored resolved in the run.
 PRESETS: dict[str, dict] = {
+    # What this project measured best with the bundled model (the defaults).
+    "default": {},
     # The paper's text: sum of log-probabilities, iteration clock, alpha 50, a fixed step count.
     "paper": {"objective": "sum", "calibration": "none", "clock": "iteration", "alpha": 50.0, "stop": "steps",
               "final_pass": False, "balanced_init": False},
@@ -108,8 +110,6 @@ PRESETS: dict[str, dict] = {
     # by accepted flips, alpha 30, K seed labels balanced between the two labels.
     "released_code": {"objective": "mean", "calibration": "none", "clock": "accepted", "alpha": 30.0,
                       "balanced_init": True},
-    # What this project measured best with the bundled model (the defaults).
-    "default": {},
 }
 
 

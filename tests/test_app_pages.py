@@ -298,6 +298,7 @@ def test_run_form_offers_the_objective_clock_and_stopping_rule_and_a_preset_fill
     add_polarity_dataset(manager)
     at = open_page(manager, "run")
     assert at.selectbox(key="run.objective").value == "mean" and at.selectbox(key="run.stop_rule").value == "labeled"
+    assert at.selectbox(key="run.preset").value == "default"  # the picker names what the form shows
     at.selectbox(key="run.preset").set_value("released_code").run()
     assert not at.exception
     assert at.selectbox(key="run.objective").value == "mean" and at.selectbox(key="run.clock").value == "accepted"

@@ -67,6 +67,6 @@ def render_export(manager: RunManager) -> None:
                        key="export.download", on_click="ignore", type="primary")
     with st.expander("Preview", expanded=fmt == "csv"):
         if fmt == "csv":
-            st.dataframe(pd.read_csv(io.BytesIO(data)).head(50), hide_index=True)
+            st.dataframe(pd.read_csv(io.BytesIO(data), dtype={"label_name": str, "source": str}).head(50), hide_index=True)
         else:
             st.code(data[:4000].decode("utf-8", errors="replace"), language="json")

@@ -29,7 +29,7 @@ def draw_live(manager: RunManager, run_id: int) -> None:
     cols[2].metric("Excluded", covered["excluded"])
     by_pass = int((view.flips["cause"] == "final_pass").sum()) if len(view.flips) else 0
     ran = len(view.events) and (view.events["kind"] == "final_pass").any()
-    cols[3].metric("Labeled by the final pass", by_pass if ran else "not run yet",
+    cols[3].metric("Labeled by the final pass", by_pass if ran else "not needed" if not covered["unlabeled"] else "not run yet",
                    help="examples the search left, labeled by argmax given the final labeled set")
     stall = readers.growth_stall(view.events, covered["unlabeled"])
     if stall:
@@ -68,8 +68,9 @@ def render_live(manager: RunManager) -> None:
     @st.fragment(run_every=refresh if is_live(status) else None)
     def live_charts() -> None:
         now = manager.status(run_id)
-        st.caption(f"Run #{run_id} · {now['state']} · iteration {now['iteration']} of {now['steps']}"
-                   + (f" · refreshing every {refresh} s" if is_live(now) else ""))
+        started = now["iteration"] is not None and now["iteration"] >= 0
+        where = f"iteration {now['iteration']} of at most {now['steps']}" if started else "not started yet"
+        st.caption(f"Run #{run_id} · {now['state']} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))
         if now["state"] == "loading":
             st.progress(now["progress"] or 0.0, text=now["message"] or "loading the model…")
         draw_live(manager, run_id)
