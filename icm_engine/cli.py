@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_arguments(sub.add_parser("bench", help="naive vs fast exact scorer: tokens, seconds, |dU|, memory"))
     eval_cli.add_parser(sub)
+    eval_cli.add_show_parser(sub)
 
     app = sub.add_parser("app", help="start the Streamlit studio")
     app.add_argument("--db", default=DEFAULT_DB)
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench, eval_cli
 
     handlers = {"run": cmd_run, "finalize": cmd_finalize, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "app": cmd_app,
-                "bench": bench.run, "eval": eval_cli.run}
+                "bench": bench.run, "eval": eval_cli.run, "evals": eval_cli.show}
     return handlers[args.command](args)
 
 

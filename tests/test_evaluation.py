@@ -341,7 +341,7 @@ def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
     assert "label accuracy" in printed
 
 
-def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path):
+def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path, capsys):
     """Nothing lost: seed 0's rows are in the database before seed 1's searches start."""
     examples, gold = polarity_examples(24, seed=2)
     table = tmp_path / "reviews.csv"
@@ -376,6 +376,12 @@ def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path):
         cut = store.eval_rows(int(evals["eval_id"].iloc[0]))
     assert set(cut["seed"].dropna()) == {0} and len(cut) == 3 + 3 + (len(DEFAULT_METHODS) - 1)
     assert cut["accuracy"].tolist() == full["accuracy"].tolist()[: len(cut)]
+    # `icm evals` prints what the cut evaluation kept
+    show = argparse.ArgumentParser()
+    eval_cli.add_show_parser(show.add_subparsers(dest="command"))
+    assert eval_cli.show(show.parse_args(["evals", "--db", str(tmp_path / "cut.duckdb"), "--eval", "1"])) == 0
+    printed = capsys.readouterr().out
+    assert "cut short" in printed and "label table" in printed and "self_labels" in printed and "gold" in printed
 
 
 def test_cli_rejects_unknown_methods():
