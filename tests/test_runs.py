@@ -199,3 +199,11 @@ def test_cli_resume_with_more_steps_continues_a_run_its_own_rule_had_stopped(tmp
     with Store(str(db)) as store:
         assert int(store.run(1)["last_iteration"]) == stopped_at + 5
         assert any("extended by 5" in note for note in store.events(1)["note"])
+
+
+@pytest.mark.parametrize("command", [["runs"], ["export", "--run", "1", "--out", "x.csv"], ["report", "--run", "1"],
+                                     ["finalize", "--run", "1"]])
+def test_commands_on_stored_runs_do_not_create_a_database_from_a_mistyped_path(tmp_path, command):
+    missing = tmp_path / "typo.duckdb"
+    result = subprocess.run(_icm(*command, "--db", str(missing)), cwd=ROOT, capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode != 0 and "no such database" in result.stderr and not missing.exists()
