@@ -297,7 +297,11 @@ def test_flip_raster_subsamples_long_runs_but_keeps_the_last_iteration():
 def test_run_form_offers_the_objective_clock_and_stopping_rule_and_a_preset_fills_them(manager):
     add_polarity_dataset(manager)
     at = open_page(manager, "run")
-    assert at.selectbox(key="run.objective").value == "mean" and at.selectbox(key="run.stop_rule").value == "labeled"
+    from icm_engine.config import SearchConfig
+
+    defaults = SearchConfig()
+    assert at.selectbox(key="run.objective").value == defaults.objective
+    assert at.selectbox(key="run.stop_rule").value == defaults.stop == "labeled"
     assert at.selectbox(key="run.preset").value == "default"  # the picker names what the form shows
     at.selectbox(key="run.preset").set_value("released_code").run()
     assert not at.exception
