@@ -30,15 +30,6 @@ METHOD_NAMES = {
     "self_labels": "Iterated self-labeling",
     "random_labels": "Random labels",
 }
-METHOD_COLORS = {
-    "gold": "#E3A33B",
-    "icm": "#2F6EBA",
-    "icm_no_consistency": "#9DB9D8",
-    "perturbed": "#9A9A9A",
-    "zero_shot_labels": "#7F7F7F",
-    "self_labels": "#5B8C5A",
-    "random_labels": "#B03A2E",
-}
 RANDOM_GUESS = 0.5
 # Each row's accuracy under every decision rule, as evaluation.add_row names them.
 DECISION_COLUMNS = tuple(f"accuracy_{rule}" for rule in DECISION_RULES)  # a binary label guessed by a fair coin
@@ -48,6 +39,14 @@ def _std(values: pd.Series) -> float:
     # Sample std over seeds (ddof=1); a single value has no spread to report.
     values = values.dropna()
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _spread_over_seeds(line: dict, part: pd.DataFrame, columns) -> None:
+    """line[c] and line[c_std]: mean and sample std over seeds of each column (NaN where absent)."""
+    for column in columns:
+        values = part[column].dropna() if column in part else pd.Series(dtype=float)
+        line[column] = float(values.mean()) if len(values) else np.nan
+        line[f"{column}_std"] = _std(values) if len(values) else np.nan
 
 
 def _ordered(methods) -> list[str]:
@@ -79,10 +78,7 @@ def summarize_labels(rows: pd.DataFrame) -> pd.DataFrame:
         line = {"method": method, "accuracy": float(part["accuracy"].mean()), "std": _std(part["accuracy"]),
                 "n": int(part["n_test"].max()), "coverage": float(part["coverage"].mean()), "seeds": len(part),
                 "share_true": float(part["share_true"].mean())}
-        for column in ("search_share", "search_share_at_4n", "iterations_per_example"):
-            values = part[column].dropna() if column in part else pd.Series(dtype=float)
-            line[column] = float(values.mean()) if len(values) else np.nan
-            line[f"{column}_std"] = _std(values) if len(values) else np.nan
+        _spread_over_seeds(line, part, ("search_share", "search_share_at_4n", "iterations_per_example"))
         lines.append(line)
     return pd.DataFrame(lines, columns=LABEL_SUMMARY_COLUMNS)
 
@@ -125,10 +121,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         }
         for column in DECISION_COLUMNS:  # each decision rule's mean (older evals: absent)
             line[column] = float(part[column].mean()) if column in part and part[column].notna().any() else np.nan
-        for column in ("demo_accuracy", "label_accuracy", "label_coverage"):
-            values = part[column].dropna() if column in part else pd.Series(dtype=float)
-            line[column] = float(values.mean()) if len(values) else np.nan
-            line[f"{column}_std"] = _std(values) if len(values) else np.nan
+        _spread_over_seeds(line, part, ("demo_accuracy", "label_accuracy", "label_coverage"))
         lines.append(line)
     return pd.DataFrame(lines, columns=SUMMARY_COLUMNS)
 
@@ -155,8 +148,8 @@ RULE_COLORS = {"centered": "#2F6EBA", "argmax": "#9DB9D8"}
 
 def accuracy_figure(rows: pd.DataFrame, title: str | None = None):
     """Test accuracy of many-shot prompting per method, one bar per decision rule side by side
-    (mean over seeds), each seed as a dot on the bar of the run's own rule, with zero-shot and
-    random-guess lines, as in the paper's Figure 3. Returns a plotly Figure."""
+    (mean over seeds), with a zero-shot line per rule and the random-guess line, as in the paper's
+    Figure 3. Returns a plotly Figure."""
     import plotly.graph_objects as go
 
     summary = summarize(rows)
