@@ -209,7 +209,7 @@ def _existing(db: str) -> str:
 def _print_outcome(run_id: int, search) -> None:
     labels = search.label_map()
     active = len(search.active())
-    searched = search.progress.search_labeled if search.progress.search_labeled is not None else len(labels)
+    searched = search.labeled_by_search
     reached = search.progress.labeled_at
     print(f"run {run_id} stopped at iteration {search.iteration}: {len(labels)} of {active} examples labeled "
           f"({searched} by the search itself, {len(labels) - searched} by the final pass; "

@@ -253,8 +253,7 @@ def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], con
         if log is not None and (record.iteration % every == 0 or search.done or record.kind == "final_pass"):
             log(f"  {what}: step {record.iteration} ({record.kind}), {record.labeled_count}/{len(examples)} labeled, "
                 f"{time.perf_counter() - started:.0f} s")
-    searched = search.progress.search_labeled
-    searched = len(search.labels) if searched is None else searched
+    searched = search.labeled_by_search
     return IcmOutcome(search.label_map(), searched, search.iteration, search.progress.labeled_at,
                       time.perf_counter() - started, searched if by_budget is None else by_budget)
 

@@ -80,6 +80,11 @@ class Search:
         return [i for i in self.active() if i not in self.labels]
 
     @property
+    def labeled_by_search(self) -> int:
+        """Examples the search itself had labeled: counted when the final pass ran, or now if it has not."""
+        return len(self.labels) if self.progress.search_labeled is None else self.progress.search_labeled
+
+    @property
     def stopped(self) -> bool:
         """The search's own stopping rule holds (config.stop); a final pass may still be due."""
         if not self.initialized:
