@@ -199,13 +199,6 @@ def _refuse_changed_settings(args, config) -> None:
                          f"change (got {'; '.join(changed)}). Change alpha or T0 by steering in the studio, or start a new run.")
 
 
-def _existing(db: str) -> str:
-    """Commands that work on stored runs must not create an empty database from a mistyped path."""
-    if not Path(db).is_file():
-        raise SystemExit(f"{db}: no such database (runs are stored where `icm run --db` put them; default {DEFAULT_DB})")
-    return db
-
-
 def _print_outcome(run_id: int, search) -> None:
     labels = search.label_map()
     active = len(search.active())
@@ -225,7 +218,7 @@ def cmd_finalize(args) -> int:
     from .runner import finalize, open_search
     from .store import Store
 
-    with Store(_existing(args.db)) as store:
+    with Store.existing(args.db) as store:
         backend = _load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
         search = open_search(store, args.run, backend)
         if not search.initialized:
@@ -241,7 +234,7 @@ def cmd_export(args) -> int:
     from .export import export
     from .store import Store
 
-    with Store(_existing(args.db)) as store:
+    with Store.existing(args.db) as store:
         data = export(store, args.run, args.format)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(data)
@@ -252,7 +245,7 @@ def cmd_export(args) -> int:
 def cmd_runs(args) -> int:
     from .store import Store
 
-    with Store(_existing(args.db)) as store:
+    with Store.existing(args.db) as store:
         frame = store.runs()
     print(frame.to_string(index=False) if len(frame) else "no runs yet")
     return 0
@@ -262,7 +255,7 @@ def cmd_report(args) -> int:
     from .report import summarize_run
     from .store import Store
 
-    with Store(_existing(args.db)) as store:
+    with Store.existing(args.db) as store:
         print(summarize_run(store, args.run))
         if args.baselines:
             from .config import RunConfig
@@ -308,9 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import bench, eval_cli
 
+    from .store import StoreError
+
     handlers = {"run": cmd_run, "finalize": cmd_finalize, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "app": cmd_app,
                 "bench": bench.run, "eval": eval_cli.run, "evals": eval_cli.show}
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except StoreError as error:  # a missing, locked or newer database: one line, not a traceback
+        raise SystemExit(f"icm {args.command}: {error} (default database: {DEFAULT_DB})") from None
 
 
 if __name__ == "__main__":

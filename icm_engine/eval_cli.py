@@ -105,9 +105,7 @@ def show(args) -> int:
     from .eval_report import format_label_table, format_table, summarize, summarize_labels
     from .store import Store
 
-    if not Path(args.db).exists():
-        raise SystemExit(f"{args.db}: no such database")
-    with Store(args.db) as store:
+    with Store.existing(args.db) as store:
         evals = store.evals()
         if args.eval is None:
             print(evals[["eval_id", "name", "created_at", "n_rows"]].to_string(index=False) if len(evals) else "no evaluations")

@@ -135,6 +135,14 @@ class Store:
             self.close()
             raise
 
+    @classmethod
+    def existing(cls, path: str) -> "Store":
+        """Open a database that must already be there: what only works on stored runs must not
+        create an empty file from a mistyped path."""
+        if not Path(path).is_file():
+            raise StoreError(f"{path}: no such database")
+        return cls(path)
+
     def _migrate(self) -> None:
         con = self._connection()
         sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"

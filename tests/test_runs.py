@@ -202,7 +202,7 @@ def test_cli_resume_with_more_steps_continues_a_run_its_own_rule_had_stopped(tmp
 
 
 @pytest.mark.parametrize("command", [["runs"], ["export", "--run", "1", "--out", "x.csv"], ["report", "--run", "1"],
-                                     ["finalize", "--run", "1"]])
+                                     ["finalize", "--run", "1"], ["evals"]])
 def test_commands_on_stored_runs_do_not_create_a_database_from_a_mistyped_path(tmp_path, command):
     missing = tmp_path / "typo.duckdb"
     result = subprocess.run(_icm(*command, "--db", str(missing)), cwd=ROOT, capture_output=True, text=True, timeout=120, env=ENV)
