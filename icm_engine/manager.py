@@ -84,12 +84,6 @@ class SharedBackend(LanguageModel):
         return self if view is self.inner else SharedBackend(view, self._lock)
 
 
-def _coverage(search: Search) -> dict:
-    """labeled / active (excluded apart), and whether the search's stopping rule already holds."""
-    return {"labeled": len(search.labels), "active": len(search.active()), "excluded": len(search.excluded),
-            "stopped": search.stopped, "final_pass_due": search.stopped and bool(search.unlabeled())}
-
-
 class _Worker:
     """The thread that owns one run's Search; see the module docstring."""
 
@@ -101,7 +95,7 @@ class _Worker:
         self._steering: deque[tuple[Future, str, tuple]] = deque()
         self.status = {"state": "loading", "message": "waiting to load the model", "progress": None,
                        "iteration": None, "steps": steps_total, "labeled": 0, "error": None,
-                       "traceback": None, "steering_error": None, "steps_taken": 0, "coverage": None,
+                       "traceback": None, "steering_error": None, "steps_taken": 0,
                        "applying": None}
         self.thread = threading.Thread(target=self._main, name=f"icm-run-{run_id}", daemon=True)
 
@@ -173,7 +167,7 @@ class _Worker:
     def _after_open(self, search: Search) -> None:
         self.manager._record_model(self.run_id, search.scorer.backend)
         self._set(state="finished" if search.done else "paused", message="", progress=None,
-                  iteration=search.iteration, labeled=len(search.labels), coverage=_coverage(search))
+                  iteration=search.iteration, labeled=len(search.labels))
 
     def _should_pause(self) -> bool:
         with self._cond:
@@ -183,7 +177,7 @@ class _Worker:
         with self._cond:
             if self._budget:  # None (to the end) and 0 (pause asked) stay as they are
                 self._budget -= 1
-        self._set(iteration=search.iteration, labeled=len(search.labels), coverage=_coverage(search),
+        self._set(iteration=search.iteration, labeled=len(search.labels),
                   steps_taken=self.status["steps_taken"] + 1)
         self._apply_steering(search)  # between two steps: the only moment the Search is not in use
 
@@ -204,11 +198,12 @@ class _Worker:
                 future.set_exception(error)
                 continue
             self._set(labeled=len(search.labels), iteration=search.iteration, steps=search.config.steps,
-                      steering_error=None, coverage=_coverage(search), applying=None)
-            if self.status["state"] in ("paused", "finished") and self.status["state"] != ("finished" if search.done else "paused"):
+                      steering_error=None, applying=None)
+            if self.status["state"] in ("paused", "finished"):
                 state = "finished" if search.done else "paused"  # a final pass finishes a run, an extension reopens it
-                self.manager.store.set_status(self.run_id, state)
-                self._set(state=state)
+                if state != self.status["state"]:
+                    self.manager.store.set_status(self.run_id, state)
+                    self._set(state=state)
             future.set_result(record)
 
     def _fail(self, error: Exception) -> None:

@@ -326,7 +326,7 @@ def test_run_page_labels_the_rest_and_continues_a_finished_run(manager):
     assert len(manager.store.labels(run_id)) < 12
     at = open_page(manager, "run", run_id)
     at.button(key="run.finalize").click().run()
-    manager.wait(run_id, until=lambda s: not s["busy"] and (s.get("coverage") or {}).get("labeled") == 12)
+    manager.wait(run_id, until=lambda s: not s["busy"] and s["labeled"] == 12)
     assert len(manager.store.labels(run_id)) == 12
     assert manager.store.events(run_id)["kind"].iloc[-1] == "final_pass"
     at.number_input(key="run.more_steps").set_value(5)

@@ -9,7 +9,8 @@ from icm_engine.config import (
 from icm_engine.manager import RunManager
 from icm_engine.models import DEFAULT_MODEL, list_bundled_models
 
-from ..services import CURRENT_RUN, is_live, run_picker, show_status
+from .. import readers
+from ..services import CURRENT_RUN, is_live, run_picker, run_view, show_status
 
 LOCAL_PATH = "a local path…"
 SETTLE_S = 0.3  # after Pause or Stop, wait this long for the step in flight so the page shows the outcome
@@ -149,14 +150,14 @@ def _settle(manager: RunManager, run_id: int) -> None:
 def _continue_controls(manager: RunManager, run_id: int, status: dict) -> None:
     """Finish now (the final pass) and N more steps: a finished run can be continued."""
     live = status["state"] in ("loading", "running")
-    coverage = status.get("coverage") or {}
+    view = run_view(manager, run_id)
+    unlabeled = readers.coverage(len(view.examples), view.labels, view.excluded)["unlabeled"]
     left, middle, right = st.columns([2, 1, 2])
     more = middle.number_input("More steps", 1, 1_000_000, 50, key="run.more_steps", label_visibility="collapsed")
     left.button(f"Run {int(more)} more steps", key="run.extend", disabled=live, width="stretch",
                 on_click=lambda: manager.extend(run_id, int(st.session_state["run.more_steps"])),
                 help="continue this run, a finished one too, for this many iterations")
-    unlabeled = coverage.get("active", 0) - coverage.get("labeled", 0) if coverage else None
-    right.button("Label the rest now (final pass)", key="run.finalize", disabled=live or unlabeled == 0, width="stretch",
+    right.button("Label the rest now (final pass)", key="run.finalize", disabled=live or not unlabeled, width="stretch",
                  on_click=lambda: manager.finalize(run_id),
                  help="each unlabeled example gets argmax P(label | example, labeled set), then ConsistencyFix; "
                       "recorded as a step with flips of cause final_pass")
