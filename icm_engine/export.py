@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from .records import STEERING_KINDS
 from .scoring import normalize
 from .store import Store
 from .tasks import LABEL_NAMES, load_task
@@ -140,7 +141,7 @@ def provenance(store: Store, run_id: int) -> bytes:
     frame = labeled_frame(store, run_id)
     snapshot = store.load_snapshot(run_id)
     events = store.events(run_id)
-    steering = events[~events["kind"].isin(["init", "propose", "final_pass"])] if len(events) else events
+    steering = events[events["kind"].isin(STEERING_KINDS)] if len(events) else events
     search = dict(run["config"].get("search", {}))
     effective = dict(search, **({} if snapshot is None else {"alpha": snapshot.alpha, "t0": snapshot.t0}))
     labeled = frame[frame["label"].notna()]
