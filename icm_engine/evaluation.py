@@ -314,7 +314,9 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
     methods = set(config.methods)
     # The test table's demonstrations: the whole search split in one seeded order, as many as fit.
     pool_order = {seed: np.random.default_rng([seed, 1]).permutation(len(search_examples)).tolist() for seed in config.seeds}
-    count = fit_demo_count(backend, task, [search_examples[k] for k in pool_order[config.seeds[0]]], tests, config.max_demos)
+    # One count for every seed, the smallest that fits: each seed's order puts other examples first.
+    count = min(fit_demo_count(backend, task, [search_examples[k] for k in order], tests, config.max_demos)
+                for order in pool_order.values())
     if count == 0 and methods - {ZERO_SHOT}:  # every row but zero-shot is many-shot
         raise ValueError(
             f"no demonstration fits the context window ({backend.context_window} tokens) before the longest test query: "
