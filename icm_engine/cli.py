@@ -14,12 +14,9 @@ DEFAULT_DB = os.environ.get("ICM_STUDIO_DB", "runs/icm.duckdb")
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     """One flag per SearchConfig field, with its declared help; unset flags (None) take the preset's value."""
-    from .config import PRESETS, SEARCH_HELP, SearchConfig
+    from .config import PRESETS, SEARCH_CHOICES, SEARCH_HELP, SearchConfig
 
     defaults = SearchConfig()
-    choices = {"calibration": "CALIBRATIONS", "scorer": "SCORERS", "objective": "OBJECTIVES", "clock": "CLOCKS", "stop": "STOPS"}
-    from . import config as config_module
-
     group = parser.add_argument_group("search (defaults: README, 'Choosing the objective'; the paper's with --preset paper)")
     group.add_argument("--preset", choices=tuple(PRESETS), default="default",
                        help="named settings to start from; flags given here override them")
@@ -29,8 +26,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         help_text = f"{SEARCH_HELP[field.name]} (default {default})"
         if isinstance(default, bool):
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif field.name in choices:
-            group.add_argument(flag, dest=field.name, choices=getattr(config_module, choices[field.name]), default=None, help=help_text)
+        elif field.name in SEARCH_CHOICES:
+            group.add_argument(flag, dest=field.name, choices=SEARCH_CHOICES[field.name], default=None, help=help_text)
         else:
             group.add_argument(flag, dest=field.name, type=type(default), default=None, help=help_text)
     group.add_argument("--no-consistency", dest="use_consistency", action="store_false",

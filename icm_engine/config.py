@@ -31,6 +31,8 @@ CLOCKS = ("iteration", "accepted")
 # labeled and `patience_sweeps` sweeps (sweep = one step per such example) passed without an
 # accepted change, `steps` still capping it.
 STOPS = ("steps", "labeled")
+# The settings that take one of a few names, and those names (validation, CLI choices).
+SEARCH_CHOICES = {"calibration": CALIBRATIONS, "scorer": SCORERS, "objective": OBJECTIVES, "clock": CLOCKS, "stop": STOPS}
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,8 @@ class SearchConfig:
     balanced_init: bool = False  # the K initial labels split evenly between the two labels (released code)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("calibration", self.calibration, CALIBRATIONS), ("scorer", self.scorer, SCORERS),
-                                     ("objective", self.objective, OBJECTIVES), ("clock", self.clock, CLOCKS),
-                                     ("stop", self.stop, STOPS)):
+        for name, allowed in SEARCH_CHOICES.items():
+            value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         for name in ("alpha", "t0", "t_min", "beta", "group_weight", "patience_sweeps"):
