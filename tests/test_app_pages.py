@@ -370,3 +370,13 @@ def test_eval_page_shows_the_label_table_and_the_test_table(manager):
     assert {"gold", "icm", "perturbed"} <= set(tests.index) and "accuracy_argmax" in tests
     assert [s.value for s in at.subheader][:2] == ["Labels: what each method would export, scored on the whole search split",
                                                     "Test: many-shot prompting with those labels as demonstrations"]
+
+
+def test_the_run_form_offers_every_search_setting():
+    import dataclasses
+
+    from app.pages.run import SEARCH_KEYS
+    from icm_engine.config import SEARCH_HELP, SearchConfig
+
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    assert set(SEARCH_KEYS) == fields == set(SEARCH_HELP)

@@ -43,12 +43,17 @@ SEARCH_KEYS = {"alpha": "run.alpha", "t0": "run.t0", "t_min": "run.t_min", "beta
                "group_weight": "run.group_weight", "max_fix_iters": "run.max_fix_iters"}
 
 
+INT_SETTINGS = ("k_init", "steps", "seed", "max_fix_iters")  # number inputs hand back floats where bounds are floats
+
+
+def _typed(name: str, value):
+    return int(value) if name in INT_SETTINGS else value
+
+
 def _fill(values: SearchConfig, only_missing: bool) -> None:
     for name, key in SEARCH_KEYS.items():
-        if only_missing and key in st.session_state:
-            continue
-        value = getattr(values, name)
-        st.session_state[key] = int(value) if name in ("k_init", "steps", "seed", "max_fix_iters") else value
+        if not (only_missing and key in st.session_state):
+            st.session_state[key] = _typed(name, getattr(values, name))
 
 
 def _apply_preset() -> None:
@@ -70,39 +75,31 @@ def _search_config() -> SearchConfig:
     _fill(SearchConfig(), only_missing=True)
     h = SEARCH_HELP
     cols = st.columns(4)
-    objective = cols[0].selectbox("Objective", OBJECTIVES, key="run.objective", help=h["objective"])
-    calibration = cols[1].selectbox("Calibration", CALIBRATIONS, key="run.calibration",
-                                    help=h["calibration"])
-    alpha = cols[2].number_input("alpha", 0.0, 1e6, key="run.alpha", help=h["alpha"])
-    seed = cols[3].number_input("Seed", 0, 2**31 - 1, key="run.seed", help=h["seed"])
+    cols[0].selectbox("Objective", OBJECTIVES, key="run.objective", help=h["objective"])
+    cols[1].selectbox("Calibration", CALIBRATIONS, key="run.calibration", help=h["calibration"])
+    cols[2].number_input("alpha", 0.0, 1e6, key="run.alpha", help=h["alpha"])
+    cols[3].number_input("Seed", 0, 2**31 - 1, key="run.seed", help=h["seed"])
     cols = st.columns(4)
-    stop = cols[0].selectbox("Stop", STOPS, key="run.stop_rule", help=h["stop"],
-                             format_func=lambda s: {"labeled": "until every example is labeled", "steps": "after a fixed number of steps"}[s])
-    steps = cols[1].number_input("Steps (cap)", 1, 1_000_000, key="run.steps", help=h["steps"])
-    patience = cols[2].number_input("Quiet sweeps before stopping", 0.0, 100.0, key="run.patience",
-                                    help=h["patience_sweeps"])
-    final_pass = cols[3].checkbox("Final pass", key="run.final_pass", help=h["final_pass"])
+    cols[0].selectbox("Stop", STOPS, key="run.stop_rule", help=h["stop"],
+                      format_func=lambda s: {"labeled": "until every example is labeled", "steps": "after a fixed number of steps"}[s])
+    cols[1].number_input("Steps (cap)", 1, 1_000_000, key="run.steps", help=h["steps"])
+    cols[2].number_input("Quiet sweeps before stopping", 0.0, 100.0, key="run.patience", help=h["patience_sweeps"])
+    cols[3].checkbox("Final pass", key="run.final_pass", help=h["final_pass"])
     with st.expander("Temperature, initialization and more"):
         cols = st.columns(4)
-        clock = cols[0].selectbox("Clock", CLOCKS, key="run.clock", help=h["clock"])
-        t0 = cols[1].number_input("T_0", 1e-6, 1e6, key="run.t0", help=h["t0"])
-        t_min = cols[2].number_input("T_min", 1e-6, 1e6, format="%.4f", key="run.t_min", help=h["t_min"])
-        beta = cols[3].number_input("beta", 0.0, 100.0, key="run.beta", help=h["beta"])
+        cols[0].selectbox("Clock", CLOCKS, key="run.clock", help=h["clock"])
+        cols[1].number_input("T_0", 1e-6, 1e6, key="run.t0", help=h["t0"])
+        cols[2].number_input("T_min", 1e-6, 1e6, format="%.4f", key="run.t_min", help=h["t_min"])
+        cols[3].number_input("beta", 0.0, 100.0, key="run.beta", help=h["beta"])
         cols = st.columns(4)
-        k_init = cols[0].number_input("K (random initial labels)", 1, 10_000, key="run.k_init", help=h["k_init"])
-        balanced_init = cols[1].checkbox("Balanced initial labels", key="run.balanced_init", help=h["balanced_init"])
-        group_weight = cols[2].number_input("Group weight", 1e-6, 1e9, key="run.group_weight", help=h["group_weight"])
-        max_fix_iters = cols[3].number_input("Max fixes per step (M)", 0, 10_000, key="run.max_fix_iters",
-                                             help=h["max_fix_iters"])
+        cols[0].number_input("K (random initial labels)", 1, 10_000, key="run.k_init", help=h["k_init"])
+        cols[1].checkbox("Balanced initial labels", key="run.balanced_init", help=h["balanced_init"])
+        cols[2].number_input("Group weight", 1e-6, 1e9, key="run.group_weight", help=h["group_weight"])
+        cols[3].number_input("Max fixes per step (M)", 0, 10_000, key="run.max_fix_iters", help=h["max_fix_iters"])
         cols = st.columns(2)
-        scorer = cols[0].selectbox("Scorer", SCORERS, key="run.scorer", help=h["scorer"])
-        use_consistency = cols[1].checkbox("Use consistency (I(D) and fixes)", key="run.consistency",
-                                           help=h["use_consistency"])
-    return SearchConfig(alpha=alpha, t0=t0, t_min=t_min, beta=beta, k_init=int(k_init), steps=int(steps),
-                        seed=int(seed), calibration=calibration, scorer=scorer, use_consistency=use_consistency,
-                        objective=objective, clock=clock, stop=stop, patience_sweeps=float(patience),
-                        final_pass=final_pass, balanced_init=balanced_init, group_weight=float(group_weight),
-                        max_fix_iters=int(max_fix_iters))
+        cols[0].selectbox("Scorer", SCORERS, key="run.scorer", help=h["scorer"])
+        cols[1].checkbox("Use consistency (I(D) and fixes)", key="run.consistency", help=h["use_consistency"])
+    return SearchConfig(**{name: _typed(name, st.session_state[key]) for name, key in SEARCH_KEYS.items()})
 
 
 def _start_form(manager: RunManager) -> None:
