@@ -101,14 +101,17 @@ def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool 
     ids = [int(r) for r in runs["run_id"]][::-1]  # newest first
     names = {int(r["run_id"]): run_label(r) for _, r in runs.iterrows()}
     key = f"{page}.run"
+    synced = f"{key}.synced"  # the session's run as this picker last agreed with it
     current = st.session_state.get(CURRENT_RUN)
-    if shared and current in ids and st.session_state.get(key) != current:
+    # Follow the session's run only when it moved elsewhere (another page, a new run): a choice the
+    # user just made in this widget arrives in its key before this line runs, and must win.
+    if shared and current in ids and (st.session_state.get(synced) != current or key not in st.session_state):
         st.session_state[key] = current  # set before the widget exists, so no default clashes
     if st.session_state.get(key) not in ids:
         st.session_state[key] = ids[0]
     chosen = st.selectbox(label, ids, format_func=lambda r: names[r], key=key)
     if shared:
-        st.session_state[CURRENT_RUN] = chosen
+        st.session_state[CURRENT_RUN] = st.session_state[synced] = chosen
     return chosen
 
 

@@ -380,3 +380,17 @@ def test_the_run_form_offers_every_search_setting():
 
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     assert set(SEARCH_KEYS) == fields == set(SEARCH_HELP)
+
+
+def test_picking_an_earlier_run_sticks_and_its_buttons_act_on_it(manager):
+    first = finished_run(manager, steps=4, stop="steps")
+    second = finished_run(manager, steps=4, stop="steps")
+    at = open_page(manager, "run", second)
+    at.selectbox(key="run.run").set_value(first).run()
+    assert at.selectbox(key="run.run").value == first  # the choice survives the rerun it causes
+    at.number_input(key="run.more_steps").set_value(3).run()
+    assert at.selectbox(key="run.run").value == first
+    at.button(key="run.extend").click().run()
+    manager.wait(first)
+    manager.wait(second)
+    assert manager.store.run(first)["last_iteration"] == 7 and manager.store.run(second)["last_iteration"] == 4
