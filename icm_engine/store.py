@@ -12,8 +12,12 @@ what flips, labels and events call an "example".
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import socket
 import threading
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,8 +30,17 @@ from .json_values import json_value, tag_state, to_json, untag_state
 from .records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from .tasks import Example, Task
 
-SCHEMA_VERSION = 2  # 2: run_state.progress_json (the clock's and the stopping rule's counters)
+# 2: run_state.progress_json (the clock's and the stopping rule's counters)
+# 3: datasets.content_hash (a load is identified by its content), runs.owner (who runs it)
+SCHEMA_VERSION = 3
 RUN_STATUSES = ("created", "running", "paused", "stopped", "finished", "failed")
+# Not stored: what a 'running' run reads as when the process running it is gone.
+INTERRUPTED = "interrupted"
+# This process, as recorded in runs.owner while it runs a search. DuckDB lets one process hold
+# a file, so a run marked running by any other process was left so by one that died.
+PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+_OWN_TABLES = {"schema_version", "datasets", "examples", "gold", "runs", "run_state", "events", "flips",
+               "labels", "eval_runs", "eval_rows"}
 EVAL_COLUMNS = ("method", "seed", "accuracy", "n_test", "n_demos")  # the rest of a row goes to extra_json
 _CHUNK = 10_000  # examples per insert in add_dataset: bounds memory and paces progress()
 
@@ -41,7 +54,7 @@ CREATE SEQUENCE IF NOT EXISTS eval_ids START 1;
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, task_json VARCHAR NOT NULL,
     source VARCHAR NOT NULL, n_examples INTEGER NOT NULL, has_gold BOOLEAN NOT NULL,
-    created_at TIMESTAMP NOT NULL);
+    created_at TIMESTAMP NOT NULL, content_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS examples (
     dataset_id INTEGER NOT NULL, idx INTEGER NOT NULL, uid VARCHAR NOT NULL,
     fields_json VARCHAR NOT NULL, group_key VARCHAR, cons_key VARCHAR,
@@ -53,7 +66,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY, dataset_id INTEGER NOT NULL, name VARCHAR NOT NULL,
     config_json VARCHAR NOT NULL, model_json VARCHAR NOT NULL, seed BIGINT,
     status VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL,
-    last_iteration INTEGER, last_seq INTEGER NOT NULL, error VARCHAR, parent_run_id INTEGER);
+    last_iteration INTEGER, last_seq INTEGER NOT NULL, error VARCHAR, parent_run_id INTEGER, owner VARCHAR);
 CREATE TABLE IF NOT EXISTS run_state (
     run_id INTEGER PRIMARY KEY, iteration INTEGER NOT NULL, rng_state_json VARCHAR NOT NULL,
     excluded_json VARCHAR NOT NULL, next_position INTEGER NOT NULL, alpha DOUBLE NOT NULL,
@@ -91,12 +104,37 @@ class StoreError(RuntimeError):
     pass
 
 
+class _NeedsUpgrade(StoreError):
+    """A read-only open found an older schema."""
+
+
 class StoreLockedError(StoreError):
     """Another process holds the database file."""
 
 
 class SchemaVersionError(StoreError):
     """The file was written by a newer ICM Studio than this one."""
+
+
+class ForeignDatabaseError(StoreError):
+    """The file is not an ICM Studio database; it is left as it was."""
+
+
+def content_hash(task: dict, examples: list[Example], gold: dict[int, int] | None) -> str:
+    """What identifies a load: the task, every example's inputs, group and key, and gold. Two loads
+    with the same hash are the same data, whatever file or path they came from."""
+    def encoded(value) -> bytes:  # repr for what JSON cannot hold: add_dataset refuses those itself
+        return json.dumps(value, sort_keys=True, default=repr, ensure_ascii=False).encode()
+
+    digest = hashlib.sha256(encoded(task))
+    for ex in examples:
+        digest.update(encoded([str(ex.uid), dict(ex.fields), ex.group and str(ex.group), ex.key and str(ex.key)]))
+    digest.update(encoded(None if gold is None else sorted((int(i), int(y)) for i, y in gold.items())))
+    return digest.hexdigest()
+
+
+def _status(status: str, owner: str | None) -> str:
+    return INTERRUPTED if status == "running" and owner != PROCESS else status
 
 
 def _now() -> datetime:
@@ -114,40 +152,60 @@ def _opt_float(value: Any) -> float | None:
 class Store:
     """All persistence of ICM Studio. Thread-safe; one instance per database file per process."""
 
-    def __init__(self, path: str = ":memory:") -> None:
-        self.path = str(path)
+    def __init__(self, path: str = ":memory:", read_only: bool = False) -> None:
+        self.path, self.read_only = str(path), read_only
         self._lock = threading.RLock()
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(self.path)
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StoreLockedError(
-                    f"{self.path} is open in another process, and DuckDB allows one process per "
-                    f"database file. Stop the app (or whatever holds it), or do this through the "
-                    f"app's run manager instead of opening the file directly. DuckDB said: {exc}"
-                ) from exc
-            raise
+            self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise self._open_error(exc) from exc
         try:
             self._migrate()
         except BaseException:
             self.close()
             raise
 
+    def _open_error(self, exc: duckdb.Error) -> StoreError:
+        said = str(exc)
+        if "lock" in said.lower():
+            return StoreLockedError(
+                f"{self.path} is open in another process, and DuckDB allows one process per "
+                f"database file. Stop the app (or whatever holds it), or do this through the "
+                f"app's run manager instead of opening the file directly. DuckDB said: {said}"
+            )
+        if "not a valid DuckDB database" in said:
+            return ForeignDatabaseError(f"{self.path}: not a DuckDB database file (left untouched)")
+        if "ermission" in said or "read-only" in said:
+            return StoreError(f"{self.path}: cannot open it{' read-only' if self.read_only else ''}: {said}")
+        return StoreError(f"{self.path}: {said}")
+
     @classmethod
-    def existing(cls, path: str) -> "Store":
-        """Open a database that must already be there: what only works on stored runs must not
-        create an empty file from a mistyped path."""
+    def existing(cls, path: str, read_only: bool = True) -> "Store":
+        """Open a database that must already be there, read-only unless asked: what works on stored
+        runs must not create an empty file from a mistyped path, and what only reads must not need
+        write access. A file from an older ICM Studio is upgraded first (that one open writes)."""
         if not Path(path).is_file():
             raise StoreError(f"{path}: no such database")
-        return cls(path)
+        if not read_only:
+            return cls(path)
+        try:
+            return cls(path, read_only=True)
+        except _NeedsUpgrade:
+            with cls(path):
+                pass
+            return cls(path, read_only=True)
 
     def _migrate(self) -> None:
         con = self._connection()
-        sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-        exists = con.execute(sql).fetchone()[0]
-        found = con.execute("SELECT max(version) FROM schema_version").fetchone()[0] if exists else None
+        tables = {t for (t,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if tables and "schema_version" not in tables:
+            shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+            raise ForeignDatabaseError(
+                f"{self.path} is a DuckDB database that ICM Studio did not create (tables: {shown}); "
+                f"it was left untouched: pass a new file or an ICM Studio database")
+        found = con.execute("SELECT max(version) FROM schema_version").fetchone()[0] if tables else None
         if found is not None and found > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path} has schema version {found}, newer than this ICM Studio understands "
@@ -155,9 +213,14 @@ class Store:
             )
         if found == SCHEMA_VERSION:
             return
+        if self.read_only:
+            raise _NeedsUpgrade(f"{self.path} has schema version {found}; it needs one writing open to upgrade")
         with self._transaction() as con:
-            if found == 1:  # a version-1 file: its runs resume with counters rebuilt from their events
+            if found is not None and found < 2:  # its runs resume with counters rebuilt from their events
                 con.execute("ALTER TABLE run_state ADD COLUMN IF NOT EXISTS progress_json VARCHAR")
+            if found is not None and found < 3:  # older loads have no hash: they are never reused
+                con.execute("ALTER TABLE datasets ADD COLUMN IF NOT EXISTS content_hash VARCHAR")
+                con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR")
             con.execute(_SCHEMA)
             con.execute("DELETE FROM schema_version")
             con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
@@ -228,11 +291,12 @@ class Store:
         bad = [(i, y) for i, y in gold_items if not 0 <= i < n or y not in (0, 1)]
         if bad:
             raise ValueError(f"gold must map idx in 0..{n - 1} to 0/1; bad entries: {bad[:5]}")
+        digest = content_hash(task_dict, examples, gold)
         with self._transaction() as con:
             dataset_id = con.execute("SELECT nextval('dataset_ids')").fetchone()[0]
             con.execute(
-                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [dataset_id, name, to_json(task_dict), source, n, gold is not None, _now()],
+                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [dataset_id, name, to_json(task_dict), source, n, gold is not None, _now(), digest],
             )
             for start in range(0, n, _CHUNK):
                 cols: tuple[list, ...] = ([], [], [], [], [])
@@ -263,6 +327,13 @@ class Store:
                     [dataset_id, [i for i, _ in gold_items], [y for _, y in gold_items]],
                 )
         return int(dataset_id)
+
+    def find_dataset(self, task: dict, examples: list[Example], gold: dict[int, int] | None) -> int | None:
+        """The id of a stored dataset with exactly this content (the newest), or None."""
+        task_dict = task.to_dict() if hasattr(task, "to_dict") else dict(task)
+        rows = self._rows("SELECT max(dataset_id) FROM datasets WHERE content_hash = ?",
+                          [content_hash(task_dict, examples, gold)])
+        return None if rows[0][0] is None else int(rows[0][0])
 
     def datasets(self) -> pd.DataFrame:
         return self._df(
@@ -317,7 +388,7 @@ class Store:
             run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
             now = _now()
             con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, 'created', ?, ?, NULL, -1, NULL, ?)",
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, 'created', ?, ?, NULL, -1, NULL, ?, NULL)",
                 [run_id, dataset_id, name or f"run {run_id}", to_json(config), to_json(model_info),
                  _opt_int(seed), now, now, parent_run_id],
             )
@@ -396,8 +467,9 @@ class Store:
             # A steering event on a paused or finished run must not flip it back to running.
             con.execute(
                 "UPDATE runs SET last_seq = ?, last_iteration = ?, updated_at = ?, "
+                "owner = CASE WHEN status = 'created' THEN ? ELSE owner END, "
                 "status = CASE WHEN status = 'created' THEN 'running' ELSE status END WHERE run_id = ?",
-                [seq, s.iteration, now, run_id],
+                [seq, s.iteration, now, PROCESS, run_id],
             )
 
     def load_snapshot(self, run_id: int) -> SearchSnapshot | None:
@@ -430,14 +502,16 @@ class Store:
         return SearchProgress(accepted_changes=int(accepted), last_change=int(last))
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
-        """Set the status; error is replaced too, so a resumed run drops its old failure."""
+        """Set the status; error is replaced too, so a resumed run drops its old failure.
+        'running' records this process as the run's owner: read from another process, a run
+        whose owner is gone reads as 'interrupted'."""
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
         with self._transaction() as con:
             if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
                 raise KeyError(f"no run {run_id}")
-            con.execute("UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE run_id = ?",
-                        [status, error, _now(), run_id])
+            con.execute("UPDATE runs SET status = ?, error = ?, updated_at = ?, owner = ? WHERE run_id = ?",
+                        [status, error, _now(), PROCESS if status == "running" else None, run_id])
 
     def run(self, run_id: int) -> dict:
         """The run's row, with config and model parsed into dicts (config_json/model_json dropped)."""
@@ -447,6 +521,7 @@ class Store:
         if not rows:
             raise KeyError(f"no run {run_id}")
         row = dict(zip(names, rows[0]))
+        row["status"] = _status(row["status"], row["owner"])
         row["config"] = json.loads(row.pop("config_json"))
         row["model"] = json.loads(row.pop("model_json"))
         return row
@@ -454,7 +529,9 @@ class Store:
     def runs(self, dataset_id: int | None = None) -> pd.DataFrame:
         where, params = ("WHERE r.dataset_id = ?", [dataset_id]) if dataset_id is not None else ("", [])
         sql = "SELECT r.*, d.name AS dataset_name FROM runs r LEFT JOIN datasets d USING (dataset_id)"
-        return self._df(f"{sql} {where} ORDER BY r.run_id", params)
+        frame = self._df(f"{sql} {where} ORDER BY r.run_id", params)
+        frame["status"] = [_status(s, o) for s, o in zip(frame["status"], frame["owner"])]
+        return frame
 
     def delete_run(self, run_id: int) -> None:
         """Remove a run and its whole history; runs forked from it keep parent_run_id as a record."""

@@ -1,0 +1,131 @@
+"""Database files as users hand them to us: foreign, not DuckDB, old, read-only, edited data, dead owners."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from icm_engine import store as store_module
+from icm_engine.cli import ensure_dataset
+from icm_engine.store import ForeignDatabaseError, Store, StoreError
+from icm_engine.tasks import Example, Task
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = Task(name="claims", template="Q: {question}\nA: {answer}\nCorrect:", fields=("question", "answer"))
+EXAMPLES = [Example(uid=f"u{i}", fields={"question": f"q{i}", "answer": f"a{i}"}) for i in range(4)]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def icm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "icm_engine.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_foreign_duckdb_file_is_named_and_left_byte_identical(tmp_path):
+    path = tmp_path / "theirs.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE runs (a INTEGER); CREATE TABLE datasets (b VARCHAR); INSERT INTO runs VALUES (1)")
+    con.close()
+    before = digest(path)
+    with pytest.raises(ForeignDatabaseError, match=r"did not create \(tables: datasets, runs\)"):
+        Store(str(path))
+    for command in (["runs"], ["export", "--run", "1", "--out", str(tmp_path / "x.csv")]):
+        out = icm(*command, "--db", str(path))
+        assert out.returncode == 2 and "ICM Studio did not create" in out.stderr and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert digest(path) == before
+
+
+def test_a_text_file_as_database_is_refused_untouched(tmp_path):
+    path = tmp_path / "notes.duckdb"
+    path.write_text("not a database\n")
+    with pytest.raises(ForeignDatabaseError, match="not a DuckDB database file"):
+        Store(str(path))
+    out = icm("runs", "--db", str(path))
+    assert out.returncode == 2 and f"{path}: not a DuckDB database file" in out.stderr
+    assert path.read_text() == "not a database\n"
+
+
+def test_reading_commands_open_read_only_and_change_nothing(tmp_path):
+    path = tmp_path / "icm.duckdb"
+    with Store(str(path)) as s:
+        s.add_dataset("claims", TASK.to_dict(), EXAMPLES, None)
+    before = digest(path)
+    with Store.existing(str(path)) as s:
+        assert s.read_only and len(s.datasets()) == 1
+        with pytest.raises(duckdb.Error, match="read-only"):
+            s.add_dataset("again", TASK.to_dict(), EXAMPLES, None)
+    assert icm("runs", "--db", str(path)).stdout.strip() == "no runs yet"
+    assert digest(path) == before
+
+
+def test_an_older_file_is_upgraded_once_and_its_loads_are_kept(tmp_path):
+    path = tmp_path / "old.duckdb"
+    with Store(str(path)) as s:
+        dataset = s.add_dataset("claims", TASK.to_dict(), EXAMPLES, None)
+        run_id = s.create_run(dataset, {}, {})
+        s._rows("ALTER TABLE datasets DROP COLUMN content_hash")
+        s._rows("ALTER TABLE runs DROP COLUMN owner")
+        s._rows("UPDATE schema_version SET version = 2")
+    with Store.existing(str(path)) as s:  # a reading command upgrades it, then reads
+        assert s.run(run_id)["status"] == "created"
+        assert s._rows("SELECT version FROM schema_version") == [(store_module.SCHEMA_VERSION,)]
+        assert s.find_dataset(TASK.to_dict(), EXAMPLES, None) is None  # no hash: never reused blindly
+
+
+def test_a_load_is_identified_by_its_content_not_its_path(tmp_path):
+    """A file edited in place with the same number of rows is new data, old gold and all."""
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,gold\nGreat food.,1\nCold soup.,0\n")
+    with Store(str(tmp_path / "icm.duckdb")) as s:
+        first = ensure_dataset(s, str(table), "sentiment_single", None)
+        assert ensure_dataset(s, str(table), "sentiment_single", None) == first
+        copy = tmp_path / "elsewhere" / "reviews.csv"  # ids derive from the file's name, so keep it
+        copy.parent.mkdir()
+        copy.write_bytes(table.read_bytes())
+        assert ensure_dataset(s, str(copy), "sentiment_single", None) == first  # same content elsewhere
+        table.write_text("text,gold\nGreat food.,0\nWarm soup.,1\n")
+        edited = ensure_dataset(s, str(table), "sentiment_single", None)
+        assert edited != first
+        texts = {ex.fields["text"] for ex in s.load_examples(edited)}
+        assert "Warm soup." in texts and "Cold soup." not in texts
+        assert sorted(s.load_gold(edited).values()) != [] and s.load_gold(edited) != s.load_gold(first)
+
+
+def test_a_run_left_running_by_a_dead_process_reads_interrupted_and_resumes(tmp_path):
+    path = tmp_path / "icm.duckdb"
+    with Store(str(path)) as s:
+        run_id = s.create_run(s.add_dataset("claims", TASK.to_dict(), EXAMPLES, None), {}, {})
+        s.set_status(run_id, "running")
+        assert s.run(run_id)["status"] == "running"  # this process runs it
+    dies = textwrap.dedent(f"""
+        import os
+        from icm_engine.store import Store
+        s = Store({str(path)!r})
+        s.set_status({run_id}, "running")
+        s.close()
+        os._exit(0)  # as if killed: nobody sets it back
+    """)
+    subprocess.run([sys.executable, "-c", dies], cwd=REPO, check=True, timeout=60)
+    with Store(str(path)) as s:
+        assert s.run(run_id)["status"] == store_module.INTERRUPTED
+        assert list(s.runs()["status"]) == [store_module.INTERRUPTED]
+    assert " interrupted " in icm("runs", "--db", str(path)).stdout
+
+
+def test_a_mistyped_database_for_a_reading_command_is_one_line(tmp_path):
+    missing = tmp_path / "typo.duckdb"
+    out = icm("runs", "--db", str(missing))
+    assert out.returncode == 2 and f"{missing}: no such database" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not missing.exists()
+    with pytest.raises(StoreError, match="no such database"):
+        Store.existing(str(missing))
