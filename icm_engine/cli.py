@@ -112,23 +112,37 @@ def _search_config(args):
 def _load_backend(model_config):
     from .models import load_model
 
-    return load_model(
-        model_config.name, device=model_config.device, dtype=model_config.dtype,
-        quantization=model_config.quantization, max_context=model_config.max_context,
-    )
+    try:
+        return load_model(
+            model_config.name, device=model_config.device, dtype=model_config.dtype,
+            quantization=model_config.quantization, max_context=model_config.max_context,
+        )
+    except (ValueError, OSError) as error:  # unknown name, a folder that holds no model
+        raise SystemExit(f"icm: {error}") from None
 
 
-def ensure_dataset(store, spec: str, task: str | None, limit: int | None) -> int:
-    """Load a dataset into the store, reusing an identical earlier load."""
+def read_dataset(spec: str, task: str | None, limit: int | None):
+    """The examples of `spec`, or a one-line refusal naming the file, line or row, and column."""
     from .datasets import load_any
 
-    loaded = load_any(spec, task=task, limit=limit)
+    try:
+        return load_any(spec, task=task, limit=limit)
+    except FileNotFoundError:
+        raise SystemExit(f"icm: {spec}: no such file") from None
+    except (ValueError, KeyError, OSError) as error:  # DatasetError is a ValueError
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        raise SystemExit(f"icm: {spec}: {message}") from None
+
+
+def ensure_dataset(store, spec: str, task: str | None, limit: int | None, loaded=None) -> int:
+    """Load a dataset into the store (or store `loaded`, read from `spec` already), reusing an
+    identical earlier load."""
+    loaded = loaded or read_dataset(spec, task, limit)
+    # identified by content, not by path: a file edited in place is a new dataset
+    same = store.find_dataset(loaded.task.to_dict(), loaded.examples, loaded.gold)
+    if same is not None:
+        return same
     source = f"{spec}|limit={limit}|task={loaded.task.name}"
-    existing = store.datasets()
-    if len(existing):
-        same = existing[(existing["source"] == source) & (existing["n_examples"] == len(loaded.examples))]
-        if len(same):
-            return int(same["dataset_id"].iloc[0])
     return store.add_dataset(loaded.name, loaded.task.to_dict(), loaded.examples, loaded.gold, source=source)
 
 
@@ -149,11 +163,11 @@ def cmd_run(args) -> int:
             run_id = args.resume
         else:
             model_config = ModelConfig(args.model, args.device, args.dtype, args.quantization, args.max_context)
-            dataset_id = ensure_dataset(store, args.data, args.task, args.limit)
-            task_name = store.dataset_task(dataset_id)["name"]
-            config = RunConfig(task=task_name, dataset=args.data, search=_search_config(args), model=model_config)
+            loaded = read_dataset(args.data, args.task, args.limit)  # bad data fails before the slow model load
+            config = RunConfig(task=loaded.task.name, dataset=args.data, search=_search_config(args), model=model_config)
         backend = _load_backend(config.model)
-        if args.resume is None:
+        if args.resume is None:  # stored only now: a model that fails to load leaves no orphaned dataset
+            dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
         search = open_search(store, run_id, backend, steps=args.steps if args.resume is not None else None)
         if args.resume is not None and args.steps is not None and search.stopped and args.steps > search.iteration:
@@ -215,7 +229,7 @@ def cmd_finalize(args) -> int:
     from .runner import finalize, open_search
     from .store import Store
 
-    with Store.existing(args.db) as store:
+    with Store.existing(args.db, read_only=False) as store:
         backend = _load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
         search = open_search(store, args.run, backend)
         if not search.initialized:
@@ -244,7 +258,8 @@ def cmd_runs(args) -> int:
 
     with Store.existing(args.db) as store:
         frame = store.runs()
-    print(frame.to_string(index=False) if len(frame) else "no runs yet")
+    shown = ["run_id", "name", "dataset_name", "status", "last_iteration", "updated_at", "error"]
+    print(frame[shown].to_string(index=False) if len(frame) else "no runs yet")
     return 0
 
 
@@ -304,8 +319,18 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": bench.run, "eval": eval_cli.run, "evals": eval_cli.show}
     try:
         return handlers[args.command](args)
-    except StoreError as error:  # a missing, locked or newer database: one line, not a traceback
-        raise SystemExit(f"icm {args.command}: {error} (default database: {DEFAULT_DB})") from None
+    except StoreError as error:  # a missing, locked, foreign or newer database: one line, not a traceback
+        return _fail(f"icm {args.command}: {error} (default database: {DEFAULT_DB})")
+    except SystemExit as stop:  # a command's own refusal, already worded for the user
+        if isinstance(stop.code, str):
+            return _fail(stop.code)
+        raise
+
+
+def _fail(message: str) -> int:
+    """A user error: one line on stderr and exit status 2 (argparse's, for the same kind of mistake)."""
+    print(message, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -88,15 +88,25 @@ def _rng(*parts) -> random.Random:
 
 
 def _gold_value(value) -> int | None:
-    """0/1 from 0, 1, true, false, True, False (bool, number or text); None for anything else."""
+    """0/1 from a bool, a number equal to 0 or 1 (1.0 too), or text naming one (0, 1, 0.0, 1.0,
+    true, false): one rule for every format, so a CSV and a Parquet of the same table agree.
+    None for anything else."""
     if hasattr(value, "item") and not isinstance(value, str):
         value = value.item()  # numpy scalars from pandas
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return int(value)
     if isinstance(value, str):
-        return GOLD_WORDS.get(value.strip())
+        word = value.strip()
+        if word in GOLD_WORDS:
+            return GOLD_WORDS[word]
+        try:
+            value = Decimal(word)
+        except InvalidOperation:
+            return None
+        if not value.is_finite():  # NaN, sNaN, Infinity: comparing sNaN would raise
+            return None
+    if isinstance(value, (int, float, Decimal)) and value in (0, 1):
+        return int(value)
     return None
 
 
@@ -151,26 +161,86 @@ def _format_of(source) -> str:
     raise DatasetError(f"cannot tell the format of {name!r}: pass fmt= (csv, tsv, jsonl, json, parquet)")
 
 
+def _decoded(data: bytes) -> str:
+    """The bytes as UTF-8 text (a BOM dropped), or an error that says what the file is not."""
+    if b"\x00" in data[:8192]:
+        raise DatasetError("not a text table: the file holds binary data (NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DatasetError(f"not a UTF-8 text table: byte 0x{data[error.start]:02x} cannot be decoded "
+                           f"(save the file as UTF-8)", line=line) from None
+
+
+def _csv_frame(text: str, sep: str) -> pd.DataFrame:
+    """Every cell as text, blank lines skipped; a row with more or fewer fields than the header is
+    an error naming its line (pandas would shift the columns or pad the row and carry on)."""
+    import csv
+
+    import pandas as pd
+
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    try:
+        header = next((row for row in reader if row), None)
+        if header is None:
+            raise DatasetError("empty file: no header row")
+        header = [h.strip() for h in header]
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice or "" in header:
+            raise DatasetError(f"the header needs distinct, non-empty column names; got {header}", line=reader.line_num)
+        rows, lines = [], []
+        for row in reader:
+            if not row or row == [""]:
+                continue
+            if len(row) != len(header):
+                raise DatasetError(f"{len(row)} field{'s' * (len(row) != 1)} where the header has {len(header)} "
+                                   f"({', '.join(header)}); quote cells that hold a {'tab' if sep == chr(9) else 'comma'}",
+                                   line=reader.line_num)
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as error:  # an unterminated quote, a stray NUL
+        raise DatasetError(f"not a valid {'TSV' if sep == chr(9) else 'CSV'} table ({error})", line=reader.line_num) from None
+    frame = pd.DataFrame(rows, columns=header, dtype=str)
+    frame.attrs["icm_lines"] = lines
+    return frame
+
+
 def read_table(path_or_buffer, fmt: str | None = None) -> pd.DataFrame:
     """A CSV/TSV, JSONL, JSON (records or columns) or Parquet table; text cells stay text.
 
-    JSONL frames carry their file line numbers in df.attrs["icm_lines"] so errors can name them.
+    CSV/TSV and JSONL frames carry their file line numbers in df.attrs["icm_lines"] so errors can name them.
     """
     import pandas as pd
 
     fmt = fmt or _format_of(path_or_buffer)
     data = path_or_buffer.read() if hasattr(path_or_buffer, "read") else Path(path_or_buffer).read_bytes()
+    if not data:
+        raise DatasetError("empty file")
     if fmt == "parquet":
-        return pd.read_parquet(io.BytesIO(data) if isinstance(data, bytes) else data)
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
+        try:
+            return pd.read_parquet(io.BytesIO(data) if isinstance(data, bytes) else data)
+        except Exception as error:  # pyarrow's errors have no common base worth naming
+            raise DatasetError(f"not a readable Parquet file ({type(error).__name__}: {error})") from None
+    text = _decoded(data) if isinstance(data, bytes) else data
     if fmt in ("csv", "tsv"):
         # every cell as text and "" for blanks: a review reading "NA" must stay a review
-        return pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+        return _csv_frame(text, "\t" if fmt == "tsv" else ",")
     if fmt == "json":
-        records = json.loads(text)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"not valid JSON ({error.msg})", line=error.lineno) from None
         if isinstance(records, dict) and not all(isinstance(v, list) for v in records.values()):
             raise DatasetError("JSON must be a list of records or a dict of column lists")
-        return pd.DataFrame(records)
+        if isinstance(records, list) and not all(isinstance(r, dict) for r in records):
+            raise DatasetError("JSON must be a list of records (objects) or a dict of column lists")
+        if not isinstance(records, (list, dict)):
+            raise DatasetError(f"JSON must be a list of records or a dict of column lists, not a {type(records).__name__}")
+        try:
+            return pd.DataFrame(records)
+        except ValueError as error:  # column lists of different lengths
+            raise DatasetError(f"JSON columns do not line up ({error})") from None
     if fmt != "jsonl":
         raise DatasetError(f"unknown format {fmt!r}")
     numbered = _jsonl(text)
@@ -194,11 +264,23 @@ def _missing(value) -> bool:
 
 
 def _text(value) -> str | None:
-    """A cell as input text; None when missing or blank."""
+    """A cell as an id, group or key: text or a number (as text); None when missing or blank."""
     if not isinstance(value, str) and _missing(value):
         return None
     value = value if isinstance(value, str) else str(value.item() if hasattr(value, "item") else value)
     return value if value.strip() else None
+
+
+def _input_text(value, where: dict, column: str) -> str | None:
+    """A cell a prompt will show: it must be text. A number or an object (Parquet, JSON) would
+    reach the model as "1" or "{'x': 1}", which no one meant."""
+    if value is None or isinstance(value, str):
+        return _text(value)
+    scalar = not hasattr(value, "__len__")  # a list or array cell is never "missing"
+    if scalar and _missing(value):
+        return None
+    raise DatasetError(f"must be text, got {type(value).__name__} {value!r}; convert the column to text if that is meant",
+                       column=column, **where)
 
 
 def _column(frame: pd.DataFrame, column: str | None, what: str) -> list:
@@ -235,7 +317,7 @@ def build_dataset(df: pd.DataFrame, task: Task | str, columns: Mapping[str, str]
     golds = _column(df, gold_column, "gold")
     examples, gold, seen, members = [], {}, set(), {}
     for i in range(len(df)):
-        fields = {f: _text(values[f][i]) for f in task.fields}
+        fields = {f: _input_text(values[f][i], _where(df, i), columns[f]) for f in task.fields}
         for f in (f for f in task.fields if fields[f] is None):
             raise DatasetError("empty value", column=columns[f], **_where(df, i))
         uid = _text(ids[i]) if id_column else f"{name}-{i + 1:05d}"
@@ -272,7 +354,7 @@ def expand_sentiment(df: pd.DataFrame, text_column="text", gold_column=None, id_
     texts, golds, ids = (_column(df, c, w) for c, w in ((text_column, "text"), (gold_column, "gold"), (id_column, "id")))
     rows, seen = [], set()
     for i in range(len(df)):
-        text = _text(texts[i])
+        text = _input_text(texts[i], _where(df, i), text_column)
         if text is None:
             raise DatasetError("empty value", column=text_column, **_where(df, i))
         positive = _gold_value(golds[i]) if gold_column else 0

@@ -255,15 +255,36 @@ def _convert_gguf(gguf_path: Path, output_dir: Path, progress: Progress) -> None
     tokenizer.save_pretrained(output_dir)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _check_model_directory(path: Path) -> None:
+    """Name what a local folder lacks before transformers tries it and answers with something
+    unrelated (a folder without a tokenizer gets "You need to have sentencepiece installed")."""
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        missing.append("model weights (*.safetensors or *.bin)")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(f"a tokenizer ({', '.join(TOKENIZER_FILES[:3])})")
+    if missing:
+        raise ValueError(f"{path} is not a model folder: it lacks {', '.join(missing)}")
+
+
 def _load_pretrained(source: str, name: str, kwargs: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if Path(source).expanduser().is_dir():
+        _check_model_directory(Path(source).expanduser())
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         if Path(source).expanduser().exists():
-            raise ValueError(f"could not load a causal LM from {source}: {error}") from error
+            raise ValueError(f"could not load a causal LM from {source}: {str(error).splitlines()[0]}") from error
+        if isinstance(error, ValueError):
+            raise
         from huggingface_hub.constants import HF_HUB_CACHE
 
         raise ValueError(

@@ -16,11 +16,11 @@ Consistency rules (each looks only at inputs: the example's group and key, never
 from __future__ import annotations
 
 import json
-import string
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from itertools import product
-from typing import Mapping
+from typing import Iterator, Mapping
 
 RULES = ("exclusive", "asymmetric_pair", "complementary", "none")
 LABEL_NAMES = ("False", "True")
@@ -34,6 +34,36 @@ class Example:
     fields: Mapping[str, str]
     group: str | None = None
     key: str | None = None
+
+
+# A template substitutes named fields and nothing else: {name}, with {{ and }} for literal braces.
+# str.format would also evaluate {text.__class__}, {text[0]} and nested format specs, which render
+# Python internals from a user's template.
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
+
+
+def _template_parts(template: str) -> Iterator[tuple[str, str | None]]:
+    """(literal text, field name or None) pieces; a brace that is not {name}, {{ or }} is refused."""
+    start = 0
+    for match in _TEMPLATE_TOKEN.finditer(template):
+        token, name = match.group(0), match.group(1)
+        if name is None and token not in ("{{", "}}"):
+            end = template.find("}", match.start())
+            shown = template[match.start():end + 1 if end >= 0 else match.start() + 20]
+            raise ValueError(f"template: {shown!r} is not a field; write fields as {{name}} (letters, digits, _) "
+                             f"and literal braces as {{{{ and }}}}")
+        yield template[start:match.start()] + (token[0] if name is None else ""), name
+        start = match.end()
+    yield template[start:], None
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a template uses, in order of first use."""
+    return list(dict.fromkeys(name for _, name in _template_parts(template) if name))
+
+
+def render_template(template: str, values: Mapping[str, str]) -> str:
+    return "".join(text + ("" if name is None else str(values[name])) for text, name in _template_parts(template))
 
 
 @dataclass(frozen=True)
@@ -54,7 +84,7 @@ class Task:
             raise ValueError(f"task {self.name!r}: rule must be one of {RULES}, got {self.rule!r}")
         if len(self.label_words) != 2 or self.label_words[0] == self.label_words[1]:
             raise ValueError(f"task {self.name!r}: need two distinct label words")
-        used = {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
+        used = set(template_fields(self.template))
         missing = used - set(self.fields)
         if missing:
             raise ValueError(f"task {self.name!r}: template uses undeclared fields {sorted(missing)}")
@@ -65,7 +95,7 @@ class Task:
 
     def render_query(self, example: Example) -> str:
         """The prompt text for one example, ending where the label word goes."""
-        return self.template.format(**{name: example.fields[name] for name in self.fields})
+        return render_template(self.template, example.fields)
 
     def render_label(self, label: int) -> str:
         """The text after a demonstration's query: its label word and the separator."""
@@ -93,6 +123,9 @@ def load_task(name_or_dict: str | Mapping) -> Task:
     """A built-in task by name, or a custom task from its dict."""
     if not isinstance(name_or_dict, str):
         return Task.from_dict(name_or_dict)
+    # a name, never a path: "../../x" must not reach some other JSON file
+    if name_or_dict not in builtin_task_names():
+        raise KeyError(f"unknown task {name_or_dict!r}; built-in tasks: {', '.join(builtin_task_names())}")
     path = resources.files("icm_engine").joinpath("task_defs", f"{name_or_dict}.json")
     if not path.is_file():
         raise KeyError(f"unknown task {name_or_dict!r}; built-in tasks: {', '.join(builtin_task_names())}")

@@ -1,14 +1,13 @@
 """Data: bring examples into the database, from a bundled sample or an uploaded table."""
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import streamlit as st
 
 from icm_engine import datasets
 from icm_engine.manager import RunManager
-from icm_engine.tasks import RULES, Task, builtin_task_names, load_task
+from icm_engine.tasks import RULES, Task, builtin_task_names, load_task, template_fields
 
 NONE = "(none)"
 CUSTOM = "custom…"
@@ -29,7 +28,7 @@ def _custom_task() -> Task:
     words = st.columns(2)
     false_word = words[0].text_input("Label word for False", " False", key="data.custom.false")
     true_word = words[1].text_input("Label word for True", " True", key="data.custom.true")
-    fields = tuple(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
+    fields = tuple(template_fields(template))  # refuses {text.__class__} and other non-field braces
     rule = st.selectbox("Consistency rule", RULES, index=RULES.index("none"), key="data.custom.rule",
                         help="exclusive: in a group, claims with different keys cannot both be True; "
                              "asymmetric_pair / complementary: a group's two claims are never both True "
@@ -139,7 +138,7 @@ def _from_upload(manager: RunManager) -> None:
                                                 name=name, source=f"upload:{upload.name}")
             _store(manager, loaded)
         except (datasets.DatasetError, ValueError) as error:
-            st.error(f"Nothing was loaded. {error}")
+            st.error(f"Nothing was loaded from {upload.name}: {error}")
 
 
 def render_data(manager: RunManager) -> None:
