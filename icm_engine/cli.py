@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     app = sub.add_parser("app", help="start the Streamlit studio")
     app.add_argument("--db", default=DEFAULT_DB)
     app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--host", default="localhost",
+                     help="address to serve on (default localhost: this machine only). The studio has no "
+                          "login and can start model runs and write the database: serve it wider only on a "
+                          "network you trust")
     return parser
 
 
@@ -245,12 +249,35 @@ def cmd_export(args) -> int:
     from .export import export
     from .store import Store
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise SystemExit(f"icm export: --out {out} is a folder; name a file in it (e.g. {out / 'labels.csv'})")
     with Store.existing(args.db) as store:
         data = export(store, args.run, args.format)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_bytes(data)
-    print(f"wrote {args.out} ({len(data)} bytes)")
+    try:
+        write_atomically(out, data)
+    except OSError as error:
+        raise SystemExit(f"icm export: cannot write {out}: {error.strerror or error}") from None
+    print(f"wrote {out} ({len(data)} bytes)")
     return 0
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename over it: an interrupted export leaves
+    the old file whole (a rename within a folder is atomic), never a truncated one."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def cmd_runs(args) -> int:
@@ -296,8 +323,23 @@ def cmd_models(args) -> int:
 def cmd_app(args) -> int:
     home = Path(__file__).resolve().parent.parent / "app" / "Home.py"
     env = dict(os.environ, ICM_STUDIO_DB=str(Path(args.db).resolve()))
-    command = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(args.port)]
-    return subprocess.call(command, env=env, cwd=str(home.parent.parent))
+    if args.host not in LOCAL_HOSTS:
+        print(f"warning: serving ICM Studio on {args.host}:{args.port}: anyone who can reach it can start runs "
+              f"and change the database (there is no login)", file=sys.stderr)
+    return subprocess.call(app_command(home, args.host, args.port), env=env, cwd=str(home.parent.parent))
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+UPLOAD_LIMIT_MB = 200  # larger tables load through `icm run --data PATH`
+
+
+def app_command(home: Path, host: str, port: int) -> list[str]:
+    """The streamlit command line. The safety settings are passed here, not only in the checkout's
+    .streamlit/config.toml, which Streamlit reads only when started from the checkout: an installed
+    package would otherwise serve on every interface."""
+    return [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
+            "--server.maxUploadSize", str(UPLOAD_LIMIT_MB), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false"]
 
 
 def use_huge_pages_for_tensors() -> None:
