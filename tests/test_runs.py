@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,52 +77,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 def _icm(*args, **kwargs):
     return [sys.executable, "-m", "icm_engine.cli", *args]
-
-
-def _run_cli(db, model, *extra):
-    return subprocess.run(
-        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(db), "--model", str(model),
-             "--steps", "24", "--seed", "3", "--k-init", "4", "--stop", "steps", *extra),
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV,
-    )
-
-
-def _final_labels(db, run_id=1):
-    with Store(str(db)) as store:
-        labels = store.labels(run_id)
-        return sorted(zip(labels["example"].astype(int), labels["label"].astype(int))), int(store.run(run_id)["last_iteration"])
-
-
-def test_sigkill_mid_search_then_resume_gives_the_uninterrupted_labels(tmp_path, tiny_model):
-    reference = _run_cli(tmp_path / "reference.duckdb", tiny_model)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    expected, last = _final_labels(tmp_path / "reference.duckdb")
-    assert last == 24
-
-    killed_db = tmp_path / "killed.duckdb"
-    process = subprocess.Popen(
-        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(killed_db), "--model", str(tiny_model),
-             "--steps", "24", "--seed", "3", "--k-init", "4", "--stop", "steps", "--print-steps"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
-    )
-    seen = 0
-    for line in process.stdout:
-        if line.startswith("{"):
-            seen += 1
-            if seen == 10:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    partial, last_partial = _final_labels(killed_db)
-    assert 9 <= last_partial < 24  # the kill landed mid-search, after committed steps
-
-    resumed = subprocess.run(_icm("run", "--resume", "1", "--db", str(killed_db), "--model", str(tiny_model)),
-                             cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final, last_final = _final_labels(killed_db)
-    assert last_final == 24
-    assert final == expected
 
 
 def test_report_summarizes_cost_and_audit():
