@@ -138,6 +138,16 @@ def read_dataset(spec: str, task: str | None, limit: int | None):
         raise SystemExit(f"icm: {spec}: {message}") from None
 
 
+def _check_fits(backend, loaded, config, spec: str) -> None:
+    from .runner import make_scorer
+    from .scoring import ContextOverflowError
+
+    try:
+        make_scorer(backend, loaded.task, loaded.examples, config).check_fits()
+    except ContextOverflowError as error:
+        raise SystemExit(f"icm: {spec}: {error}") from None
+
+
 def ensure_dataset(store, spec: str, task: str | None, limit: int | None, loaded=None) -> int:
     """Load a dataset into the store (or store `loaded`, read from `spec` already), reusing an
     identical earlier load."""
@@ -171,6 +181,7 @@ def cmd_run(args) -> int:
             config = RunConfig(task=loaded.task.name, dataset=args.data, search=_search_config(args), model=model_config)
         backend = _load_backend(config.model)
         if args.resume is None:  # stored only now: a model that fails to load leaves no orphaned dataset
+            _check_fits(backend, loaded, config, args.data)
             dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
         search = open_search(store, run_id, backend, steps=args.steps if args.resume is not None else None)

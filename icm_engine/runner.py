@@ -46,6 +46,7 @@ def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | 
     # Only inputs are loaded: gold labels stay in their own table and never reach the search.
     examples = store.load_examples(run["dataset_id"])
     scorer = make_scorer(backend, task, examples, config)
+    scorer.check_fits()  # an example no prompt can hold: say which, before any step
     return Search(scorer, config.search, store.load_snapshot(run_id))
 
 

@@ -143,6 +143,21 @@ class Scorer:
         segments.append(self.query_text(target))
         return LabelQuery(tuple(segments), self.task.label_words), dropped
 
+    def check_fits(self) -> None:
+        """Refuse, naming the first one, examples whose prompt cannot fit the context window even
+        with no demonstrations: found when the data meets the model, not as a failed run later."""
+        longest_label = max(self._tokens(self.task.render_label(y)) for y in (0, 1))
+        for i, example in enumerate(self.examples):
+            needed = self._tokens(self.query_text(i)) + 1
+            if needed > self.backend.context_window:
+                raise ContextOverflowError(
+                    f"row {i + 1} (id {example.uid!r}) needs {needed} tokens but the model's context window is "
+                    f"{self.backend.context_window}: shorten it, leave it out, or use a longer-context model")
+            if needed + longest_label > self.backend.context_window and len(self.examples) > 1:
+                raise ContextOverflowError(
+                    f"row {i + 1} (id {example.uid!r}) leaves no room for a demonstration in the model's context "
+                    f"window of {self.backend.context_window} tokens: shorten it or use a longer-context model")
+
     # scoring -----------------------------------------------------------------------------
     def predict(self, order: Sequence[int], labels: Mapping[int, int], target: int) -> np.ndarray:
         """Raw label log-probs for `target` given D minus target (Algorithm 1, line 6)."""

@@ -160,3 +160,17 @@ def test_commands_on_stored_runs_do_not_create_a_database_from_a_mistyped_path(t
     missing = tmp_path / "typo.duckdb"
     result = subprocess.run(_icm(*command, "--db", str(missing)), cwd=ROOT, capture_output=True, text=True, timeout=120, env=ENV)
     assert result.returncode != 0 and "no such database" in result.stderr and not missing.exists()
+
+
+def test_a_row_no_prompt_can_hold_is_refused_when_data_meets_the_model(tmp_path, tiny_model):
+    """Found before anything is stored (the tiny model's window is 512 tokens), not as a failed run."""
+    table = tmp_path / "long.csv"
+    table.write_text("text,gold\nShort and sweet.,1\n" + '"' + "word " * 2000 + '",0\n')
+    db = tmp_path / "long.duckdb"
+    refused = subprocess.run(_icm("run", "--data", str(table), "--task", "sentiment_single", "--db", str(db),
+                                  "--model", str(tiny_model)), cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"icm: {table}: row 2 (id 'long-00002') needs ") and "context window is 512" in last
+    with Store.existing(str(db)) as store:
+        assert len(store.datasets()) == 0 and len(store.runs()) == 0
