@@ -152,14 +152,17 @@ def audit_table(examples: Sequence[Example], labels: pd.DataFrame, excluded: set
     current = labels.set_index("example") if len(labels) else pd.DataFrame()
     rows = []
     for index, example in enumerate(examples):
-        row = {"example": index, "uid": example.uid, "text": example_text(example), "group": example.group,
-               "label": None, "confidence": None, "flips": 0, "pinned": False, "excluded": index in (excluded or ())}
-        if index in current.index:
+        # the short columns first and the text last, so a narrow window still shows every flag
+        out = index in (excluded or ())
+        row = {"example": index, "uid": example.uid, "label": "excluded" if out else "unlabeled", "confidence": None,
+               "flips": 0, "pinned": False, "excluded": out}
+        if index in current.index and not out:
             got = current.loc[index]
             row.update(label=LABEL_NAMES[int(got["label"])], flips=int(got["n_flips"]), pinned=bool(got["pinned"]),
                        confidence=confidence(got["logp_false"], got["logp_true"], int(got["label"])))
         if gold is not None:
             row["gold (audit only)"] = LABEL_NAMES[gold[index]] if index in gold else None
+        row.update(group=example.group, text=example_text(example))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -88,8 +88,10 @@ def label_matrix(manager: RunManager, view: RunView) -> pd.DataFrame:
                    len(view.examples), view.last_iteration)
 
 
-def run_label(row) -> str:
-    return f"#{int(row['run_id'])} {row['name']} · {row['dataset_name']} · {row['status']}"
+def run_label(row, state: str | None = None) -> str:
+    """`state`: what the run's worker is doing now (loading, running...), which the stored status
+    only learns at the run's first step and last step."""
+    return f"#{int(row['run_id'])} {row['name']} · {row['dataset_name']} · {state or row['status']}"
 
 
 def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool = True) -> int | None:
@@ -99,7 +101,8 @@ def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool 
         st.info("No runs yet: load data on the Data page, then start a run on the Run page.")
         return None
     ids = [int(r) for r in runs["run_id"]][::-1]  # newest first
-    names = {int(r["run_id"]): run_label(r) for _, r in runs.iterrows()}
+    live = {r: manager.status(r)["state"] for r in manager.active_runs()}
+    names = {int(r["run_id"]): run_label(r, live.get(int(r["run_id"]))) for _, r in runs.iterrows()}
     key = f"{page}.run"
     synced = f"{key}.synced"  # the session's run as this picker last agreed with it
     current = st.session_state.get(CURRENT_RUN)

@@ -26,7 +26,7 @@ from .config import ModelConfig, RunConfig
 from .records import StepRecord
 from .runner import advance, open_search, record_steering
 from .search import Search
-from .store import Store
+from .store import INTERRUPTED, Store
 
 # progress(message, fraction or None), as models.load_model reports model conversion and loading
 Progress = Callable[[str, "float | None"], None]
@@ -160,8 +160,10 @@ class _Worker:
                 if search.done:
                     self._budget = 0
             self._set(state="finished" if search.done else "paused")
-        store.set_status(self.run_id, "stopped")
-        self._set(state="stopped", message="")
+        # a finished run stays finished: stopping its worker ends nothing the search had left to do
+        final = "finished" if search.done else "stopped"
+        store.set_status(self.run_id, final)
+        self._set(state=final, message="")
         self._reject_pending("the run was stopped")
 
     def _after_open(self, search: Search) -> None:
@@ -276,7 +278,7 @@ class RunManager:
             worker.stop()
             if timeout:
                 worker.thread.join(timeout)
-        elif self.store.run(run_id)["status"] == "running":  # left "running" by a killed process
+        elif self.store.run(run_id)["status"] in ("running", INTERRUPTED):  # left so by a killed process
             self.store.set_status(run_id, "stopped")
 
     def wait(self, run_id: int, timeout: float = 30.0, until: Callable[[dict], bool] | None = None) -> dict:
@@ -363,8 +365,16 @@ class RunManager:
         return status
 
     def active_runs(self) -> list[int]:
+        """Runs working now: loading, searching or applying a steering action (a finished or
+        paused run keeps an idle worker, which is not activity)."""
         with self._lock:
-            return sorted(r for r, w in self._workers.items() if w.alive)
+            alive = sorted(r for r, w in self._workers.items() if w.alive)
+        working = []
+        for run_id in alive:
+            status = self.status(run_id)
+            if status["state"] in ("loading", "running") or status["busy"]:
+                working.append(run_id)
+        return working
 
     # -- internals -------------------------------------------------------------------------
     def _active(self, run_id: int) -> _Worker | None:

@@ -394,3 +394,50 @@ def test_picking_an_earlier_run_sticks_and_its_buttons_act_on_it(manager):
     manager.wait(first)
     manager.wait(second)
     assert manager.store.run(first)["last_iteration"] == 7 and manager.store.run(second)["last_iteration"] == 4
+
+
+def test_a_finished_run_cannot_be_stopped_and_is_not_listed_active(manager):
+    run_id = finished_run(manager)
+    assert manager.active_runs() == []  # its idle worker is no activity
+    at = open_page(manager, "run", run_id)
+    assert at.button(key="run.stop").disabled and at.button(key="run.step1").disabled
+    assert at.selectbox(key="run.run").options[0].endswith("· finished")
+    manager.stop(run_id, timeout=10)  # what the button did before: the run must stay finished
+    assert manager.store.run(run_id)["status"] == "finished"
+    at.run()
+    assert at.button(key="run.step1").disabled and at.button(key="run.resume").disabled
+
+
+def test_the_run_picker_says_loading_while_the_model_loads(manager, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    factory = manager._factory
+
+    def slow_factory(*args, **kwargs):
+        release.wait(10)
+        return factory(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "_factory", slow_factory)
+    run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=3))
+    try:
+        at = open_page(manager, "run", run_id)
+        assert manager.store.run(run_id)["status"] == "created"
+        assert at.selectbox(key="run.run").options[0].endswith("· loading")
+        assert manager.active_runs() == [run_id]
+    finally:
+        release.set()
+    assert manager.wait(run_id)["state"] == "finished"
+
+
+def test_audit_marks_excluded_examples_and_shows_no_prompt_for_them(manager):
+    run_id = finished_run(manager)
+    manager.exclude(run_id, 3).result(timeout=10)
+    at = open_page(manager, "audit", run_id)
+    table = at.dataframe[0].value
+    assert table.loc[table["example"] == 3, "label"].item() == "excluded"
+    assert list(table.columns)[-1] == "text"  # the wide column last, so every flag stays on screen
+    at.multiselect(key="audit.labels").select("excluded").run()
+    assert at.dataframe[0].value["example"].tolist() == [3]
+    at.selectbox(key="audit.example").set_value(3).run()
+    assert any("Excluded from the search" in i.value for i in at.info) and not at.code

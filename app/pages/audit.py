@@ -15,14 +15,14 @@ SORTS = {"example": True, "flips": False, "confidence": True, "uid": True}
 
 def _filtered(table: pd.DataFrame) -> pd.DataFrame:
     cols = st.columns(4)
-    labels = cols[0].multiselect("Label", ["True", "False", "unlabeled"], key="audit.labels")
+    labels = cols[0].multiselect("Label", ["True", "False", "unlabeled", "excluded"], key="audit.labels")
     pinned_only = cols[1].checkbox("Pinned only", key="audit.pinned")
     min_flips = cols[2].number_input("At least this many flips", 0, 100_000, 0, key="audit.min_flips")
     sort = cols[3].selectbox("Sort by", list(SORTS), key="audit.sort")
     text = st.text_input("Text contains", key="audit.text")
     shown = table
     if labels:
-        shown = shown[shown["label"].fillna("unlabeled").isin(labels)]
+        shown = shown[shown["label"].isin(labels)]
     if pinned_only:
         shown = shown[shown["pinned"]]
     if min_flips:
@@ -55,6 +55,10 @@ def _detail(manager: RunManager, view, example: int) -> None:
             }), hide_index=True)
         else:
             st.caption("Not scored since the last steering action; scores return with the next step.")
+    if example in view.excluded:
+        st.info("Excluded from the search: the model is not asked about it, and it is no demonstration for others. "
+                "Include it again on the Steer page.")
+        return
     st.markdown("**The prompt the model sees for this example** (demonstrations in position order, then the "
                 "query; before any trimming to the model's context window)")
     st.code(readers.prompt_text(view.task, view.examples, view.labels, example), language=None, wrap_lines=True)

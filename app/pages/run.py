@@ -169,7 +169,8 @@ def _controls(manager: RunManager, run_id: int, status: dict) -> None:
         "Step 1": (lambda: manager.step(run_id, 1), done),
         "Step 10": (lambda: manager.step(run_id, 10), done),
         "Resume": (lambda: manager.resume(run_id), done or status["state"] == "running"),
-        "Stop": (lambda: (manager.stop(run_id), _settle(manager, run_id)), not status["active"]),
+        # Stop ends a run's worker before its end; a finished run has nothing left to stop
+        "Stop": (lambda: (manager.stop(run_id), _settle(manager, run_id)), not status["active"] or done),
     }
     for col, (label, (act, disabled)) in zip(st.columns(len(actions)), actions.items()):
         col.button(label, key=f"run.{label.lower().replace(' ', '')}", disabled=disabled, width="stretch", on_click=act)
