@@ -26,6 +26,7 @@ from app.pages.steer import render_steer  # noqa: E402
 from app.services import db_path, get_manager  # noqa: E402
 from icm_engine.store import StoreError  # noqa: E402
 
+FAVICON = Path(__file__).resolve().parent / "static" / "favicon.png"
 PAGES = [  # (title, url path, icon, renderer)
     ("Data", "data", ":material/table:", render_data),
     ("Run", "run", ":material/play_arrow:", render_run),
@@ -39,7 +40,8 @@ PAGES = [  # (title, url path, icon, renderer)
 
 
 def main() -> None:
-    st.set_page_config(page_title="ICM Studio", page_icon=":material/label:", layout="wide")
+    # a local file: an icon name makes Streamlit fetch the favicon from a font CDN, which fails offline
+    st.set_page_config(page_title="ICM Studio", page_icon=str(FAVICON), layout="wide")
     try:
         manager = get_manager(db_path())
     except StoreError as error:  # e.g. `icm run` holds the file: say so; a reload tries again

@@ -94,8 +94,10 @@ def run_label(row, state: str | None = None) -> str:
     return f"#{int(row['run_id'])} {row['name']} · {row['dataset_name']} · {state or row['status']}"
 
 
-def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool = True) -> int | None:
-    """A run selectbox; with shared=True it follows and sets the session's current run."""
+def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool = True,
+               avoid: int | None = None) -> int | None:
+    """A run selectbox; with shared=True it follows and sets the session's current run. `avoid`:
+    a run not to start on (Compare's second picker starts on the newest run the first is not on)."""
     runs = manager.store.runs()
     if not len(runs):
         st.info("No runs yet: load data on the Data page, then start a run on the Run page.")
@@ -111,7 +113,7 @@ def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool 
     if shared and current in ids and (st.session_state.get(synced) != current or key not in st.session_state):
         st.session_state[key] = current  # set before the widget exists, so no default clashes
     if st.session_state.get(key) not in ids:
-        st.session_state[key] = ids[0]
+        st.session_state[key] = next((r for r in ids if r != avoid), ids[0])
     chosen = st.selectbox(label, ids, format_func=lambda r: names[r], key=key)
     if shared:
         st.session_state[CURRENT_RUN] = st.session_state[synced] = chosen

@@ -89,7 +89,7 @@ def test_data_page_maps_columns_of_an_upload_and_a_custom_task(manager):
     at.text_area(key="data.custom.template").set_value("Text: {body}\nGood?").run()
     at.selectbox(key="data.map.body").set_value("review")
     at.selectbox(key="data.map.id").set_value("rid")
-    at.selectbox(key="data.map.gold").set_value("truth")
+    at.selectbox(key="data.map.gold").set_value("truth").run()
     at.button(key="data.upload.load").click().run()
     assert not at.error, at.error[0].value
     dataset_id = int(manager.store.datasets()["dataset_id"].iloc[0])
@@ -441,3 +441,35 @@ def test_audit_marks_excluded_examples_and_shows_no_prompt_for_them(manager):
     assert at.dataframe[0].value["example"].tolist() == [3]
     at.selectbox(key="audit.example").set_value(3).run()
     assert any("Excluded from the search" in i.value for i in at.info) and not at.code
+
+
+def test_compare_opens_on_two_different_runs(manager):
+    first = finished_run(manager)
+    second = manager.start_run(manager.store.run(first)["dataset_id"], fake_run_config(steps=12, seed=3))
+    manager.wait(second)
+    at = open_page(manager, "compare", second)  # the session's run is the newest
+    assert not at.warning, at.warning[0].value
+    assert at.selectbox(key="compare.a.run").value == second and at.selectbox(key="compare.b.run").value == first
+
+
+def test_an_upload_matching_no_task_says_what_is_missing_and_waits_for_a_mapping(manager):
+    at = open_page(manager, "data")
+    at.radio(key="data.source").set_value("Upload a table").run()
+    at.file_uploader(key="data.upload").set_value(("numbers.csv", b"foo,bar\n1,2\n3,4\n", "text/csv")).run()
+    assert "No built-in task matches the columns of numbers.csv (foo, bar)" in at.warning[0].value
+    assert "sentiment_single needs text" in at.warning[0].value
+    assert at.selectbox(key="data.map.text").value is None  # not silently the first column
+    assert at.button(key="data.upload.load").disabled
+    at.selectbox(key="data.map.text").set_value("foo").run()
+    assert not at.button(key="data.upload.load").disabled
+
+
+def test_a_large_upload_proposes_a_sample(manager):
+    rows = "".join(f"review {i},{i % 2}\n" for i in range(600))
+    at = open_page(manager, "data")
+    at.radio(key="data.source").set_value("Upload a table").run()
+    at.file_uploader(key="data.upload").set_value(("big.csv", f"text,gold\n{rows}".encode(), "text/csv")).run()
+    assert "600 rows" in at.info[0].value and "many hours" in at.info[0].value
+    assert at.number_input(key="data.upload.limit").value == 200
+    at.button(key="data.upload.load").click().run()
+    assert manager.store.datasets()["n_examples"].tolist() == [200]

@@ -156,6 +156,8 @@ def test_load_run_watch_pin_and_export(studio, shots):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(30_000)
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
         page.goto(studio["url"])
         page.get_by_role("heading", name="Data", exact=True).wait_for()
 
@@ -263,6 +265,8 @@ def test_load_run_watch_pin_and_export(studio, shots):
         lap("exported")
         browser.close()
 
+    outside = sorted({u for u in requested if not re.match(r"^(https?|wss?)://(localhost|127\.0\.0\.1)[:/]|^(data|blob):", u)})
+    assert not outside, f"the studio fetched from outside this machine: {outside}"  # it must work offline
     rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
     assert len(rows) == 2 * SAMPLE_LIMIT  # one row per example, every one labeled
     assert set(rows[0]) >= {"uid", "text", "claim", "label", "label_name", "source", "confidence", "pinned"}
@@ -277,3 +281,33 @@ def test_load_run_watch_pin_and_export(studio, shots):
     print("test phases (s since start):", laps)
     # generous bounds: CI machines vary; the numbers above are what the report quotes
     assert max(timings["live_to_audit_s"]) < 5 and max(timings["pin_answer_s"]) < 5
+
+
+BAD_UPLOADS = {  # file -> what the page must say
+    "numbers.csv": (b"foo,bar\n1,2\n", "No built-in task matches the columns of numbers.csv (foo, bar)"),
+    "latin1.csv": ("text,gold\nCaf\u00e9,1\n".encode("latin-1"),
+                   "Could not read latin1.csv: line 2: not a UTF-8 text table: byte 0xe9 cannot be decoded"),
+    "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "Could not read binary.csv: not a text table"),
+    "ragged.csv": (b"id,text,gold\n1,Good,1,extra\n", "Could not read ragged.csv: line 2: 4 fields where the header has 3"),
+}
+
+
+def test_bad_uploads_get_a_message_naming_the_file_and_place(studio, shots):
+    from playwright.sync_api import sync_playwright
+
+    folder = studio["tmp"] / "uploads"
+    folder.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(studio["url"])
+        page.get_by_role("heading", name="Data", exact=True).wait_for()
+        page.get_by_text("Upload a table", exact=True).click()
+        settle(page)
+        for name, (data, message) in BAD_UPLOADS.items():
+            (folder / name).write_bytes(data)
+            page.locator("input[type=file]").set_input_files(str(folder / name))
+            page.get_by_text(message, exact=False).first.wait_for()
+            snap(page, shots / f"upload_{Path(name).stem}.png")
+        browser.close()

@@ -18,7 +18,7 @@ def render_compare(manager: RunManager) -> None:
     with left:
         run_a = run_picker(manager, "compare.a", label="Run A")
     with right:
-        run_b = run_picker(manager, "compare.b", label="Run B", shared=False)
+        run_b = run_picker(manager, "compare.b", label="Run B", shared=False, avoid=run_a)
     if run_a == run_b:
         st.warning("Pick two different runs.")
         return

@@ -13,10 +13,17 @@ NONE = "(none)"
 CUSTOM = "custom…"
 
 
+LARGE_TABLE = 500  # rows; above it the page proposes a sample to search first
+SUGGESTED_SAMPLE = 200
+
+
 def _column_choice(label: str, columns: list[str], guess: list[str], key: str, optional: bool = True) -> str | None:
+    """A column for one role. A required field with no column of its name starts unchosen: taking
+    the first column would feed, say, an id column to the model as text without a word."""
     options = ([NONE] if optional else []) + columns
-    default = next((c for c in guess if c in columns), options[0])
-    value = st.selectbox(label, options, index=options.index(default), key=key)
+    default = next((c for c in guess if c in columns), options[0] if optional else None)
+    value = st.selectbox(label, options, index=None if default is None else options.index(default), key=key,
+                         placeholder="choose a column")
     return None if value == NONE else value
 
 
@@ -72,7 +79,7 @@ def _from_sample(manager: RunManager) -> None:
     table = datasets.read_table(datasets.SAMPLE_DIR / file)
     st.caption(attribution)
     st.dataframe(table.head(20), height=220)
-    st.caption(f"{len(table)} rows · columns: {', '.join(map(str, table.columns))}")
+    st.caption(f"{len(table):,} row{'s' * (len(table) != 1)} · columns: {', '.join(map(str, table.columns))}")
     # a sample comes with its own column mapping, so only built-in tasks apply; each sample keeps its own choice
     task = _pick_task(default_task, key=f"data.sample.task.{name}", allow_custom=False)
     limit = st.number_input("Use the first N groups (sentences, questions, pairs); 0 = all", 0, 100_000, 0,
@@ -99,9 +106,18 @@ def _from_upload(manager: RunManager) -> None:
         st.error(f"Could not read {upload.name}: {error}")
         return
     st.dataframe(table.head(20), height=220)
-    st.caption(f"{len(table)} rows · columns: {', '.join(map(str, table.columns))}")
+    st.caption(f"{len(table):,} row{'s' * (len(table) != 1)} · columns: {', '.join(map(str, table.columns))}")
     columns = [str(c) for c in table.columns]
     fits = [n for n in builtin_task_names() if set(load_task(n).fields) <= set(columns)]
+    if not fits:
+        needs = "; ".join(f"{n} needs {', '.join(load_task(n).fields)}" for n in builtin_task_names())
+        st.warning(f"No built-in task matches the columns of {upload.name} ({', '.join(columns)}): {needs}. "
+                   "Pick a task and map its fields to columns below, or define a custom task.")
+    if len(table) > LARGE_TABLE:
+        st.info(f"{len(table):,} rows. A search takes several steps per example and each step scores the labeled set "
+                f"again, so on a CPU with a small model a search over all of them takes many hours. "
+                f"Searching a sample of {SUGGESTED_SAMPLE} first is proposed below (change it to 0 for all); "
+                f"label the rest from its result with the final pass on a run over the whole table.")
     task = _pick_task(fits[0] if fits else CUSTOM, key="data.upload.task")
     if task is None:
         return
@@ -124,9 +140,13 @@ def _from_upload(manager: RunManager) -> None:
                                                           "data.map.group")
         key_column = None if expand else _column_choice("Key column", columns, ["key", task.key_field or ""],
                                                         "data.map.key")
-    limit = st.number_input("Use the first N rows; 0 = all", 0, 10_000_000, 0, key="data.upload.limit")
+    limit = st.number_input("Use the first N rows; 0 = all", 0, 10_000_000,
+                            SUGGESTED_SAMPLE if len(table) > LARGE_TABLE else 0, key="data.upload.limit")
     name = st.text_input("Dataset name", Path(upload.name).stem, key="data.upload.name")
-    if st.button("Load table", type="primary", key="data.upload.load"):
+    unmapped = [f for f, c in mapping.items() if c is None]
+    if unmapped:
+        st.caption(f"Choose a column for {', '.join(repr(f) for f in unmapped)} to load the table.")
+    if st.button("Load table", type="primary", key="data.upload.load", disabled=bool(unmapped)):
         frame = table.head(int(limit)) if limit else table
         try:
             with st.spinner("Checking every row…"):
