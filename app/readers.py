@@ -196,12 +196,36 @@ def label_reasons(history: pd.DataFrame, uids: Sequence[str] | None = None) -> p
         return "unlabeled" if pd.isna(value) else LABEL_NAMES[int(value)]
 
     if not len(history):
-        return pd.DataFrame(columns=["iteration", "seq", "from", "to", "cause", "why"])
+        return pd.DataFrame(columns=["iteration", "seq", "from", "to", "cause", "P(True) then", "why"])
     return pd.DataFrame({
         "iteration": history["iteration"].astype(int), "seq": history["seq"].astype(int),
         "from": [name(v) for v in history["old_label"]], "to": [name(v) for v in history["new_label"]],
-        "cause": history["cause"], "why": [why(r, uids) for _, r in history.iterrows()],
+        "cause": history["cause"], "P(True) then": [_p_true_then(r) for _, r in history.iterrows()],
+        "why": [why(r, uids) for _, r in history.iterrows()],
     })
+
+
+def _p_true_then(row) -> float | None:
+    """P(True) over the two label words as the model gave it at that step, for the example the
+    step proposed (a partner changed by a consistency fix was not scored alone)."""
+    logp = row.get("proposal_logp_json")
+    if not isinstance(logp, str) or pd.isna(row.get("step_example")) or int(row["step_example"]) != int(row["example"]):
+        return None
+    return float(np.exp(normalize(np.array([json.loads(logp)]))[0][1]))
+
+
+def labels_before(flips: pd.DataFrame, seq: int) -> pd.DataFrame:
+    """The labeled set as it was just before step `seq`: (example, label, position), replayed from
+    the flips, positions in labeling order (what the search uses to order demonstrations)."""
+    state: dict[int, int] = {}
+    for row in flips[flips["seq"] < seq].sort_values(["seq", "ord"]).itertuples():
+        if pd.isna(row.new_label):
+            state.pop(int(row.example), None)
+        else:
+            state.setdefault(int(row.example), 0)
+            state[int(row.example)] = int(row.new_label)  # a relabel keeps its place (dict order)
+    return pd.DataFrame([{"example": e, "label": y, "position": k} for k, (e, y) in enumerate(state.items())],
+                        columns=["example", "label", "position"])
 
 
 def prompt_text(task: Task, examples: Sequence[Example], labels: pd.DataFrame, target: int) -> str:

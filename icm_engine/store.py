@@ -563,8 +563,9 @@ class Store:
     def label_history(self, run_id: int, example: int) -> pd.DataFrame:
         """Every flip of one example, with the step that caused it."""
         return self._df(
-            """SELECT f.seq, f.ord, f.iteration, f.old_label, f.new_label, f.cause, f.partner, e.kind,
-                      e.temperature, e.delta, e.accept_prob, e.draw, e.accepted, e.fixes_json, e.note, e.created_at
+            """SELECT f.seq, f.ord, f.iteration, f.example, f.old_label, f.new_label, f.cause, f.partner, e.kind,
+                      e.temperature, e.delta, e.accept_prob, e.draw, e.accepted, e.fixes_json, e.note, e.created_at,
+                      e.example AS step_example, e.proposal_logp_json, e.u_before, e.u_after
                FROM flips f JOIN events e ON e.run_id = f.run_id AND e.seq = f.seq
                WHERE f.run_id = ? AND f.example = ? ORDER BY f.seq, f.ord""",
             [run_id, example],

@@ -165,7 +165,7 @@ def test_audit_page_explains_an_examples_labels(manager):
     at.selectbox(key="audit.example").set_value(example).run()
     history = at.dataframe[1].value
     assert history["why"].iloc[0].startswith("random initial label")  # position 0: labeled at initialization
-    prompt = at.code[0].value
+    prompt = at.code[-1].value  # the prompt now; the first is the one before the chosen change
     text = manager.store.load_examples(manager.store.run(run_id)["dataset_id"])[example].fields["text"]
     assert prompt.endswith(f"Review: {text}\nPositive?")
     assert prompt.count("Positive?") == len(labels)  # every other labeled example, then the query
@@ -440,7 +440,8 @@ def test_audit_marks_excluded_examples_and_shows_no_prompt_for_them(manager):
     at.multiselect(key="audit.labels").select("excluded").run()
     assert at.dataframe[0].value["example"].tolist() == [3]
     at.selectbox(key="audit.example").set_value(3).run()
-    assert any("Excluded from the search" in i.value for i in at.info) and not at.code
+    assert any("Excluded from the search" in i.value for i in at.info)
+    assert not any("sees for this example now" in m.value for m in at.markdown)
 
 
 def test_compare_opens_on_two_different_runs(manager):
@@ -473,3 +474,27 @@ def test_a_large_upload_proposes_a_sample(manager):
     assert at.number_input(key="data.upload.limit").value == 200
     at.button(key="data.upload.load").click().run()
     assert manager.store.datasets()["n_examples"].tolist() == [200]
+
+
+def test_audit_shows_a_past_change_with_the_demonstrations_and_score_of_its_step(manager):
+    import numpy as np
+
+    run_id = finished_run(manager, steps=30)
+    events, flips = manager.store.events(run_id), manager.store.flips(run_id)
+    proposals = flips[(flips["cause"] == "proposal") & (flips["iteration"] > 1)]
+    change = proposals.iloc[0]
+    example, seq = int(change["example"]), int(change["seq"])
+    at = open_page(manager, "audit", run_id)
+    at.selectbox(key="audit.example").set_value(example).run()
+    history = at.dataframe[1].value
+    k = history.index[history["seq"] == seq][0]
+    at.selectbox(key="audit.change").set_value(int(k)).run()
+    step = events[events["seq"] == seq].iloc[0]
+    logp = np.array(json.loads(step["proposal_logp_json"]))
+    p_true = float(np.exp(logp[1] - np.logaddexp(logp[0], logp[1])))
+    assert abs(history.loc[k, "P(True) then"] - p_true) < 1e-9
+    labeled_before = int(events[events["seq"] == seq - 1]["labeled_count"].iloc[0])
+    demos = labeled_before - (1 if pd.notna(change["old_label"]) else 0)  # not itself
+    past = at.code[0].value
+    assert past.count("Positive?") == demos + 1  # the demonstrations then, and the query
+    assert f"{demos} demonstrations" in at.expander[0].label and f"{p_true:.3f}" in at.expander[0].label

@@ -39,7 +39,12 @@ def _detail(manager: RunManager, view, example: int) -> None:
     history = readers.label_reasons(manager.store.label_history(int(view.run["run_id"]), example), view.uids)
     if len(history):
         st.plotly_chart(charts.label_timeline_figure(history, view.last_iteration), key="audit.timeline")
-        st.dataframe(history, hide_index=True, key="audit.history")
+        st.dataframe(history, hide_index=True, key="audit.history", column_config={
+            "P(True) then": st.column_config.NumberColumn(
+                "P(True) then", format="%.3f",
+                help="the model's P(True) over the two label words at that step, given the labeled set as it was "
+                     "then (empty for a partner a consistency fix changed)")})
+        _as_it_was(view, example, history)
     else:
         st.caption("Never labeled.")
     current = view.labels[view.labels["example"] == example]
@@ -47,7 +52,8 @@ def _detail(manager: RunManager, view, example: int) -> None:
         row = current.iloc[0]
         if not (pd.isna(row["logp_false"]) or pd.isna(row["logp_true"])):
             renormalized = normalize([[row["logp_false"], row["logp_true"]]])[0]
-            st.markdown("**Label log-probabilities** (given every other labeled example as demonstrations)")
+            st.markdown(f"**Label log-probabilities now** (iteration {view.last_iteration}, given every other "
+                        "labeled example as demonstrations)")
             st.dataframe(pd.DataFrame({
                 "label": ["False", "True"], "word": list(view.task.label_words),
                 "log P (whole vocabulary)": [row["logp_false"], row["logp_true"]],
@@ -59,9 +65,25 @@ def _detail(manager: RunManager, view, example: int) -> None:
         st.info("Excluded from the search: the model is not asked about it, and it is no demonstration for others. "
                 "Include it again on the Steer page.")
         return
-    st.markdown("**The prompt the model sees for this example** (demonstrations in position order, then the "
+    st.markdown("**The prompt the model sees for this example now** (demonstrations in position order, then the "
                 "query; before any trimming to the model's context window)")
     st.code(readers.prompt_text(view.task, view.examples, view.labels, example), language=None, wrap_lines=True)
+
+
+def _as_it_was(view, example: int, history: pd.DataFrame) -> None:
+    """One change of this example's label, shown with what the search saw at that step."""
+    changes = history.to_dict("records")
+    pick = st.selectbox("Show a change as it was", range(len(changes)), index=len(changes) - 1, key="audit.change",
+                        format_func=lambda k: f"iteration {changes[k]['iteration']}: {changes[k]['from']} "
+                                              f"→ {changes[k]['to']} ({changes[k]['cause']})")
+    change = changes[pick]
+    before = readers.labels_before(view.flips, int(change["seq"]))
+    demos = before[before["example"] != example]
+    p_true = history["P(True) then"].iloc[pick]
+    scored = "" if pd.isna(p_true) else f" The model gave it P(True) = {p_true:.3f} then."
+    with st.expander(f"At iteration {change['iteration']}, before this change: {len(demos)} demonstrations{'.' if not scored else ','}"
+                     f"{scored}", expanded=False):
+        st.code(readers.prompt_text(view.task, view.examples, before, example), language=None, wrap_lines=True)
 
 
 def render_audit(manager: RunManager) -> None:
