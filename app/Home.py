@@ -20,6 +20,7 @@ from app.pages.compare import render_compare  # noqa: E402
 from app.pages.data import render_data  # noqa: E402
 from app.pages.eval import render_eval  # noqa: E402
 from app.pages.export import render_export  # noqa: E402
+from app.pages.home import render_home  # noqa: E402
 from app.pages.live import render_live  # noqa: E402
 from app.pages.run import render_run  # noqa: E402
 from app.pages.steer import render_steer  # noqa: E402
@@ -27,7 +28,8 @@ from app.services import db_path, get_manager  # noqa: E402
 from icm_engine.store import StoreError  # noqa: E402
 
 FAVICON = Path(__file__).resolve().parent / "static" / "favicon.png"
-PAGES = [  # (title, url path, icon, renderer)
+PAGES = [  # (title, url path, icon, renderer); the first is where the app opens
+    ("Home", "home", ":material/home:", render_home),
     ("Data", "data", ":material/table:", render_data),
     ("Run", "run", ":material/play_arrow:", render_run),
     ("Live", "live", ":material/monitoring:", render_live),

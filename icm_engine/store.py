@@ -527,8 +527,14 @@ class Store:
         return row
 
     def runs(self, dataset_id: int | None = None) -> pd.DataFrame:
+        """Every run with its dataset's name and size and how many examples it has labeled and
+        excluded (coverage at a glance)."""
         where, params = ("WHERE r.dataset_id = ?", [dataset_id]) if dataset_id is not None else ("", [])
-        sql = "SELECT r.*, d.name AS dataset_name FROM runs r LEFT JOIN datasets d USING (dataset_id)"
+        sql = ("SELECT r.*, d.name AS dataset_name, d.n_examples, coalesce(l.labeled, 0) AS labeled, "
+               "coalesce(json_array_length(s.excluded_json), 0) AS excluded "
+               "FROM runs r LEFT JOIN datasets d USING (dataset_id) "
+               "LEFT JOIN (SELECT run_id, count(*) AS labeled FROM labels GROUP BY run_id) l USING (run_id) "
+               "LEFT JOIN run_state s USING (run_id)")
         frame = self._df(f"{sql} {where} ORDER BY r.run_id", params)
         frame["status"] = [_status(s, o) for s, o in zip(frame["status"], frame["owner"])]
         return frame

@@ -42,12 +42,13 @@ def finished_run(manager, steps: int = 12, **search) -> int:
     return run_id
 
 
-def test_home_routes_to_the_data_page(tmp_path, monkeypatch):
+def test_the_app_opens_on_home_which_points_to_the_next_step(tmp_path, monkeypatch):
     monkeypatch.setenv("ICM_STUDIO_DB", str(tmp_path / "home.duckdb"))
     at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT).run()
     try:
         assert not at.exception
-        assert at.title[0].value == "Data"
+        assert at.title[0].value == "ICM Studio"
+        assert "Next: load data on the **Data** page" in at.info[0].value
         assert any("home.duckdb" in c.value for c in at.caption)
     finally:
         from app.services import get_manager
@@ -498,3 +499,13 @@ def test_audit_shows_a_past_change_with_the_demonstrations_and_score_of_its_step
     past = at.code[0].value
     assert past.count("Positive?") == demos + 1  # the demonstrations then, and the query
     assert f"{demos} demonstrations" in at.expander[0].label and f"{p_true:.3f}" in at.expander[0].label
+
+
+def test_home_lists_runs_with_state_and_coverage(manager):
+    done = finished_run(manager, steps=4, stop="steps", final_pass=False)
+    at = open_page(manager, "home")
+    table = at.dataframe[0].value
+    labeled = len(manager.store.labels(done))
+    assert table["run"].tolist() == [done] and table["state"].tolist() == ["finished"]
+    assert table["labeled"].tolist() == [f"{labeled} of 12"] and abs(table["coverage"].iloc[0] - labeled / 12) < 1e-9
+    assert "audit the newest run" in at.info[0].value

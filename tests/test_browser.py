@@ -112,7 +112,8 @@ def go_to(page, title: str, drawn=None) -> float:
     """Click a page in the sidebar; seconds until its title (and `drawn`, a locator, if given) shows."""
     started = time.perf_counter()
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
-    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
+    heading = "ICM Studio" if title == "Home" else title  # Home's title is the studio's name
+    page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=30_000)
     if drawn is not None:
         drawn.wait_for(timeout=30_000)
     return time.perf_counter() - started
@@ -159,7 +160,9 @@ def test_load_run_watch_pin_and_export(studio, shots):
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         page.goto(studio["url"])
-        page.get_by_role("heading", name="Data", exact=True).wait_for()
+        page.get_by_role("heading", name="ICM Studio", exact=True).wait_for()  # the app opens on Home
+        snap(page, shots / "00_home_empty.png")
+        go_to(page, "Data")
 
         # Data: a bundled sample, a few sentences of it
         fill_number(page, "Use the first N groups (sentences, questions, pairs); 0 = all", SAMPLE_LIMIT)
@@ -263,6 +266,9 @@ def test_load_run_watch_pin_and_export(studio, shots):
         download_info.value.save_as(path)  # the browser's own copy goes when it closes
         snap(page, shots / "07_export.png")
         lap("exported")
+        go_to(page, "Home", page.get_by_text("Runs in this database"))
+        page.get_by_text("Next: run #1 is paused; continue it on the").wait_for()
+        snap(page, shots / "08_home.png")
         browser.close()
 
     outside = sorted({u for u in requested if not re.match(r"^(https?|wss?)://(localhost|127\.0\.0\.1)[:/]|^(data|blob):", u)})
@@ -302,7 +308,7 @@ def test_bad_uploads_get_a_message_naming_the_file_and_place(studio, shots):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(30_000)
         page.goto(studio["url"])
-        page.get_by_role("heading", name="Data", exact=True).wait_for()
+        go_to(page, "Data")
         page.get_by_text("Upload a table", exact=True).click()
         settle(page)
         for name, (data, message) in BAD_UPLOADS.items():
