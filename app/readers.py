@@ -110,6 +110,16 @@ def label_matrix(flips: pd.DataFrame, n_examples: int, last_iteration: int | Non
     return matrix.astype(int)
 
 
+def exclusion_matrix(events: pd.DataFrame, n_examples: int, iterations: pd.Index) -> pd.DataFrame:
+    """True where an example is excluded from the search after that iteration (exclude/include
+    events replayed), shaped like label_matrix: the raster tells excluded from unlabeled."""
+    mask = pd.DataFrame(False, index=pd.RangeIndex(n_examples, name="example"), columns=iterations)
+    moves = events[events["kind"].isin(["exclude", "include"])] if len(events) else events
+    for row in moves.sort_values("seq").itertuples(index=False):
+        mask.loc[int(row.example), mask.columns >= int(row.iteration)] = row.kind == "exclude"
+    return mask
+
+
 def label_balance(matrix: pd.DataFrame) -> pd.DataFrame:
     """Per iteration: labeled count, True count and the share of True among labeled."""
     labeled = (matrix != UNLABELED).sum(axis=0)

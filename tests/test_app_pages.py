@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -509,3 +510,25 @@ def test_home_lists_runs_with_state_and_coverage(manager):
     assert table["run"].tolist() == [done] and table["state"].tolist() == ["finished"]
     assert table["labeled"].tolist() == [f"{labeled} of 12"] and abs(table["coverage"].iloc[0] - labeled / 12) < 1e-9
     assert "audit the newest run" in at.info[0].value
+
+
+def test_charts_tell_excluded_from_unlabeled_name_64_examples_and_mark_an_alpha_change(manager):
+    from app import charts, readers
+
+    run_id = finished_run(manager, steps=10)
+    manager.exclude(run_id, 2).result(timeout=10)
+    manager.set_params(run_id, alpha=3.0).result(timeout=10)
+    events, flips = manager.store.events(run_id), manager.store.flips(run_id)
+    matrix = readers.label_matrix(flips, 12)
+    excluded = readers.exclusion_matrix(events, 12, matrix.columns)
+    figure = charts.flip_raster_figure(matrix, [f"r{i}" for i in range(12)], excluded)
+    z = np.array(figure.data[0].z)
+    assert z[2, -1] == charts.EXCLUDED and (z[:, -1] != charts.EXCLUDED).sum() == 11
+    assert "excluded" in figure.data[0].text[2][-1]
+    wide = readers.label_matrix(flips.assign(example=flips["example"]), 64)
+    names = charts.flip_raster_figure(wide, [f"e{i}" for i in range(64)]).layout.yaxis
+    assert names.showticklabels and len(names.tickvals) == 64
+    balance = charts.labeled_figure(readers.label_balance(matrix))
+    assert max(balance.layout.yaxis2.tickvals) == 1
+    curves = charts.search_curves_figure(readers.search_curves(events), readers.steering_marks(events))
+    assert any("alpha=3: U rescaled" in a.text for a in curves.layout.annotations)

@@ -47,7 +47,8 @@ def draw_live(manager: RunManager, run_id: int) -> None:
     if agreement is not None:
         st.plotly_chart(charts.gold_figure(agreement), key="live.gold")
         st.caption("Gold labels are read for this chart only; the search never sees them.")
-    st.plotly_chart(charts.flip_raster_figure(matrix, view.uids), key="live.raster")
+    excluded = readers.exclusion_matrix(view.events, len(view.examples), matrix.columns)
+    st.plotly_chart(charts.flip_raster_figure(matrix, view.uids, excluded), key="live.raster")
     if len(marks):
         with st.expander(f"Steering events ({len(marks)})"):
             st.dataframe(marks, hide_index=True)
