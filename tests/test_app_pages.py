@@ -532,3 +532,12 @@ def test_charts_tell_excluded_from_unlabeled_name_64_examples_and_mark_an_alpha_
     assert max(balance.layout.yaxis2.tickvals) == 1
     curves = charts.search_curves_figure(readers.search_curves(events), readers.steering_marks(events))
     assert any("alpha=3: U rescaled" in a.text for a in curves.layout.annotations)
+
+
+def test_audit_example_picker_follows_the_chosen_sort(manager):
+    run_id = finished_run(manager, steps=30)
+    at = open_page(manager, "audit", run_id)
+    at.selectbox(key="audit.sort").set_value("flips").run()
+    top = int(at.dataframe[0].value["example"].iloc[0])
+    assert at.selectbox(key="audit.example").value == top
+    assert at.selectbox(key="audit.example").options[0].startswith(manager.store.load_examples(1)[top].uid)

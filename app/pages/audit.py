@@ -103,8 +103,13 @@ def render_audit(manager: RunManager) -> None:
     if not len(shown):
         return
     options = [int(e) for e in shown["example"]]
-    if st.session_state.get("audit.example") not in options:
+    # a new sort or filter starts the picker on the table's first row, the one the user now looks at
+    view_of_table = (st.session_state.get("audit.sort"), tuple(st.session_state.get("audit.labels") or ()),
+                     st.session_state.get("audit.pinned"), st.session_state.get("audit.min_flips"),
+                     st.session_state.get("audit.text"), run_id)
+    if st.session_state.get("audit.example") not in options or st.session_state.get("audit.table_view") != view_of_table:
         st.session_state["audit.example"] = options[0]
+    st.session_state["audit.table_view"] = view_of_table
     example = st.selectbox("Example to inspect", options, key="audit.example",
                            format_func=lambda e: f"{view.uids[e]} · {readers.example_text(view.examples[e], 80)}")
     _detail(manager, view, example)
