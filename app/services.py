@@ -88,10 +88,11 @@ def label_matrix(manager: RunManager, view: RunView) -> pd.DataFrame:
                    len(view.examples), view.last_iteration)
 
 
-def run_label(row, state: str | None = None) -> str:
-    """`state`: what the run's worker is doing now (loading, running...), which the stored status
-    only learns at the run's first step and last step."""
-    return f"#{int(row['run_id'])} {row['name']} · {row['dataset_name']} · {state or row['status']}"
+def run_label(row) -> str:
+    """A run's option text. It must not change while the run is picked: Streamlit's selectbox
+    sends back the option's text, and text that no longer exists (a state that moved from paused
+    to running) resets the widget to the newest run. The state is shown beside the picker."""
+    return f"#{int(row['run_id'])} {row['name']} · {row['dataset_name']}"
 
 
 def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool = True,
@@ -103,8 +104,7 @@ def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool 
         st.info("No runs yet: load data on the Data page, then start a run on the Run page.")
         return None
     ids = [int(r) for r in runs["run_id"]][::-1]  # newest first
-    live = {r: manager.status(r)["state"] for r in manager.active_runs()}
-    names = {int(r["run_id"]): run_label(r, live.get(int(r["run_id"]))) for _, r in runs.iterrows()}
+    names = {int(r["run_id"]): run_label(r) for _, r in runs.iterrows()}
     key = f"{page}.run"
     synced = f"{key}.synced"  # the session's run as this picker last agreed with it
     current = st.session_state.get(CURRENT_RUN)
@@ -115,6 +115,9 @@ def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool 
     if st.session_state.get(key) not in ids:
         st.session_state[key] = next((r for r in ids if r != avoid), ids[0])
     chosen = st.selectbox(label, ids, format_func=lambda r: names[r], key=key)
+    live = manager.status(chosen)["state"] if chosen in manager.active_runs() else None
+    stored = runs.loc[runs["run_id"] == chosen, "status"].iloc[0]
+    st.caption(f"Run #{chosen} is {live or stored}.")  # live: what its worker does now (loading, running)
     if shared:
         st.session_state[CURRENT_RUN] = st.session_state[synced] = chosen
     return chosen

@@ -331,9 +331,11 @@ class RunManager:
         return self._steer(run_id, "final_pass")
 
     def extend(self, run_id: int, steps: int) -> Future:
-        """Continue a run (a finished one too) for `steps` more iterations, then stop as usual."""
+        """Exactly `steps` more iterations, then pause (or finish): for a run its own rule had
+        finished, past that rule; for a paused one, like stepping (it resumed to the end before,
+        which is not what "N more steps" says)."""
         future = self._steer(run_id, "extend", int(steps))
-        self.resume(run_id)
+        self.step(run_id, int(steps))
         return future
 
     def _steer(self, run_id: int, method: str, *args) -> Future:

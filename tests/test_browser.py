@@ -317,3 +317,113 @@ def test_bad_uploads_get_a_message_naming_the_file_and_place(studio, shots):
             page.get_by_text(message, exact=False).first.wait_for()
             snap(page, shots / f"upload_{Path(name).stem}.png")
         browser.close()
+
+
+def choose_run(page, label: str, run_id: int) -> None:
+    """Pick run #run_id in a run picker (its option text ends with the run's changing state)."""
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
+    box.click()
+    page.get_by_role("option", name=re.compile(rf"^#{run_id} ")).click()
+    settle(page)
+
+
+def picked(page, label: str) -> str:
+    """The option a selectbox shows: its text, or the value of its input where Streamlit draws it there."""
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
+    inputs = box.locator("input")
+    shown = inputs.first.input_value() if inputs.count() else ""
+    return shown or box.inner_text().removeprefix(label).strip()
+
+
+def metric(page, name: str) -> str:
+    return page.get_by_test_id("stMetric").filter(has_text=name).get_by_test_id("stMetricValue").inner_text()
+
+
+def wait_metric(page, name: str, pattern: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = metric(page, name)
+        if re.search(pattern, value):
+            return value
+        page.wait_for_timeout(200)
+    raise AssertionError(f"{name} is {metric(page, name)!r}, never matched {pattern!r}")
+
+
+def start_run(page, model: str) -> None:
+    go_to(page, "Run")
+    settle(page)
+    details = page.get_by_test_id("stExpander").filter(has_text="Start a new run").locator("details").first
+    if details.get_attribute("open") is None:  # collapsed once a run exists; its content is inert then
+        page.get_by_text("Start a new run", exact=True).click()
+        page.wait_for_timeout(300)
+    choose(page, "Model", "a local path…")
+    page.get_by_label("Local model path (a directory or a .gguf file), used with 'a local path…'").fill(model)
+    choose(page, "Stop", "after a fixed number of steps")
+    page.get_by_label("Steps (cap)", exact=True).fill(str(STEPS))
+    page.get_by_role("button", name="Start").click()
+    settle(page)
+
+
+def test_two_runs_every_picker_keeps_the_earlier_run_and_its_controls_act_on_it(studio, shots):
+    """The picker snapped back to the newest run on every rerun, so Stop 'for run 1' stopped run 2."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(studio["url"])
+        go_to(page, "Data")
+        fill_number(page, "Use the first N groups (sentences, questions, pairs); 0 = all", 4)
+        settle(page)
+        page.get_by_role("button", name="Load sample").click()
+        page.get_by_text(re.compile(r"Loaded dataset #\d+")).wait_for()
+        start_run(page, studio["model"])
+        first = int(re.search(r"Started run #(\d+)", page.get_by_text(re.compile(r"Started run #\d+")).inner_text()).group(1))
+        wait_metric(page, "State", r"^running$")
+        page.get_by_role("button", name="Pause").click()
+        wait_metric(page, "State", r"^paused$")
+        start_run(page, studio["model"])
+        second = first + 1
+        page.get_by_text(f"Started run #{second}").wait_for()
+        wait_metric(page, "State", r"^running$")
+
+        # every page with a picker: pick the earlier run, let the page rerun, it must stay picked
+        for title, label in (("Live", "Run"), ("Audit", "Run"), ("Steer", "Run"), ("Export", "Run"),
+                             ("Compare", "Run A"), ("Run", "Run (any earlier run can be reopened)")):
+            go_to(page, title)
+            choose_run(page, label, first)
+            page.wait_for_timeout(1500)  # reruns from the live run's refresh
+            settle(page)
+            assert picked(page, label).startswith(f"#{first} "), f"{title}: {picked(page, label)}"
+
+        # Run page controls act on the picked run, not on the newest one
+        before = int(metric(page, "Iteration").split("/")[0])
+        page.get_by_role("button", name="Step 1", exact=True).click()
+        wait_metric(page, "Iteration", rf"^{before + 1} / {STEPS}$")
+        assert metric(page, "State") == "paused"
+        page.get_by_role("button", name="Resume").click()
+        wait_metric(page, "State", r"^running$")
+        settle(page)  # the rerun that enables Pause
+        page.get_by_role("button", name="Pause").click()
+        wait_metric(page, "State", r"^paused$")  # it went to the newest run before the option text was made stable
+        now = int(metric(page, "Iteration").split("/")[0])
+        fill_number(page, "More steps", 7)
+        settle(page)
+        page.get_by_role("button", name="Run 7 more steps").click()
+        wait_metric(page, "Iteration", rf"^{now + 7} / {STEPS}$")  # seven steps, then it pauses again
+        wait_metric(page, "State", r"^paused$")
+        snap(page, shots / "09_two_runs_run_page.png")
+        assert picked(page, "Run (any earlier run can be reopened)").startswith(f"#{first} ")
+        # the newer run went on untouched: still running, its own cap
+        choose_run(page, "Run (any earlier run can be reopened)", second)
+        page.get_by_text(f"Run #{second} is ").wait_for()
+        wait_metric(page, "State", r"^running$", timeout=20)
+        assert metric(page, "Iteration").endswith(f"/ {STEPS}")
+        page.get_by_role("button", name="Stop").click()
+        wait_metric(page, "State", r"^stopped$")
+        page.get_by_text(f"Run #{second} is stopped.").wait_for()
+        choose_run(page, "Run (any earlier run can be reopened)", first)
+        page.get_by_text(f"Run #{first} is ").wait_for()
+        wait_metric(page, "State", r"^paused$", timeout=20)  # Stop reached the run it names, not this one
+        browser.close()
