@@ -137,6 +137,8 @@ def _cuda_device(backend):
 
 
 def _device_name(backend) -> str:
+    if _is_server(backend):
+        return backend.info.device
     device = _cuda_device(backend)
     if device is None:
         return "cpu"
@@ -145,10 +147,28 @@ def _device_name(backend) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})"
 
 
+def _is_server(backend) -> bool:
+    """An inference server: its 'naive' view is the same server, so there is no reference to compare."""
+    return hasattr(backend, "cache_hit_rate")
+
+
+def _server_summary(backend, seconds: float) -> str:
+    """Prompt tokens per second through the server and its prefix-cache hit rate, where it says."""
+    rate = backend.cache_hit_rate()
+    cache = (f"prefix-cache hit rate {rate:.1%} of prompt tokens" if rate is not None
+             else f"prefix-cache hit rate not reported by {backend.engine}")
+    return (f"server: {backend.prompt_tokens:,} prompt tokens in {seconds:.1f} s of requests = "
+            f"{backend.prompt_tokens / max(seconds, 1e-9):,.0f} prompt tokens/s ({backend.concurrency} in flight); {cache}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .cli import apply_server_options
+
     parser = argparse.ArgumentParser(prog="icm bench", description=__doc__)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    apply_server_options(args)
+    return run(args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +197,9 @@ def run(args) -> int:
     naive = Scorer(backend.naive(), task, loaded.examples)
     prequential = Scorer(backend, task, loaded.examples, mode="prequential")
     rng = np.random.default_rng(args.seed)
+    if _is_server(backend) and not args.no_naive:
+        print("an inference server: no naive reference to compare (the server computes each prompt whole or from its cache)")
+        args.no_naive = True
     print(f"model {backend.name} ({backend.info.dtype}, quantization {backend.info.quantization}) on "
           f"{_device_name(backend)}; task {task.name}; n = {args.n} labeled")
     raw = backend.raw_throughput(1024)
@@ -201,6 +224,8 @@ def run(args) -> int:
         print(f"naive (per-type cost x counts): {naive_tokens / cost.count:,.0f} tokens/step, {naive_per_step:.2f} s/step; "
               f"mix speedup {naive_per_step / fast_seconds:.1f}x")
     print(f"prequential (approximate) mode agrees with exact accept/reject on {agreement:.0%} of {compared} changed steps")
+    if _is_server(backend):
+        print(_server_summary(backend, backend.stats.seconds))
     print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     if _cuda_device(backend) is not None:
         import torch

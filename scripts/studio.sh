@@ -31,6 +31,52 @@ browser() {
   fi
 }
 
+# The llama.cpp server of the real-server integration test (tests/test_server_backend.py):
+# llama-cpp-python[server], built from source once (about 4 minutes) into a wheel cached under
+# ~/.cache/icm_studio/wheels, installed into its own venv there (its FastAPI stays out of the
+# studio's). The default native build crashed in libggml-cpu at the first forward pass on our
+# machines; a portable AVX2 build runs. Without a compiler the test skips, saying why.
+LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF"
+ICM_HOME="$HOME/.cache/icm_studio"
+llama_server() {
+  local wheels="$ICM_HOME/wheels" dir="$ICM_HOME/llama-server"
+  local venv="$dir/venv-$LLAMA_CPP_VERSION" why="$dir/unavailable.txt"
+  if "$venv/bin/python" -c "import llama_cpp.server" 2>/dev/null; then return 0; fi
+  mkdir -p "$wheels" "$dir"
+  local wheel
+  wheel=$(ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then
+      echo "no C/C++ compiler (cc, c++) to build llama-cpp-python" >"$why"
+      echo "[studio] $(cat "$why"): the llama.cpp server test will skip"
+      return 0
+    fi
+    echo "[studio] building llama-cpp-python $LLAMA_CPP_VERSION from source (once, ~4 min; log $dir/build.log)"
+    local scratch
+    scratch=$(mktemp -d "$wheels/.build-XXXXXX")
+    if CMAKE_ARGS="$LLAMA_CPP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" wheel -q --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$scratch" >"$dir/build.log" 2>&1; then
+      mv "$scratch"/llama_cpp_python-*.whl "$wheels"/  # whole or not at all: a killed build leaves no wheel
+      wheel=$(ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -1)
+    else
+      echo "building llama-cpp-python failed: $(tail -1 "$dir/build.log")" >"$why"
+      echo "[studio] $(cat "$why"): the llama.cpp server test will skip"
+    fi
+    rm -rf "$scratch"
+    [ -n "$wheel" ] || return 0
+  fi
+  echo "[studio] installing the llama.cpp server from $wheel into $venv"
+  rm -rf "$venv"
+  if "$PY" -m venv "$venv" && "$venv/bin/pip" install -q "$wheel[server]" >"$dir/install.log" 2>&1; then
+    rm -f "$why"
+  else
+    echo "installing llama-cpp-python[server] failed: $(tail -1 "$dir/install.log")" >"$why"
+    echo "[studio] $(cat "$why"): the llama.cpp server test will skip"
+    rm -rf "$venv"
+  fi
+}
+
 case "${1:-}" in
   app)
     setup
@@ -40,14 +86,19 @@ case "${1:-}" in
   test)
     setup
     browser
+    llama_server
     shift
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   setup)
     setup
     ;;
+  llama-server)
+    setup
+    llama_server
+    ;;
   *)
-    echo "usage: bash scripts/studio.sh {app|test|setup} [args...]" >&2
+    echo "usage: bash scripts/studio.sh {app|test|setup|llama-server} [args...]" >&2
     exit 2
     ;;
 esac

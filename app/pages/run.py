@@ -6,6 +6,7 @@ import streamlit as st
 from icm_engine.config import (
     CALIBRATIONS, CLOCKS, OBJECTIVES, PRESETS, SCORERS, SEARCH_HELP, STOPS, ModelConfig, RunConfig, SearchConfig, preset,
 )
+from icm_engine.backends.server_protocol import make_server_spec
 from icm_engine.manager import RunManager
 from icm_engine.models import DEFAULT_MODEL, list_bundled_models
 
@@ -13,18 +14,33 @@ from .. import readers
 from ..services import CURRENT_RUN, is_live, run_picker, run_view, show_status
 
 LOCAL_PATH = "a local path…"
+SERVER = "an inference server…"
+SERVER_ENGINES = {"openai": "ask the server", "vllm": "vLLM", "sglang": "SGLang", "llamacpp": "llama.cpp (llama-server)",
+                  "llama-cpp-python": "llama-cpp-python"}
 SETTLE_S = 0.3  # after Pause or Stop, wait this long for the step in flight so the page shows the outcome
 
 
 def _model_config() -> ModelConfig:
     bundled = list(list_bundled_models())
-    options = bundled + [LOCAL_PATH]
+    options = bundled + [LOCAL_PATH, SERVER]
     choice = st.selectbox("Model", options, index=options.index(DEFAULT_MODEL) if DEFAULT_MODEL in options else 0,
-                          key="run.model", format_func=lambda m: m if m == LOCAL_PATH else f"{m} (bundled)")
+                          key="run.model", format_func=lambda m: m if m in (LOCAL_PATH, SERVER) else f"{m} (bundled)")
     # Inside a form widgets do not rerun, so the path box is always shown; it counts with LOCAL_PATH only.
     path = st.text_input("Local model path (a directory or a .gguf file), used with 'a local path…'",
                          key="run.model_path")
     name = path.strip() if choice == LOCAL_PATH else choice
+    with st.expander("Inference server (vLLM, SGLang, llama.cpp), used with 'an inference server…'"):
+        cols = st.columns([3, 2, 2])
+        url = cols[0].text_input("Server URL", key="run.server_url", placeholder="http://gpu-box:8000/v1")
+        served = cols[1].text_input("Model name it serves", key="run.server_model",
+                                    help="the id the server lists at /v1/models")
+        engine = cols[2].selectbox("Engine", tuple(SERVER_ENGINES), key="run.server_engine",
+                                   format_func=SERVER_ENGINES.get)
+        st.caption("The server computes the scores; device and precision below do not apply. Requests in flight: "
+                   "ICM_SERVER_CONCURRENCY (default 16). A llama-cpp-python server does not report its context: "
+                   "set Max context to its n_ctx.")
+    if choice == SERVER:
+        name = make_server_spec(url.strip(), served.strip(), engine) if url.strip() and served.strip() else ""
     with st.expander("Device and precision"):
         cols = st.columns(4)
         device = cols[0].selectbox("Device", ["auto", "cpu", "cuda"], key="run.device")
@@ -121,7 +137,7 @@ def _start_form(manager: RunManager) -> None:
         submitted = st.form_submit_button("Start", type="primary")
     if submitted:
         if not model.name:
-            st.error("Enter the model's local path.")
+            st.error("Enter the model's local path, or the server's URL and the model name it serves.")
             return
         try:
             config = RunConfig(task=tasks[dataset_id],
