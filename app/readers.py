@@ -42,6 +42,16 @@ def search_curves(events: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def before_first_step(state: str | None) -> str:
+    """What a run with no committed step is doing, in words."""
+    if state == "loading":
+        return "No steps yet: the model is loading (progress above); the search starts when it is ready."
+    if state == "running":
+        return ("Scoring the initial labels: the first step asks the model about each of the K randomly labeled "
+                "examples given the others, then the search proposes one label per step.")
+    return "No steps yet: start the run (Resume or Step on the Run page)."
+
+
 def coverage(n_examples: int, labels: pd.DataFrame, excluded: set[int]) -> dict:
     """How much of the dataset is labeled: labeled, total, excluded, and the active (not excluded) count."""
     active = n_examples - len(excluded)

@@ -137,6 +137,8 @@ def show_status(manager: RunManager, run_id: int) -> dict:
         st.info("Labeling the rest: each unlabeled example is scored given the labeled set (the final pass)…")
     if status["state"] == "loading":
         st.progress(status["progress"] or 0.0, text=status["message"] or "loading the model…")
+    elif status["state"] == "running" and iteration < 0:
+        st.progress(0.0, text=readers.before_first_step("running"))
     else:
         st.progress(min(max(iteration + 1, 0) / (steps + 1), 1.0))
     if status["error"]:

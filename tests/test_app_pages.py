@@ -427,6 +427,8 @@ def test_the_run_picker_says_loading_while_the_model_loads(manager, monkeypatch)
         assert manager.store.run(run_id)["status"] == "created"
         assert any(c.value == f"Run #{run_id} is loading." for c in at.caption)
         assert manager.active_runs() == [run_id]
+        live = open_page(manager, "live", run_id)
+        assert "the model is loading" in live.info[0].value and "None" not in " ".join(c.value for c in live.caption)
     finally:
         release.set()
     assert manager.wait(run_id)["state"] == "finished"

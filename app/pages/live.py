@@ -14,12 +14,12 @@ REFRESH_CHOICES = (1, 2, 5, 10)
 DEFAULT_REFRESH = 2
 
 
-def draw_live(manager: RunManager, run_id: int) -> None:
+def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> None:
     """Every chart of one run, from the store as it is now."""
     view = run_view(manager, run_id)
     curves = readers.search_curves(view.events)
     if not len(curves):
-        st.info("No steps yet: the model may still be loading, or the run has not been started.")
+        st.info(readers.before_first_step(state))
         return
     covered = readers.coverage(len(view.examples), view.labels, view.excluded)
     cols = st.columns(4)
@@ -74,7 +74,7 @@ def render_live(manager: RunManager) -> None:
         st.caption(f"Run #{run_id} · {now['state']} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))
         if now["state"] == "loading":
             st.progress(now["progress"] or 0.0, text=now["message"] or "loading the model…")
-        draw_live(manager, run_id)
+        draw_live(manager, run_id, now["state"])
         if is_live(now) != is_live(status):
             st.rerun(scope="app")  # the run started or stopped moving: switch refreshing on or off
 
