@@ -24,6 +24,7 @@ from app.pages.home import render_home  # noqa: E402
 from app.pages.live import render_live  # noqa: E402
 from app.pages.run import render_run  # noqa: E402
 from app.pages.steer import render_steer  # noqa: E402
+from app.pages.trust import render_trust  # noqa: E402
 from app.services import db_path, get_manager  # noqa: E402
 from icm_engine.store import StoreError  # noqa: E402
 
@@ -34,6 +35,7 @@ PAGES = [  # (title, url path, icon, renderer); the first is where the app opens
     ("Run", "run", ":material/play_arrow:", render_run),
     ("Live", "live", ":material/monitoring:", render_live),
     ("Audit", "audit", ":material/search:", render_audit),
+    ("Trust", "trust", ":material/verified:", render_trust),
     ("Steer", "steer", ":material/tune:", render_steer),
     ("Export", "export", ":material/download:", render_export),
     ("Compare", "compare", ":material/compare_arrows:", render_compare),

@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also load the run's model and report zero-shot and k-shot gold-demo accuracy (audit only)")
     report.add_argument("--shots", type=int, default=8)
 
+    trust = sub.add_parser("trust", help="can these labels be trusted? polarity, balance, doubtful examples, salience, seeds")
+    trust.add_argument("--db", default=DEFAULT_DB)
+    trust.add_argument("--run", type=int, required=True)
+    trust.add_argument("--runs", default=None, metavar="IDS",
+                       help="comma-separated runs to compare seeds with (default: finished runs of the same dataset "
+                            "and settings apart from the seed)")
+    trust.add_argument("--no-model", action="store_true",
+                       help="do not load the run's model: skip polarity, the content-free prior and the zero-shot share")
+    trust.add_argument("--self-labeling", action="store_true",
+                       help="also compare with iterated self-labeling (costs a few evaluations of the whole dataset)")
+    trust.add_argument("--out", default=None, help="also write a self-contained HTML report here")
+
     sub.add_parser("models", help="list bundled models")
 
     from . import bench, eval_cli
@@ -352,6 +364,29 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_trust(args) -> int:
+    from .config import RunConfig
+    from .store import Store
+    from .trust import diagnose
+    from .trust_report import summary_lines, to_html
+
+    try:
+        seeds = None if args.runs is None else [int(r) for r in args.runs.split(",") if r.strip()]
+    except ValueError:
+        raise SystemExit(f"icm trust: --runs takes run ids separated by commas, got {args.runs!r}") from None
+    with Store.existing(args.db) as store:
+        backend = None if args.no_model else _load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
+        report = diagnose(store, args.run, backend, seed_run_ids=seeds, self_labeling=args.self_labeling, log=print)
+    print("\n".join(summary_lines(report)))
+    if args.out:
+        try:
+            write_atomically(Path(args.out), to_html(report).encode("utf-8"))
+        except OSError as error:
+            raise SystemExit(f"icm trust: cannot write {args.out}: {error.strerror or error}") from None
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_bundled_models
 
@@ -397,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .store import StoreError
 
-    handlers = {"run": cmd_run, "finalize": cmd_finalize, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "app": cmd_app,
+    handlers = {"run": cmd_run, "finalize": cmd_finalize, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "trust": cmd_trust, "models": cmd_models, "app": cmd_app,
                 "bench": bench.run, "eval": eval_cli.run, "evals": eval_cli.show}
     try:
         apply_server_options(args)

@@ -400,6 +400,12 @@ class RunManager:
             worker.want(budget)
         return worker
 
+    def model_for(self, run_id: int, progress: Progress | None = None) -> SharedBackend:
+        """The model of a run's stored settings, shared with its worker (loaded once per process):
+        for readers that ask the model something beside the search, like the trust checks."""
+        model = RunConfig.from_dict(self.store.run(run_id)["config"]).model
+        return self._backend_for(model, progress or (lambda message, fraction=None: None))
+
     def _backend_for(self, model: ModelConfig, progress: Progress) -> SharedBackend:
         progress(f"loading model {model.name}", None)
         with self._load_lock:

@@ -1,0 +1,122 @@
+"""Trust: can these labels be trusted? The engine's diagnose(), drawn; a person's audit on top."""
+from __future__ import annotations
+
+import streamlit as st
+
+from icm_engine.config import RunConfig
+from icm_engine.manager import RunManager
+from icm_engine.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, diagnose, seed_runs
+from icm_engine.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
+
+from ..services import run_picker
+
+VERDICTS = ("not judged", "correct", "incorrect")
+
+
+def _backend(manager: RunManager, run: dict):
+    """The run's model through the manager, so a model a run already loaded is shared, not loaded twice."""
+    with st.spinner(f"Loading {RunConfig.from_dict(run['config']).model.name}…"):
+        return manager.model_for(int(run["run_id"]))
+
+
+def _report(manager: RunManager, run_id: int, with_model: bool, seeds: tuple[int, ...]):
+    """diagnose() once per run state and choice: asking the model again on every click would be slow."""
+    run = manager.store.run(run_id)
+    key = (manager.key, run_id, int(run["last_seq"]), with_model, seeds)
+    cached = st.session_state.get("trust.report")
+    if cached is None or cached[0] != key:
+        try:
+            backend = _backend(manager, run) if with_model else None
+        except Exception as error:  # a model that will not load: the other checks still stand
+            backend, failed = None, f"the model did not load ({error})"
+        else:
+            failed = None
+        with st.spinner("Checking the labels…"):
+            cached = (key, diagnose(manager.store, run_id, backend, seed_run_ids=list(seeds)))
+        if failed:
+            cached[1].notes.insert(0, failed)
+        st.session_state["trust.report"] = cached
+    return cached[1]
+
+
+def _audit(report, run_id: int) -> None:
+    st.subheader("Accuracy from a human audit")
+    st.caption("Judge a random sample of the labels; a Wilson interval for the accuracy of all of them updates "
+               "as you go. Verdicts stay in this browser session.")
+    cols = st.columns(2)
+    size = cols[0].number_input("Sample size", 5, 200, 30, key="trust.audit.size")
+    seed = cols[1].number_input("Sample seed", 0, 1_000_000, 0, key="trust.audit.seed")
+    labeled = [int(e) for e in report.review["example"]]
+    sample = audit_sample(labeled, int(size), int(seed))
+    rows = report.review.set_index("example")
+    verdicts = {}
+    for example in sample:
+        row = rows.loc[example]
+        said = st.radio(f"{row['uid']} · labeled **{row['label']}** · {row['text']}", VERDICTS, horizontal=True,
+                        key=f"trust.verdict.{run_id}.{example}")
+        if said != "not judged":
+            verdicts[example] = said == "correct"
+    estimate = accuracy_estimate(verdicts)
+    cols = st.columns(3)
+    cols[0].metric("Judged", f"{estimate.n} of {len(sample)}")
+    cols[1].metric("Accuracy", "–" if estimate.accuracy is None else f"{estimate.accuracy:.0%}")
+    cols[2].metric("95% interval", f"{estimate.low:.0%} – {estimate.high:.0%}")
+    st.caption(estimate.describe())
+
+
+def render_trust(manager: RunManager) -> None:
+    st.title("Trust")
+    st.caption("Can I trust these labels? A coherent labeling can be the mirror image of the intended one, or follow "
+               "a surface feature. None of these checks uses gold labels.")
+    run_id = run_picker(manager, "trust")
+    if run_id is None:
+        return
+    candidates = seed_runs(manager.store, run_id)
+    others = [int(r) for r in manager.store.runs()["run_id"] if int(r) != run_id]
+    cols = st.columns([1, 2])
+    with_model = cols[0].checkbox("Ask the model (polarity, prior)", value=True, key="trust.model",
+                                  help="loads the run's model if no run has it loaded; each example is asked once")
+    seeds = cols[1].multiselect("Compare with runs (other seeds)", others,
+                                default=[r for r in candidates if r != run_id], key=f"trust.seeds.{run_id}")
+    report = _report(manager, run_id, with_model, tuple(sorted(seeds)))
+    for warning in report.warnings:
+        st.warning(warning)
+    if not report.warnings:
+        st.success("No check raised a warning.")
+    for note in report.notes:
+        st.caption(note)
+
+    st.subheader("Polarity")
+    st.write(polarity_text(report))
+    if report.polarity is not None and len(report.polarity.disagreements):
+        st.dataframe(report.polarity.disagreements, hide_index=True, key="trust.polarity")
+
+    st.subheader("Label balance")
+    st.write(balance_text(report))
+    if len(report.balance.by_iteration):
+        st.line_chart(report.balance.by_iteration, x="iteration", y="share_true", height=220)
+
+    st.subheader("Review queue")
+    st.caption("Most doubtful first: seeds disagree, then the margin (below 0 the model, given the other labels, "
+               "prefers the other label), then the number of flips.")
+    st.dataframe(report.review.head(REVIEW_ROWS), hide_index=True, key="trust.review")
+
+    _audit(report, run_id)
+
+    st.subheader("Salience")
+    st.write(salience_text(report))
+    st.dataframe(report.salience.features, hide_index=True, key="trust.salience")
+
+    if report.baselines is not None:
+        st.subheader("Baselines")
+        st.caption("Share of the run's labeled examples on which two labelings agree: a cheap labeler close to the "
+                   "run recovers most of what the search found.")
+        st.dataframe(report.baselines, hide_index=True, key="trust.baselines")
+
+    st.subheader("Seed agreement")
+    st.write(seeds_text(report))
+    if report.seeds is not None:
+        st.dataframe(report.seeds.pairs, hide_index=True, key="trust.seed_pairs")
+        st.dataframe(report.seeds.disagreements, hide_index=True, key="trust.seed_disputes")
+    st.download_button("Download this report (HTML)", to_html(report), file_name=f"trust-run-{run_id}.html",
+                       mime="text/html", key="trust.download")
