@@ -119,10 +119,20 @@ def go_to(page, title: str, drawn=None) -> float:
     return time.perf_counter() - started
 
 
-def choose(page, label: str, option: str) -> None:
+def choose(page, label: str, option, tries: int = 3) -> None:
+    """Open a selectbox and pick an option (a name or a compiled pattern). A rerun landing between
+    the two clicks redraws the box and closes its list: open it again then."""
     box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
-    box.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    name = {"name": option} if isinstance(option, re.Pattern) else {"name": option, "exact": True}
+    for attempt in range(tries):
+        box.click()
+        try:
+            page.get_by_role("option", **name).click(timeout=10_000)
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            settle(page)
 
 
 def fill_number(page, label: str, value) -> None:
@@ -321,9 +331,7 @@ def test_bad_uploads_get_a_message_naming_the_file_and_place(studio, shots):
 
 def choose_run(page, label: str, run_id: int) -> None:
     """Pick run #run_id in a run picker (its option text ends with the run's changing state)."""
-    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
-    box.click()
-    page.get_by_role("option", name=re.compile(rf"^#{run_id} ")).click()
+    choose(page, label, re.compile(rf"^#{run_id} "))
     settle(page)
 
 
