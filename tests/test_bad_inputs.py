@@ -113,3 +113,23 @@ def test_templates_substitute_named_fields_only():
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+def test_a_model_that_cannot_load_is_one_line_and_stores_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ok.csv").write_text("text,gold\nGood,1\n")
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    db = tmp_path / "icm.duckdb"
+    for model, message in ((str(folder), f"icm: {folder} is not a model folder: it lacks model weights "
+                                         "(*.safetensors or *.bin), a tokenizer"),
+                           ("no-such-model", "icm: model 'no-such-model' is not a bundled name")):
+        assert cli.main(["run", "--data", "ok.csv", "--task", "sentiment_single", "--model", model, "--db", str(db)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(message), err[-1]
+    assert cli.main(["runs", "--db", str(db)]) == 0 and "no runs yet" in capsys.readouterr().out
+    from icm_engine.store import Store
+
+    with Store.existing(str(db)) as store:
+        assert len(store.datasets()) == 0  # the data was read, but stored only once a model loaded
