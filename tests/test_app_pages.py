@@ -543,3 +543,16 @@ def test_audit_example_picker_follows_the_chosen_sort(manager):
     top = int(at.dataframe[0].value["example"].iloc[0])
     assert at.selectbox(key="audit.example").value == top
     assert at.selectbox(key="audit.example").options[0].startswith(manager.store.load_examples(1)[top].uid)
+
+
+def test_steer_shows_a_pinned_example_as_pinned(manager):
+    run_id = finished_run(manager, steps=3, stop="steps", final_pass=False)
+    unlabeled = sorted(set(range(12)) - set(manager.store.labels(run_id)["example"].astype(int)))[0]
+    at = open_page(manager, "steer", run_id)
+    at.selectbox(key="steer.example").set_value(unlabeled)
+    at.radio(key="steer.action").set_value("Pin True")
+    at.button(key="FormSubmitter:steer.example_form-Apply").click().run()
+    assert "recorded as a 'pin' event" in at.success[0].value
+    at.run()
+    assert at.selectbox(key="steer.example").value == unlabeled  # the choice stays on the example acted on
+    assert any(c.value.startswith("Now: True (pinned)") for c in at.caption)

@@ -68,14 +68,19 @@ def render_steer(manager: RunManager) -> None:
                "steps; a run that is not loaded loads its model first.")
     current = {int(r.example): (int(r.label), bool(r.pinned)) for r in view.labels.itertuples()}
 
-    def describe(e: int) -> str:
-        label = "excluded" if e in view.excluded else (
+    def state_of(e: int) -> str:
+        return "excluded" if e in view.excluded else (
             "unlabeled" if e not in current else LABEL_NAMES[current[e][0]] + (" (pinned)" if current[e][1] else ""))
-        return f"{view.uids[e]} · {label} · {readers.example_text(view.examples[e], 70)}"
+
+    def describe(e: int) -> str:
+        # no label in the option text: Streamlit sends the text back, and text that changed with the
+        # label (unlabeled -> True (pinned)) would reset the choice to the first example
+        return f"{view.uids[e]} · {readers.example_text(view.examples[e], 80)}"
 
     st.subheader("An example")
+    example = st.selectbox("Example", range(len(view.examples)), format_func=describe, key="steer.example")
+    st.caption(f"Now: {state_of(int(example))}")
     with st.form("steer.example_form"):
-        example = st.selectbox("Example", range(len(view.examples)), format_func=describe, key="steer.example")
         action = st.radio("Action", ACTIONS, horizontal=True, key="steer.action",
                           help="Pin: a person's label the search may not change. Exclude: out of the search.")
         apply_example = st.form_submit_button("Apply", type="primary")
