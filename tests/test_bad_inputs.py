@@ -133,3 +133,14 @@ def test_a_model_that_cannot_load_is_one_line_and_stores_nothing(tmp_path, capsy
 
     with Store.existing(str(db)) as store:
         assert len(store.datasets()) == 0  # the data was read, but stored only once a model loaded
+
+
+def test_a_table_too_large_to_read_whole_is_refused_before_reading(tmp_path, capsys, monkeypatch):
+    from icm_engine import datasets
+
+    monkeypatch.setattr(datasets, "MAX_TABLE_MB", 1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "huge.csv").write_bytes(b"text,gold\n" + b"a fine review,1\n" * 80_000)  # 1.2 MB
+    assert cli.main(["run", "--data", "huge.csv", "--task", "sentiment_single", "--db", str(tmp_path / "i.duckdb")]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "icm: huge.csv: the file is 1 MB; tables over 1 MB are not read whole (it would take ~30x that in memory)")
