@@ -344,7 +344,10 @@ def picked(page, label: str) -> str:
 
 
 def metric(page, name: str) -> str:
-    return page.get_by_test_id("stMetric").filter(has_text=name).get_by_test_id("stMetricValue").inner_text()
+    """A metric's value by its exact label; while a rerun redraws the page, the old element can
+    still be there beside the new one, so take the first."""
+    label = page.get_by_test_id("stMetricLabel").get_by_text(name, exact=True)
+    return page.get_by_test_id("stMetric").filter(has=label).get_by_test_id("stMetricValue").first.inner_text()
 
 
 def wait_metric(page, name: str, pattern: str, timeout: float = 60) -> str:
