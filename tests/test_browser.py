@@ -7,6 +7,7 @@ are copied to artifacts/screenshots/.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -150,26 +151,37 @@ def snap(page, path: Path) -> None:
     page.set_viewport_size(size)
 
 
+@contextlib.contextmanager
+def studio_page(studio, requests: list | None = None, **options):
+    """A Chromium page on the studio's first page; `requests` collects every URL it asks for."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, **options)
+        page.set_default_timeout(30_000)
+        if requests is not None:
+            page.on("request", lambda request: requests.append(request.url))
+        page.goto(studio["url"])
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
 def live_iteration(page) -> int:
     caption = page.get_by_text(re.compile(r"Run #\d+ · \w+ · iteration \d+")).inner_text()
     return int(re.search(r"iteration (\d+)", caption).group(1))
 
 
 def test_load_run_watch_pin_and_export(studio, shots):
-    from playwright.sync_api import sync_playwright
-
     timings, laps, t0 = {}, [], time.perf_counter()
 
     def lap(name: str) -> None:  # where the test's time goes, printed at the end
         laps.append((name, round(time.perf_counter() - t0, 1)))
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page.set_default_timeout(30_000)
-        requested: list[str] = []
-        page.on("request", lambda request: requested.append(request.url))
-        page.goto(studio["url"])
+    requested: list[str] = []
+    with studio_page(studio, requested, accept_downloads=True) as page:
         page.get_by_role("heading", name="ICM Studio", exact=True).wait_for()  # the app opens on Home
         snap(page, shots / "00_home_empty.png")
         go_to(page, "Data")
@@ -279,7 +291,6 @@ def test_load_run_watch_pin_and_export(studio, shots):
         go_to(page, "Home", page.get_by_text("Runs in this database"))
         page.get_by_text("Next: run #1 is paused; continue it on the").wait_for()
         snap(page, shots / "08_home.png")
-        browser.close()
 
     outside = sorted({u for u in requested if not re.match(r"^(https?|wss?)://(localhost|127\.0\.0\.1)[:/]|^(data|blob):", u)})
     assert not outside, f"the studio fetched from outside this machine: {outside}"  # it must work offline
@@ -309,15 +320,9 @@ BAD_UPLOADS = {  # file -> what the page must say
 
 
 def test_bad_uploads_get_a_message_naming_the_file_and_place(studio, shots):
-    from playwright.sync_api import sync_playwright
-
     folder = studio["tmp"] / "uploads"
     folder.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(studio["url"])
+    with studio_page(studio) as page:
         go_to(page, "Data")
         page.get_by_text("Upload a table", exact=True).click()
         settle(page)
@@ -326,7 +331,6 @@ def test_bad_uploads_get_a_message_naming_the_file_and_place(studio, shots):
             page.locator("input[type=file]").set_input_files(str(folder / name))
             page.get_by_text(message, exact=False).first.wait_for()
             snap(page, shots / f"upload_{Path(name).stem}.png")
-        browser.close()
 
 
 def choose_run(page, label: str, run_id: int) -> None:
@@ -377,13 +381,7 @@ def start_run(page, model: str) -> None:
 
 def test_two_runs_every_picker_keeps_the_earlier_run_and_its_controls_act_on_it(studio, shots):
     """The picker snapped back to the newest run on every rerun, so Stop 'for run 1' stopped run 2."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(studio["url"])
+    with studio_page(studio) as page:
         go_to(page, "Data")
         fill_number(page, "Use the first N groups (sentences, questions, pairs); 0 = all", 4)
         settle(page)
@@ -437,4 +435,3 @@ def test_two_runs_every_picker_keeps_the_earlier_run_and_its_controls_act_on_it(
         choose_run(page, "Run (any earlier run can be reopened)", first)
         page.get_by_text(f"Run #{first} is ").wait_for()
         wait_metric(page, "State", r"^paused$", timeout=20)  # Stop reached the run it names, not this one
-        browser.close()
