@@ -115,9 +115,8 @@ def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool 
     if st.session_state.get(key) not in ids:
         st.session_state[key] = next((r for r in ids if r != avoid), ids[0])
     chosen = st.selectbox(label, ids, format_func=lambda r: names[r], key=key)
-    live = manager.status(chosen)["state"] if chosen in manager.active_runs() else None
-    stored = runs.loc[runs["run_id"] == chosen, "status"].iloc[0]
-    st.caption(f"Run #{chosen} is {live or stored}.")  # live: what its worker does now (loading, running)
+    # the worker's state where one runs it (loading, running), else the stored one (interrupted included)
+    st.caption(f"Run #{chosen} is {manager.status(chosen)['state']}.")
     if shared:
         st.session_state[CURRENT_RUN] = st.session_state[synced] = chosen
     return chosen

@@ -194,11 +194,9 @@ def ensure_dataset(store, spec: str, task: str | None, limit: int | None, loaded
     identical earlier load."""
     loaded = loaded or read_dataset(spec, task, limit)
     # identified by content, not by path: a file edited in place is a new dataset
-    same = store.find_dataset(loaded.task.to_dict(), loaded.examples, loaded.gold)
-    if same is not None:
-        return same
     source = f"{spec}|limit={limit}|task={loaded.task.name}"
-    return store.add_dataset(loaded.name, loaded.task.to_dict(), loaded.examples, loaded.gold, source=source)
+    return store.add_dataset(loaded.name, loaded.task.to_dict(), loaded.examples, loaded.gold, source=source,
+                             reuse=True)
 
 
 def cmd_run(args) -> int:

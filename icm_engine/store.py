@@ -277,8 +277,9 @@ class Store:
     # -- datasets -------------------------------------------------------------------
 
     def add_dataset(self, name: str, task: dict, examples: list[Example], gold: dict[int, int] | None,
-                    source: str = "", progress: Callable[[float], None] | None = None) -> int:
+                    source: str = "", progress: Callable[[float], None] | None = None, reuse: bool = False) -> int:
         """Store a dataset in one transaction; gold is keyed by example idx (load order).
+        reuse=True returns a stored dataset with exactly this content instead of adding a twin.
 
         progress(fraction) is called on this thread while the store is locked: keep it quick.
         """
@@ -292,6 +293,8 @@ class Store:
         if bad:
             raise ValueError(f"gold must map idx in 0..{n - 1} to 0/1; bad entries: {bad[:5]}")
         digest = content_hash(task_dict, examples, gold)
+        if reuse and (same := self._dataset_with_hash(digest)) is not None:
+            return same
         with self._transaction() as con:
             dataset_id = con.execute("SELECT nextval('dataset_ids')").fetchone()[0]
             con.execute(
@@ -328,11 +331,8 @@ class Store:
                 )
         return int(dataset_id)
 
-    def find_dataset(self, task: dict, examples: list[Example], gold: dict[int, int] | None) -> int | None:
-        """The id of a stored dataset with exactly this content (the newest), or None."""
-        task_dict = task.to_dict() if hasattr(task, "to_dict") else dict(task)
-        rows = self._rows("SELECT max(dataset_id) FROM datasets WHERE content_hash = ?",
-                          [content_hash(task_dict, examples, gold)])
+    def _dataset_with_hash(self, digest: str) -> int | None:
+        rows = self._rows("SELECT max(dataset_id) FROM datasets WHERE content_hash = ?", [digest])
         return None if rows[0][0] is None else int(rows[0][0])
 
     def datasets(self) -> pd.DataFrame:
