@@ -81,8 +81,8 @@ def _as_it_was(view, example: int, history: pd.DataFrame) -> None:
     demos = before[before["example"] != example]
     p_true = history["P(True) then"].iloc[pick]
     scored = "" if pd.isna(p_true) else f" The model gave it P(True) = {p_true:.3f} then."
-    with st.expander(f"At iteration {change['iteration']}, before this change: {len(demos)} demonstrations{'.' if not scored else ','}"
-                     f"{scored}", expanded=False):
+    with st.expander(f"At iteration {change['iteration']}, before this change: {len(demos)} demonstrations.{scored}",
+                     expanded=False):
         st.code(readers.prompt_text(view.task, view.examples, before, example), language=None, wrap_lines=True)
 
 
