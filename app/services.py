@@ -143,7 +143,7 @@ def show_status(manager: RunManager, run_id: int) -> dict:
     if status["error"]:
         st.error(f"Run failed: {status['error']}")
         if status.get("traceback"):
-            with st.expander("Traceback"):
+            with st.expander("Details for a bug report (an unexpected error)"):
                 st.code(status["traceback"])
     if status.get("steering_error"):
         st.warning(f"Last steering action was refused: {status['steering_error']}")

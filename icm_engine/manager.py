@@ -24,7 +24,7 @@ import numpy as np
 from .backends.base import BackendStats, LanguageModel, ModelInfo
 from .config import ModelConfig, RunConfig
 from .records import StepRecord
-from .runner import advance, open_search, record_steering
+from .runner import advance, describe_error, is_user_error, open_search, record_steering
 from .search import Search
 from .store import INTERRUPTED, Store
 
@@ -209,14 +209,16 @@ class _Worker:
             future.set_result(record)
 
     def _fail(self, error: Exception) -> None:
-        message = f"{type(error).__name__}: {error}"
+        message = describe_error(error)
         try:
             run = self.manager.store.run(self.run_id)
             if run["status"] != "failed":  # advance marks its own failures; loading ones land here
                 self.manager.store.set_status(self.run_id, "failed", error=message)
         except Exception:  # the store itself may be what failed; the status below still says why
             pass
-        self._set(state="failed", error=message, traceback=traceback.format_exc(), message="")
+        # a traceback helps only with a bug; for bad input the message is the whole answer
+        self._set(state="failed", error=message, message="",
+                  traceback=None if is_user_error(error) else traceback.format_exc())
         self._reject_pending(f"the run failed: {message}")
 
     def _reject_pending(self, why: str) -> None:

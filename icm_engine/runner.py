@@ -14,7 +14,7 @@ from .config import RunConfig
 from .records import StepRecord
 from .scoring import Scorer
 from .search import Search
-from .store import Store
+from .store import Store, StoreError
 from .tasks import load_task
 
 
@@ -69,10 +69,22 @@ def advance(
             if on_step is not None:
                 on_step(record)
     except BaseException as error:  # a KeyboardInterrupt too: the run is marked, then the error goes on
-        store.set_status(run_id, "failed" if isinstance(error, Exception) else "stopped", error=repr(error))
+        store.set_status(run_id, "failed" if isinstance(error, Exception) else "stopped", error=describe_error(error))
         raise
     store.set_status(run_id, "finished" if search.done else "paused")
     return taken
+
+
+def is_user_error(error: BaseException) -> bool:
+    """An error the user can act on (bad data, a model that will not load, a locked or foreign
+    database): its message says what to do, and a traceback would only hide it."""
+    return isinstance(error, (ValueError, OSError, StoreError))
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the run's status: the message of a user error, the type and message otherwise."""
+    text = " ".join(str(error).split())
+    return text if is_user_error(error) and text else f"{type(error).__name__}: {text}" if text else repr(error)
 
 
 def finalize(store: Store, run_id: int, search: Search) -> StepRecord:

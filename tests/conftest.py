@@ -14,7 +14,7 @@ def fake_backend_factory(model: ModelConfig, progress):
     progress("building the fake model", 0.5)
     if model.name == "fake":
         return FakeLM(strength=6)
-    raise RuntimeError(f"test factory has no model {model.name!r}")
+    raise ValueError(f"test factory has no model {model.name!r}")  # as load_model answers an unknown name
 
 
 def fake_run_config(steps: int = 30, **search) -> RunConfig:

@@ -556,3 +556,14 @@ def test_steer_shows_a_pinned_example_as_pinned(manager):
     at.run()
     assert at.selectbox(key="steer.example").value == unlabeled  # the choice stays on the example acted on
     assert any(c.value.startswith("Now: True (pinned)") for c in at.caption)
+
+
+def test_a_run_that_fails_on_bad_input_shows_the_message_without_a_traceback(manager):
+    config = fake_run_config()
+    config = type(config).from_dict({**config.to_dict(), "model": {"name": "broken"}})
+    run_id = manager.start_run(add_polarity_dataset(manager), config)
+    assert manager.wait(run_id)["state"] == "failed"
+    at = open_page(manager, "run", run_id)
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Run failed: test factory has no model 'broken'"]
+    assert not [x for x in at.expander if "bug report" in x.label]  # the message is the whole answer
