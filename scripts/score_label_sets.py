@@ -2,7 +2,10 @@
 
 Is a search short of its objective's optimum, or is the optimum itself short of the truth? For
 each method's final labels on the search split (and gold), print label accuracy and P(D) under a
-given objective and calibration. Gold is read to score only, as in `icm eval`.
+given objective and calibration. With --relabel-rounds R, also relabel each set R times by the
+self-labeling update (every example gets argmax P(y | x, all others) under the centered rule) and
+print the accuracy after each round: does a labeling settle where self-labeling does?
+Gold is read to score only, as in `icm eval`.
 
     .venv/bin/python scripts/score_label_sets.py --db runs/eval_amazon32.duckdb --data shared:amazon
 """
@@ -15,9 +18,10 @@ import duckdb
 import numpy as np
 
 from icm_engine.datasets import load_any
+from icm_engine.label_baselines import decide
 from icm_engine.evaluation import split_by_group
 from icm_engine.models import load_model
-from icm_engine.scoring import Scorer
+from icm_engine.scoring import Scorer, normalize
 
 
 def main() -> None:
@@ -28,6 +32,7 @@ def main() -> None:
     parser.add_argument("--objective", default="chance")
     parser.add_argument("--calibration", default="centered")
     parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--relabel-rounds", type=int, default=0, help="self-labeling rounds started from each set")
     args = parser.parse_args()
     con = duckdb.connect(args.db, read_only=True)
     config = json.loads(con.execute("SELECT config_json FROM eval_runs ORDER BY eval_id LIMIT 1").fetchone()[0])
@@ -38,12 +43,20 @@ def main() -> None:
                            config["size_unit"])
     examples = [data.examples[i] for i in split.search]
     gold = np.array([int(data.gold[i]) for i in split.search])
-    scorer = Scorer(load_model(args.model), data.task, examples, calibration=args.calibration,
+    backend = load_model(args.model)
+    scorer = Scorer(backend, data.task, examples, calibration=args.calibration,
                     use_consistency=False, objective=args.objective)
+    raw_scorer = Scorer(backend, data.task, examples, calibration="none", use_consistency=False)
     order = list(range(len(examples)))
 
     def predictability(labels) -> float:
         return scorer.evaluate(order, dict(enumerate(int(y) for y in labels))).predictability
+
+    def relabeled(labels) -> np.ndarray:
+        """One self-labeling round, as label_baselines.self_labels runs it."""
+        evaluation = raw_scorer.evaluate(order, dict(enumerate(int(y) for y in labels)))
+        logp = normalize(np.stack([evaluation.raw[i] for i in order]), "none")
+        return decide(logp[:, 1] - logp[:, 0], "centered")
 
     print(f"P(D) under {args.objective}/{args.calibration} on {len(examples)} search examples of {args.data}")
     print(f"gold: P={predictability(gold):.3f}", flush=True)
@@ -52,7 +65,12 @@ def main() -> None:
         if extra.get("table") != "labels" or any(y is None for y in extra["labels"]):
             continue
         labels = np.array(extra["labels"])
-        print(f"{method} seed {seed}: accuracy {np.mean(labels == gold):.3f}, P={predictability(labels):.3f}", flush=True)
+        line = f"{method} seed {seed}: accuracy {np.mean(labels == gold):.3f}, P={predictability(labels):.3f}"
+        accuracies = []
+        for _ in range(args.relabel_rounds):
+            labels = relabeled(labels)
+            accuracies.append(f"{np.mean(labels == gold):.3f}")
+        print(line + (f"; relabeled: {' -> '.join(accuracies)}" if accuracies else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -397,11 +397,19 @@ def test_two_runs_every_picker_keeps_the_earlier_run_and_its_controls_act_on_it(
         page.get_by_text(f"Started run #{second}").wait_for()
         wait_metric(page, "State", r"^running$")
 
+        timings = {}  # seconds from a click until the page shows its effect, printed for the report
+
+        def timed(name: str, action, *args, **kwargs):
+            started = time.perf_counter()
+            result = action(*args, **kwargs)
+            timings.setdefault(name, []).append(round(time.perf_counter() - started, 2))
+            return result
+
         # every page with a picker: pick the earlier run, let the page rerun, it must stay picked
         for title, label in (("Live", "Run"), ("Audit", "Run"), ("Steer", "Run"), ("Export", "Run"),
                              ("Compare", "Run A"), ("Run", "Run (any earlier run can be reopened)")):
             go_to(page, title)
-            choose_run(page, label, first)
+            timed("switch_run_s", choose_run, page, label, first)
             page.wait_for_timeout(1500)  # reruns from the live run's refresh
             settle(page)
             assert picked(page, label).startswith(f"#{first} "), f"{title}: {picked(page, label)}"
@@ -409,18 +417,18 @@ def test_two_runs_every_picker_keeps_the_earlier_run_and_its_controls_act_on_it(
         # Run page controls act on the picked run, not on the newest one
         before = int(metric(page, "Iteration").split("/")[0])
         page.get_by_role("button", name="Step 1", exact=True).click()
-        wait_metric(page, "Iteration", rf"^{before + 1} / {STEPS}$")
+        timed("step_1_s", wait_metric, page, "Iteration", rf"^{before + 1} / {STEPS}$")
         assert metric(page, "State") == "paused"
         page.get_by_role("button", name="Resume").click()
-        wait_metric(page, "State", r"^running$")
+        timed("resume_s", wait_metric, page, "State", r"^running$")
         settle(page)  # the rerun that enables Pause
         page.get_by_role("button", name="Pause").click()
-        wait_metric(page, "State", r"^paused$")  # it went to the newest run before the option text was made stable
+        timed("pause_s", wait_metric, page, "State", r"^paused$")  # it went to the newest run before the option text was made stable
         now = int(metric(page, "Iteration").split("/")[0])
         fill_number(page, "More steps", 7)
         settle(page)
         page.get_by_role("button", name="Run 7 more steps").click()
-        wait_metric(page, "Iteration", rf"^{now + 7} / {STEPS}$")  # seven steps, then it pauses again
+        timed("seven_more_steps_s", wait_metric, page, "Iteration", rf"^{now + 7} / {STEPS}$")  # seven steps, then it pauses again
         wait_metric(page, "State", r"^paused$")
         snap(page, shots / "09_two_runs_run_page.png")
         assert picked(page, "Run (any earlier run can be reopened)").startswith(f"#{first} ")
@@ -430,8 +438,9 @@ def test_two_runs_every_picker_keeps_the_earlier_run_and_its_controls_act_on_it(
         wait_metric(page, "State", r"^running$", timeout=20)
         assert metric(page, "Iteration").endswith(f"/ {STEPS}")
         page.get_by_role("button", name="Stop").click()
-        wait_metric(page, "State", r"^stopped$")
+        timed("stop_s", wait_metric, page, "State", r"^stopped$")
         page.get_by_text(f"Run #{second} is stopped.").wait_for()
         choose_run(page, "Run (any earlier run can be reopened)", first)
         page.get_by_text(f"Run #{first} is ").wait_for()
         wait_metric(page, "State", r"^paused$", timeout=20)  # Stop reached the run it names, not this one
+    print("run switches and controls while another run searches (s):", json.dumps(timings))
