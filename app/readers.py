@@ -11,10 +11,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from icm_engine.scoring import normalize
-from icm_engine.tasks import LABEL_NAMES, Example, Task
+from icm_engine.core.scoring import normalize
+from icm_engine.core.tasks import LABEL_NAMES, Example, Task
 
-from icm_engine.records import STEERING_KINDS
+from icm_engine.core.records import STEERING_KINDS
 
 SEARCH_KINDS = ("init", "propose")
 STALL_WINDOW = 50  # proposals without one accepted change, with examples still unlabeled, before the Live page says so

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from icm_engine.manager import RunManager
-from icm_engine.tasks import Example, Task, load_task
+from icm_engine.runs.manager import RunManager
+from icm_engine.core.tasks import Example, Task, load_task
 
 from . import readers
 

@@ -1,7 +1,7 @@
 """Audit-only comparisons with gold labels. Never called by the search: gold stays out of it."""
 from __future__ import annotations
 
-from .store import Store
+from .store.database import Store
 
 
 def gold_agreement(store: Store, run_id: int) -> dict | None:

@@ -14,10 +14,10 @@ import json
 import duckdb
 import numpy as np
 
-from icm_engine.datasets import load_any
-from icm_engine.evaluation import split_by_group
-from icm_engine.models import load_model
-from icm_engine.scoring import Scorer
+from icm_engine.data.datasets import load_any
+from icm_engine.evaluation.comparison import split_by_group
+from icm_engine.runs.models import load_model
+from icm_engine.core.scoring import Scorer
 
 
 def main() -> None:

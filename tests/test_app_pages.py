@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from icm_engine.export import export
+from icm_engine.runs.export import export
 from tests.conftest import add_polarity_dataset, fake_run_config
 
 HOME = Path(__file__).resolve().parent.parent / "app" / "Home.py"
@@ -299,7 +299,7 @@ def test_flip_raster_subsamples_long_runs_but_keeps_the_last_iteration():
 def test_run_form_offers_the_objective_clock_and_stopping_rule_and_a_preset_fills_them(manager):
     add_polarity_dataset(manager)
     at = open_page(manager, "run")
-    from icm_engine.config import SearchConfig
+    from icm_engine.core.config import SearchConfig
 
     defaults = SearchConfig()
     assert at.selectbox(key="run.objective").value == defaults.objective
@@ -358,7 +358,7 @@ def test_eval_page_shows_the_label_table_and_the_test_table(manager):
     from dataclasses import replace
 
     from icm_engine.backends.fake import FakeLM
-    from icm_engine.evaluation import evaluate
+    from icm_engine.evaluation.comparison import evaluate
     from tests.test_evaluation import CONFIG, dataset
 
     result = evaluate(dataset(), FakeLM(strength=6), replace(CONFIG, seeds=(0,)))
@@ -378,7 +378,7 @@ def test_the_run_form_offers_every_search_setting():
     import dataclasses
 
     from app.pages.run import SEARCH_KEYS
-    from icm_engine.config import SEARCH_HELP, SearchConfig
+    from icm_engine.core.config import SEARCH_HELP, SearchConfig
 
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     assert set(SEARCH_KEYS) == fields == set(SEARCH_HELP)

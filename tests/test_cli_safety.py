@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from icm_engine import cli
+from icm_engine.cli import main as cli
 
 
 def test_an_interrupted_export_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -32,7 +32,7 @@ def test_an_interrupted_export_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
 def test_export_to_a_folder_is_refused_in_one_line(tmp_path, capsys):
     db = tmp_path / "icm.duckdb"
-    from icm_engine.store import Store
+    from icm_engine.store.database import Store
 
     Store(str(db)).close()
     assert cli.main(["export", "--run", "1", "--db", str(db), "--out", str(tmp_path)]) == 2

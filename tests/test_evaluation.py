@@ -11,22 +11,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine import eval_cli
+from icm_engine.cli import eval as eval_cli
 from icm_engine.backends.base import LanguageModel
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import RunConfig, SearchConfig
-from icm_engine.datasets import LoadedDataset
-from icm_engine.eval_report import (
+from icm_engine.core.config import RunConfig, SearchConfig
+from icm_engine.data.datasets import LoadedDataset
+from icm_engine.evaluation.comparison_tables import (
     accuracy_figure, format_label_table, format_table, summarize, summarize_labels, table_rows, write_figure,
 )
-from icm_engine.evaluation import (
+from icm_engine.evaluation.comparison import (
     DECISION_RULE, DEFAULT_METHODS, GOLD, ICM, LABEL_TABLE, NO_CONSISTENCY, PERTURBED, RANDOM_LABELS, SELF_LABELS,
     TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, demo_prefix, evaluate, fit_demo_count,
     icm_variants, perturb_to_match, split_by_group,
 )
-from icm_engine.runner import make_scorer
-from icm_engine.search import Search
-from icm_engine.store import Store
+from icm_engine.runs.runner import make_scorer
+from icm_engine.core.search import Search
+from icm_engine.store.database import Store
 from tests.fakes import PAIRED, SINGLE, polarity_examples
 
 
@@ -183,7 +183,7 @@ def test_zero_shot_labels_use_the_decision_rule_on_the_query_alone(run):
     data, backend, result = run
     search = [data.examples[i] for i in result.split.search]
     fresh = FakeLM(strength=6)
-    from icm_engine.label_baselines import label_log_odds
+    from icm_engine.evaluation.baselines import label_log_odds
 
     expected = decide(label_log_odds(fresh, data.task, (), search), CONFIG.decision).tolist()
     row = _label_rows(result)[_label_rows(result)["method"] == ZERO_SHOT_LABELS].iloc[0]
@@ -395,7 +395,7 @@ def test_cli_rejects_unknown_methods():
 def test_cli_with_a_real_tiny_model_keeps_every_prompt_inside_its_context(tmp_path, monkeypatch):
     """The --model path end to end on a tiny random Llama and a short context: demonstrations
     are cut to fit the longest test query, the same count for every row, nothing truncated."""
-    from icm_engine import models
+    from icm_engine.runs import models
     from tests.tiny_model import build_tiny_model_dir
 
     model_dir = build_tiny_model_dir(tmp_path / "tiny")
@@ -426,7 +426,7 @@ def test_cli_with_a_real_tiny_model_keeps_every_prompt_inside_its_context(tmp_pa
 
 
 def test_centered_decision_removes_a_constant_lean_and_rows_record_both_rules():
-    from icm_engine.evaluation import DECISION_RULES
+    from icm_engine.evaluation.comparison import DECISION_RULES
 
     # A model that says True to everything, more strongly for the true claims: argmax sees only the lean.
     gold = np.array([1, 0, 1, 0, 1, 0])

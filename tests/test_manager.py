@@ -9,7 +9,7 @@ import time
 import pytest
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.manager import RunManager
+from icm_engine.runs.manager import RunManager
 from tests.conftest import add_polarity_dataset, fake_backend_factory, fake_run_config
 
 
@@ -52,7 +52,7 @@ def test_the_engine_never_imports_streamlit():
         "import importlib, pkgutil, sys, icm_engine\n"
         "for m in pkgutil.walk_packages(icm_engine.__path__, 'icm_engine.'):\n"
         "    importlib.import_module(m.name)\n"
-        "assert 'icm_engine.manager' in sys.modules\n"
+        "assert 'icm_engine.runs.manager' in sys.modules\n"
         "print('streamlit' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

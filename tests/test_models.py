@@ -9,7 +9,7 @@ from importlib import metadata
 import numpy as np
 import pytest
 
-from icm_engine import models
+from icm_engine.runs import models
 from icm_engine.backends.base import LabelQuery
 from icm_engine.backends.transformers_backend import TransformersLM
 from tests.tiny_model import build_tiny_model_dir

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import SearchConfig
-from icm_engine.datasets import load_sample
-from icm_engine.scoring import ContextOverflowError, Scorer
-from icm_engine.search import Search
+from icm_engine.core.config import SearchConfig
+from icm_engine.data.datasets import load_sample
+from icm_engine.core.scoring import ContextOverflowError, Scorer
+from icm_engine.core.search import Search
 from tests.fakes import SINGLE, polarity_examples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_backend(tmp_path_factory):
-    from icm_engine.models import load_model
+    from icm_engine.runs.models import load_model
     from tests.tiny_model import build_tiny_model_dir
 
     return load_model(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))), device="cpu", dtype="float32")

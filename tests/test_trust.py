@@ -5,11 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine import cli, trust
+from icm_engine.cli import main as cli
+
+from icm_engine.evaluation import trust
 from icm_engine.backends.fake import FakeLM
-from icm_engine.records import Flip, LabelState, SearchSnapshot, StepRecord
-from icm_engine.store import Store
-from icm_engine.tasks import Example
+from icm_engine.core.records import Flip, LabelState, SearchSnapshot, StepRecord
+from icm_engine.store.database import Store
+from icm_engine.core.tasks import Example
 from tests.conftest import add_polarity_dataset, fake_run_config
 from tests.fakes import SINGLE, polarity_examples
 from tests.test_app_pages import open_page

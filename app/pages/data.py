@@ -5,9 +5,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from icm_engine import datasets
-from icm_engine.manager import RunManager
-from icm_engine.tasks import RULES, Task, builtin_task_names, load_task, template_fields
+from icm_engine.data import datasets
+from icm_engine.runs.manager import RunManager
+from icm_engine.core.tasks import RULES, Task, builtin_task_names, load_task, template_fields
 
 NONE = "(none)"
 CUSTOM = "custom…"

@@ -7,8 +7,8 @@ import json
 
 import streamlit as st
 
-from icm_engine.eval_report import DECISION_COLUMNS, METHOD_NAMES, accuracy_figure, summarize, summarize_labels
-from icm_engine.manager import RunManager
+from icm_engine.evaluation.comparison_tables import DECISION_COLUMNS, METHOD_NAMES, accuracy_figure, summarize, summarize_labels
+from icm_engine.runs.manager import RunManager
 
 # Per-seed columns worth a glance; the full rows (predictions, log-odds, demo ids) are in the download.
 SEED_COLUMNS = ["table", "method", "seed", "accuracy", *DECISION_COLUMNS, "n_demos", "demo_accuracy", "coverage",

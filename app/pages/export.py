@@ -6,9 +6,9 @@ import io
 import pandas as pd
 import streamlit as st
 
-from icm_engine.export import export, labeled_frame
-from icm_engine.manager import RunManager
-from icm_engine.tasks import load_task
+from icm_engine.runs.export import export, labeled_frame
+from icm_engine.runs.manager import RunManager
+from icm_engine.core.tasks import load_task
 
 from ..services import run_picker
 

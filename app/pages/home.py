@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from icm_engine.manager import RunManager
+from icm_engine.runs.manager import RunManager
 
 INTRO = """
 ICM Studio labels a dataset **without any labels to start from**. It searches for the labels a

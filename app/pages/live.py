@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.manager import RunManager
+from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers
 from ..services import is_live, label_matrix, run_picker, run_view

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.config import (
+from icm_engine.core.config import (
     CALIBRATIONS, CLOCKS, OBJECTIVES, PRESETS, SCORERS, SEARCH_HELP, STOPS, ModelConfig, RunConfig, SearchConfig, preset,
 )
 from icm_engine.backends.server_protocol import make_server_spec
-from icm_engine.manager import RunManager
-from icm_engine.models import DEFAULT_MODEL, list_bundled_models
+from icm_engine.runs.manager import RunManager
+from icm_engine.runs.models import DEFAULT_MODEL, list_bundled_models
 
 from .. import readers
 from ..services import CURRENT_RUN, is_live, run_picker, run_view, show_status

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.config import RunConfig
-from icm_engine.manager import RunManager
-from icm_engine.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, diagnose, seed_runs
-from icm_engine.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
+from icm_engine.core.config import RunConfig
+from icm_engine.runs.manager import RunManager
+from icm_engine.evaluation.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, diagnose, seed_runs
+from icm_engine.evaluation.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
 
 from ..services import run_picker
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import SearchConfig
-from .records import LabelState, SearchSnapshot
-from .scoring import Scorer
-from .search import Search, acceptance_probability
-from .tasks import consistent_options
+from ..core.config import SearchConfig
+from ..core.records import LabelState, SearchSnapshot
+from ..core.scoring import Scorer
+from ..core.search import Search, acceptance_probability
+from ..core.tasks import consistent_options
 
 
 @dataclass
@@ -162,7 +162,7 @@ def _server_summary(backend, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import apply_server_options
+    from .main import apply_server_options
 
     parser = argparse.ArgumentParser(prog="icm bench", description=__doc__)
     add_arguments(parser)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_model_options
+    from .main import add_model_options
 
     add_model_options(parser)
     parser.add_argument("--data", default="sample:sentiment_yelp")
@@ -185,9 +185,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .datasets import load_any
-    from .models import load_model
-    from .tasks import load_task
+    from ..data.datasets import load_any
+    from ..runs.models import load_model
+    from ..core.tasks import load_task
 
     backend = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
                          max_context=args.max_context)

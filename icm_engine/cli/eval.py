@@ -36,7 +36,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    from .evaluation import all_methods
+    from ..evaluation.comparison import all_methods
 
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in methods if m not in all_methods()]
@@ -47,9 +47,9 @@ def _methods(text: str) -> tuple[str, ...]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `eval` to an argparse subparsers object; returns the new parser."""
-    from .config import SCORERS, SearchConfig
-    from .evaluation import DECISION_RULES, DEFAULT_DECISION, DEFAULT_METHODS, SIZE_UNITS, all_methods
-    from .label_baselines import SELF_LABEL_ROUNDS
+    from ..core.config import SCORERS, SearchConfig
+    from ..evaluation.comparison import DECISION_RULES, DEFAULT_DECISION, DEFAULT_METHODS, SIZE_UNITS, all_methods
+    from ..evaluation.baselines import SELF_LABEL_ROUNDS
 
     defaults = SearchConfig()
     parser = subparsers.add_parser(
@@ -80,7 +80,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     method.add_argument("--decision", choices=tuple(DECISION_RULES), default=DEFAULT_DECISION,
                         help="how a test prediction is decided, the same for every row (the table shows both)")
 
-    from .cli import add_model_options
+    from .main import add_model_options
 
     add_model_options(parser)
 
@@ -102,8 +102,8 @@ def add_show_parser(subparsers) -> argparse.ArgumentParser:
 def show(args) -> int:
     import json
 
-    from .eval_report import format_label_table, format_table, summarize, summarize_labels
-    from .store import Store
+    from ..evaluation.comparison_tables import format_label_table, format_table, summarize, summarize_labels
+    from ..store.database import Store
 
     with Store.existing(args.db) as store:
         evals = store.evals()
@@ -127,8 +127,8 @@ def show(args) -> int:
 
 
 def config_from_args(args):
-    from .config import ModelConfig, SearchConfig
-    from .evaluation import EvalConfig
+    from ..core.config import ModelConfig, SearchConfig
+    from ..evaluation.comparison import EvalConfig
 
     return EvalConfig(
         task=args.task, data=args.data or DEFAULT_DATA.get(args.task, ""), search_size=args.search_size,
@@ -141,10 +141,10 @@ def config_from_args(args):
 
 def run(args, backend=None) -> int:
     """Execute `icm eval`; `backend` replaces loading --model (tests pass a fake one)."""
-    from .datasets import load_any
-    from .eval_report import accuracy_figure, format_label_table, format_table, summarize, summarize_labels, write_figure
-    from .evaluation import evaluate
-    from .store import Store
+    from ..data.datasets import load_any
+    from ..evaluation.comparison_tables import accuracy_figure, format_label_table, format_table, summarize, summarize_labels, write_figure
+    from ..evaluation.comparison import evaluate
+    from ..store.database import Store
 
     started = time.perf_counter()
     config = config_from_args(args)
@@ -155,7 +155,7 @@ def run(args, backend=None) -> int:
     dataset = load_any(config.data, task=config.task, limit=limit)
     print(f"data: {dataset.name} from {dataset.source}: {len(dataset.examples)} examples, task {dataset.task.name}", flush=True)
     if backend is None:
-        from .models import load_model
+        from ..runs.models import load_model
 
         m = config.model
         backend = load_model(m.name, device=m.device, dtype=m.dtype, quantization=m.quantization, max_context=m.max_context)

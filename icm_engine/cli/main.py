@@ -14,7 +14,7 @@ DEFAULT_DB = os.environ.get("ICM_STUDIO_DB", "runs/icm.duckdb")
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     """One flag per SearchConfig field, with its declared help; unset flags (None) take the preset's value."""
-    from .config import PRESETS, SEARCH_CHOICES, SEARCH_HELP, SearchConfig
+    from ..core.config import PRESETS, SEARCH_CHOICES, SEARCH_HELP, SearchConfig
 
     defaults = SearchConfig()
     group = parser.add_argument_group("search (defaults: README, 'Choosing the objective'; the paper's with --preset paper)")
@@ -35,7 +35,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _given_search_settings(args) -> dict:
-    from .config import SearchConfig
+    from ..core.config import SearchConfig
 
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if getattr(args, f.name, None) is not None}
 
@@ -67,14 +67,14 @@ def apply_server_options(args) -> None:
     if getattr(args, "server_concurrency", None) is not None:
         if args.server_concurrency < 1:
             raise SystemExit("icm: --server-concurrency must be at least 1")
-        from .backends.openai_server import CONCURRENCY_ENV
+        from ..backends.openai_server import CONCURRENCY_ENV
 
         os.environ[CONCURRENCY_ENV] = str(args.server_concurrency)
     if url is None and model is None:
         return
     if not url or not model:
         raise SystemExit("icm: --server-url and --server-model go together (the server's URL and the model name it serves)")
-    from .backends.server_protocol import make_server_spec
+    from ..backends.server_protocol import make_server_spec
 
     args.model = make_server_spec(url, model, args.server_engine)
 
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list bundled models")
 
-    from . import bench, eval_cli
+    from . import bench, eval as eval_cli
 
     bench.add_arguments(sub.add_parser("bench", help="naive vs fast exact scorer: tokens, seconds, |dU|, memory"))
     eval_cli.add_parser(sub)
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _search_config(args):
-    from .config import preset
+    from ..core.config import preset
 
     try:
         return preset(args.preset, **_given_search_settings(args))
@@ -155,7 +155,7 @@ def _search_config(args):
 
 
 def _load_backend(model_config):
-    from .models import load_model
+    from ..runs.models import load_model
 
     try:
         return load_model(
@@ -168,7 +168,7 @@ def _load_backend(model_config):
 
 def read_dataset(spec: str, task: str | None, limit: int | None):
     """The examples of `spec`, or a one-line refusal naming the file, line or row, and column."""
-    from .datasets import load_any
+    from ..data.datasets import load_any
 
     try:
         return load_any(spec, task=task, limit=limit)
@@ -180,8 +180,8 @@ def read_dataset(spec: str, task: str | None, limit: int | None):
 
 
 def _check_fits(backend, loaded, config, spec: str) -> None:
-    from .runner import make_scorer
-    from .scoring import ContextOverflowError
+    from ..runs.runner import make_scorer
+    from ..core.scoring import ContextOverflowError
 
     try:
         make_scorer(backend, loaded.task, loaded.examples, config).check_fits()
@@ -202,10 +202,10 @@ def ensure_dataset(store, spec: str, task: str | None, limit: int | None, loaded
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
-    from .audit import gold_agreement
-    from .config import ModelConfig, RunConfig
-    from .runner import advance, create_run, extend, open_search
-    from .store import Store
+    from ..audit import gold_agreement
+    from ..core.config import ModelConfig, RunConfig
+    from ..runs.runner import advance, create_run, extend, open_search
+    from ..store.database import Store
 
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     with Store(args.db) as store:
@@ -279,9 +279,9 @@ def _print_outcome(run_id: int, search) -> None:
 
 def cmd_finalize(args) -> int:
     """Run the final pass now: label what the search left, given its labeled set (recorded as a step)."""
-    from .config import RunConfig
-    from .runner import finalize, open_search
-    from .store import Store
+    from ..core.config import RunConfig
+    from ..runs.runner import finalize, open_search
+    from ..store.database import Store
 
     with Store.existing(args.db, read_only=False) as store:
         backend = _load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
@@ -296,8 +296,8 @@ def cmd_finalize(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export
-    from .store import Store
+    from ..runs.export import export
+    from ..store.database import Store
 
     out = Path(args.out)
     if out.is_dir():
@@ -331,7 +331,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def cmd_runs(args) -> int:
-    from .store import Store
+    from ..store.database import Store
 
     with Store.existing(args.db) as store:
         frame = store.runs()
@@ -341,14 +341,14 @@ def cmd_runs(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import summarize_run
-    from .store import Store
+    from ..evaluation.run_report import summarize_run
+    from ..store.database import Store
 
     with Store.existing(args.db) as store:
         print(summarize_run(store, args.run))
         if args.baselines:
-            from .config import RunConfig
-            from .report import prompting_baselines
+            from ..core.config import RunConfig
+            from ..evaluation.run_report import prompting_baselines
 
             backend = _load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
             result = prompting_baselines(store, args.run, backend, shots=args.shots)
@@ -363,10 +363,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_trust(args) -> int:
-    from .config import RunConfig
-    from .store import Store
-    from .trust import diagnose
-    from .trust_report import summary_lines, to_html
+    from ..core.config import RunConfig
+    from ..store.database import Store
+    from ..evaluation.trust import diagnose
+    from ..evaluation.trust_report import summary_lines, to_html
 
     try:
         seeds = None if args.runs is None else [int(r) for r in args.runs.split(",") if r.strip()]
@@ -386,7 +386,7 @@ def cmd_trust(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_bundled_models
+    from ..runs.models import list_bundled_models
 
     for name, description in list_bundled_models().items():
         print(f"{name:16s} {description}")
@@ -394,7 +394,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_app(args) -> int:
-    home = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+    home = Path(__file__).resolve().parents[2] / "app" / "Home.py"
     env = dict(os.environ, ICM_STUDIO_DB=str(Path(args.db).resolve()))
     if args.host not in LOCAL_HOSTS:
         print(f"warning: serving ICM Studio on {args.host}:{args.port}: anyone who can reach it can start runs "
@@ -426,9 +426,9 @@ def use_huge_pages_for_tensors() -> None:
 def main(argv: list[str] | None = None) -> int:
     use_huge_pages_for_tensors()  # inherited by `icm app`'s streamlit process too
     args = build_parser().parse_args(argv)
-    from . import bench, eval_cli
+    from . import bench, eval as eval_cli
 
-    from .store import StoreError
+    from ..store.database import StoreError
 
     handlers = {"run": cmd_run, "finalize": cmd_finalize, "export": cmd_export, "runs": cmd_runs, "report": cmd_report, "trust": cmd_trust, "models": cmd_models, "app": cmd_app,
                 "bench": bench.run, "eval": eval_cli.run, "evals": eval_cli.show}

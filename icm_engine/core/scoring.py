@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .backends.base import LabelQuery, LanguageModel
+from ..backends.base import LabelQuery, LanguageModel
 from .tasks import ConsistencyIndex, Example, Task
 
 CONTEXT_POLICIES = ("drop_oldest", "error")

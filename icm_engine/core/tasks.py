@@ -115,7 +115,7 @@ class Task:
 
 
 def builtin_task_names() -> list[str]:
-    folder = resources.files("icm_engine").joinpath("task_defs")
+    folder = resources.files("icm_engine.core").joinpath("task_defs")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -126,7 +126,7 @@ def load_task(name_or_dict: str | Mapping) -> Task:
     # a name, never a path: "../../x" must not reach some other JSON file
     if name_or_dict not in builtin_task_names():
         raise KeyError(f"unknown task {name_or_dict!r}; built-in tasks: {', '.join(builtin_task_names())}")
-    path = resources.files("icm_engine").joinpath("task_defs", f"{name_or_dict}.json")
+    path = resources.files("icm_engine.core").joinpath("task_defs", f"{name_or_dict}.json")
     if not path.is_file():
         raise KeyError(f"unknown task {name_or_dict!r}; built-in tasks: {', '.join(builtin_task_names())}")
     return Task.from_dict(json.loads(path.read_text()))

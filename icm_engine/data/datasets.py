@@ -21,12 +21,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from .tasks import Example, Task, builtin_task_names, load_task
+from ..core.tasks import Example, Task, builtin_task_names, load_task
 
 if TYPE_CHECKING:  # pandas costs a second to import; the real-data loaders do not need it
     import pandas as pd
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 
 ATTRIBUTION = {
     "truthfulqa": "TruthfulQA (Lin, Hilton & Evans, 2022), Apache-2.0; claims as released with the ICM paper.",

@@ -4,7 +4,7 @@ The samples are ordinary upload files (one row per claim, gold in a `gold` colum
 and `load_sample` read them exactly as they read a user's table. Rebuilding is deterministic:
 same data, same seed, byte-identical files (tests/test_datasets.py checks this).
 
-    .venv/bin/python -m icm_engine.sample_builder [OUT_DIR]
+    .venv/bin/python -m icm_engine.data.sample_builder [OUT_DIR]
 """
 from __future__ import annotations
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from .datasets import (
     ATTRIBUTION, DatasetError, LoadedDataset, _gold_value, _jsonl, _rng, _sentiment_claims, gsm8k_final_answer,
 )
-from .tasks import Example, load_task
+from ..core.tasks import Example, load_task
 
 # The project's checkout sits beside ../shared (developers' machines and CI alike).
-DEFAULT_SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 SENTIMENT_FILES = {"yelp": "sentiment/yelp_labelled.txt", "amazon": "sentiment/amazon_cells_labelled.txt"}
 

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends.base import LabelQuery, LanguageModel
-from .scoring import Scorer, normalize
-from .tasks import Example, Task
+from ..backends.base import LabelQuery, LanguageModel
+from ..core.scoring import Scorer, normalize
+from ..core.tasks import Example, Task
 
 SELF_LABEL_ROUNDS = 2  # rounds of relabeling after the zero-shot start; most labels settle in one or two
 PREDICT_BATCH = 64  # queries per backend call: small enough to print progress, large enough to batch

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import CALIBRATIONS, OBJECTIVES
-from .evaluation import DECISION_RULES, LABEL_TABLE, TEST_TABLE
+from ..core.config import CALIBRATIONS, OBJECTIVES
+from .comparison import DECISION_RULES, LABEL_TABLE, TEST_TABLE
 
 # Display order and names, following the paper's Figures 3, 8 and 10.
 METHOD_NAMES = {

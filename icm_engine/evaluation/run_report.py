@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .audit import gold_agreement
-from .store import Store
+from ..audit import gold_agreement
+from ..store.database import Store
 
 
 def cost_by_labeled_count(events: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
@@ -55,8 +55,8 @@ def prompting_baselines(store: Store, run_id: int, backend, shots: int = 8, seed
     """
     import numpy as np
 
-    from .evaluation import demo_prefix, predict
-    from .tasks import load_task
+    from .comparison import demo_prefix, predict
+    from ..core.tasks import load_task
 
     run = store.run(run_id)
     gold = store.load_gold(run["dataset_id"])

@@ -27,10 +27,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .export import labeled_frame
-from .label_baselines import Log, decide, label_log_odds, self_labels
-from .store import Store
-from .tasks import Example, Task, load_task
+from ..runs.export import labeled_frame
+from .baselines import Log, decide, label_log_odds, self_labels
+from ..store.database import Store
+from ..core.tasks import Example, Task, load_task
 
 POLARITY_SDS = 2.0  # agreement this many binomial sds below 1/2 flags a labeling as possibly inverted
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # contextual calibration (Zhao et al. 2021): inputs that say nothing

@@ -14,10 +14,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from .records import STEERING_KINDS
-from .scoring import normalize
-from .store import Store
-from .tasks import LABEL_NAMES, load_task
+from ..core.records import STEERING_KINDS
+from ..core.scoring import normalize
+from ..store.database import Store
+from ..core.tasks import LABEL_NAMES, load_task
 
 FORMATS = ("csv", "sft", "preference", "provenance")
 # Where an example's label came from, read from its last flip (records.FLIP_CAUSES).

@@ -21,12 +21,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends.base import BackendStats, LanguageModel, ModelInfo
-from .config import ModelConfig, RunConfig
-from .records import StepRecord
+from ..backends.base import BackendStats, LanguageModel, ModelInfo
+from ..core.config import ModelConfig, RunConfig
+from ..core.records import StepRecord
 from .runner import advance, open_search, record_steering
-from .search import Search
-from .store import INTERRUPTED, Store
+from ..core.search import Search
+from ..store.database import INTERRUPTED, Store
 
 # progress(message, fraction or None), as models.load_model reports model conversion and loading
 Progress = Callable[[str, "float | None"], None]

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Callable
 
-from .backends.base import LanguageModel, ModelInfo
-from .config import RunConfig
-from .records import StepRecord
-from .scoring import Scorer
-from .search import Search
-from .store import Store
-from .tasks import load_task
+from ..backends.base import LanguageModel, ModelInfo
+from ..core.config import RunConfig
+from ..core.records import StepRecord
+from ..core.scoring import Scorer
+from ..core.search import Search
+from ..store.database import Store
+from ..core.tasks import load_task
 
 
 def create_run(store: Store, dataset_id: int, config: RunConfig, backend: LanguageModel, name: str = "") -> int:
