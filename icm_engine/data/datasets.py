@@ -7,143 +7,32 @@ them in `LoadedDataset.gold`, for evaluation. Builders keep gold out of everythi
   where which response sits first in "ab" is a seeded coin, not the chosen one),
 - the claims of a group are shuffled with a RNG seeded per group, so position is no tell.
 
-Loaders for the real data in ../shared/data live in icm_engine.shared_data. Bundled samples
-live in sample_data/ and are built from it by icm_engine.sample_builder.
+LoadedDataset, DatasetError and the helpers every loader shares live in data/base.py; loaders
+for the real data in ../shared/data in data/shared_data.py. Bundled samples live in sample_data/
+and are built from that data by data/sample_builder.py.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-import random
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..core.tasks import Example, Task, builtin_task_names, load_task
+from .base import (
+    ATTRIBUTION, DatasetError, LoadedDataset, gold_value, gsm8k_final_answer, read_jsonl, sentiment_claims,
+)
 
 if TYPE_CHECKING:  # pandas costs a second to import; the real-data loaders do not need it
     import pandas as pd
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 
-ATTRIBUTION = {
-    "truthfulqa": "TruthfulQA (Lin, Hilton & Evans, 2022), Apache-2.0; claims as released with the ICM paper.",
-    "gsm8k": "GSM8K model solutions, openai/grade-school-math (Cobbe et al., 2021), MIT License.",
-    "hh_rlhf": "Anthropic HH-RLHF harmless-base test split (Bai et al., 2022), MIT License.",
-    "sentiment": "Sentiment Labelled Sentences (Kotzias et al., 'From Group to Individual Labels using "
-    "Deep Features', KDD 2015), UCI Machine Learning Repository, CC BY 4.0.",
-}
-SENTIMENT_CLAIMS = {"positive": "This review is positive.", "negative": "This review is negative."}
-GOLD_WORDS = {"0": 0, "1": 1, "false": 0, "true": 1, "False": 0, "True": 1}
-
-
-class DatasetError(ValueError):
-    """Bad input data; the message names the place and the column.
-
-    The place is the JSONL line where known, else the 1-based data row (a CSV header is not a row).
-    """
-
-    def __init__(self, problem: str, *, row: int | None = None, column: str | None = None, line: int | None = None):
-        self.problem, self.row, self.column, self.line = problem, row, column, line
-        place = f"line {line}" if line is not None else f"row {row}" if row is not None else None
-        where = ", ".join(w for w in (place, None if column is None else f"column {column!r}") if w)
-        super().__init__(f"{where}: {problem}" if where else problem)
-
-
-@dataclass
-class LoadedDataset:
-    name: str
-    task: Task
-    examples: list[Example]
-    gold: dict[int, int] | None  # example index -> 0/1; evaluation only, never shown to the search
-    source: str
-    attribution: str = ""
-    notes: list[str] = field(default_factory=list)  # what a loader skipped or could not parse
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-
-def _jsonl(text: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; split on '\n' only, like the sources."""
-    records = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"not valid JSON ({error.msg})", line=n) from None
-        if not isinstance(record, dict):
-            raise DatasetError("each line must be a JSON object", line=n)
-        records.append((n, record))
-    return records
-
-
-def _rng(*parts) -> random.Random:
-    # string seeds hash the same in every process, unlike hash() of a tuple
-    return random.Random(":".join(str(p) for p in parts))
-
-
-def _gold_value(value) -> int | None:
-    """0/1 from a bool, a number equal to 0 or 1 (1.0 too), or text naming one (0, 1, 0.0, 1.0,
-    true, false): one rule for every format, so a CSV and a Parquet of the same table agree.
-    None for anything else."""
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()  # numpy scalars from pandas
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
-        word = value.strip()
-        if word in GOLD_WORDS:
-            return GOLD_WORDS[word]
-        try:
-            value = Decimal(word)
-        except InvalidOperation:
-            return None
-        if not value.is_finite():  # NaN, sNaN, Infinity: comparing sNaN would raise
-            return None
-    if isinstance(value, (int, float, Decimal)) and value in (0, 1):
-        return int(value)
-    return None
-
-
-def gsm8k_final_answer(solution: str) -> str | None:
-    """The final answer after "A:" on the solution's last line, normalized; None if there is none.
-
-    Normalizing: strip, drop commas, a leading "$" and trailing "."; numbers are written
-    canonically ("18.00" -> "18", "0.50" -> "0.5"); other text is lowercased ("1/5").
-    """
-    last = solution.rstrip().split("\n")[-1].strip()
-    if not last.startswith("A:"):
-        return None
-    answer = last[2:].strip().replace(",", "").rstrip(".").strip().removeprefix("$").strip()
-    if not answer:
-        return None
-    try:
-        number = Decimal(answer)
-    except InvalidOperation:
-        number = Decimal("NaN")
-    if not number.is_finite():
-        return answer.lower()
-    return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
-
-
 # Keys a task can derive from its own inputs when a table has no key column.
 KEY_DERIVERS: dict[str, Callable[[Mapping[str, str]], str | None]] = {
     "gsm8k_verification": lambda fields: gsm8k_final_answer(fields["solution"]),
 }
-
-
-def _sentiment_claims(uid: str, text: str, positive: int, seed) -> list[tuple[Example, int]]:
-    """A sentence's two complementary claims in seeded order, each with its gold."""
-    keys = list(SENTIMENT_CLAIMS)
-    _rng("sentiment", seed, uid).shuffle(keys)
-    claim = lambda key: {"text": text, "claim": SENTIMENT_CLAIMS[key]}  # noqa: E731
-    return [(Example(f"{uid}-{key[:3]}", claim(key), uid, key), int((key == "positive") == bool(positive)))
-            for key in keys]
 
 
 # ---- tables: uploads and bundled samples ---------------------------------------------------
@@ -252,7 +141,7 @@ def read_table(path_or_buffer, fmt: str | None = None) -> pd.DataFrame:
             raise DatasetError(f"JSON columns do not line up ({error})") from None
     if fmt != "jsonl":
         raise DatasetError(f"unknown format {fmt!r}")
-    numbered = _jsonl(text)
+    numbered = read_jsonl(text)
     frame = pd.DataFrame.from_records([record for _, record in numbered])
     frame.attrs["icm_lines"] = [n for n, _ in numbered]
     return frame
@@ -346,7 +235,7 @@ def build_dataset(df: pd.DataFrame, task: Task | str, columns: Mapping[str, str]
                 raise DatasetError(f"group {group!r}: rule {task.rule!r} pairs exactly two claims with different keys",
                                    column=group_column, **_where(df, i))
         if gold_column is not None:
-            gold[i] = _gold_value(golds[i])
+            gold[i] = gold_value(golds[i])
             if gold[i] is None:
                 raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **_where(df, i))
         examples.append(Example(uid, fields, group=group, key=key))
@@ -366,14 +255,14 @@ def expand_sentiment(df: pd.DataFrame, text_column="text", gold_column=None, id_
         text = _input_text(texts[i], _where(df, i), text_column)
         if text is None:
             raise DatasetError("empty value", column=text_column, **_where(df, i))
-        positive = _gold_value(golds[i]) if gold_column else 0
+        positive = gold_value(golds[i]) if gold_column else 0
         if positive is None:
             raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **_where(df, i))
         uid = _text(ids[i]) if id_column else f"s{i + 1:05d}"
         if uid is None or uid in seen:
             raise DatasetError("ids must be present and unique", column=id_column, **_where(df, i))
         seen.add(uid)
-        for example, value in _sentiment_claims(uid, text, positive, seed):
+        for example, value in sentiment_claims(uid, text, positive, seed):
             row = {"id": example.uid, **example.fields, "group": example.group, "key": example.key}
             rows.append(row | ({"gold": value} if gold_column else {}))
     return pd.DataFrame(rows, columns=["id", "text", "claim", "group", "key"] + (["gold"] if gold_column else []))
@@ -448,3 +337,9 @@ def load_any(spec: str, task: Task | str | None = None, limit: int | None = None
     if task_name is not None and dataset.task.name != task_name:
         raise ValueError(f"{spec} is a {dataset.task.name!r} dataset, not {task_name!r}")
     return dataset
+
+
+def dataset_source(spec: str, limit: int | None, task: str) -> str:
+    """What the store records as a load's source: the spec, the limit and the task, written the same
+    way by `icm run` and the studio's Data page. (A load is identified by its content, not this.)"""
+    return f"{spec}|limit={limit}|task={task}"

@@ -14,7 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .datasets import SAMPLE_DIR, LoadedDataset
+from .base import LoadedDataset
+from .datasets import SAMPLE_DIR
 from .shared_data import load_gsm8k, load_hh_rlhf, load_sentiment, load_truthfulqa, shared_data_dir
 
 SEED = 0  # the samples' subset and within-group order

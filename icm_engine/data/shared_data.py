@@ -3,7 +3,7 @@ HH-RLHF harmlessness pairs and UCI sentiment sentences, each turned into a Loade
 
 The folder defaults to ../shared/data beside the checkout (override with ICM_SHARED_DATA or a
 `path` argument); its README gives sources and licenses. The builders keep gold out of what the
-search sees, as icm_engine.datasets explains.
+search sees, as data/datasets.py explains.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import os
 from itertools import zip_longest
 from pathlib import Path
 
-from .datasets import (
-    ATTRIBUTION, DatasetError, LoadedDataset, _gold_value, _jsonl, _rng, _sentiment_claims, gsm8k_final_answer,
-)
 from ..core.tasks import Example, load_task
+from .base import (
+    ATTRIBUTION, DatasetError, LoadedDataset, gold_value, gsm8k_final_answer, read_jsonl, seeded_rng, sentiment_claims,
+)
 
 # The project's checkout sits beside ../shared (developers' machines and CI alike).
 DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -53,7 +53,7 @@ def _choose(count: int, limit: int | None, seed: int, strata: list | None = None
     pools: dict = {}
     for index, stratum in enumerate(strata or [None] * count):
         pools.setdefault(stratum, []).append(index)
-    rng = _rng("choose", seed)
+    rng = seeded_rng("choose", seed)
     for stratum in sorted(pools):
         rng.shuffle(pools[stratum])
     # deal round-robin from the shuffled strata: as balanced as their sizes allow
@@ -74,14 +74,14 @@ def load_truthfulqa(path=None, limit: int | None = None, seed: int = 0) -> Loade
     groups: dict[str, list[tuple[dict, int]]] = {}
     for n, record in enumerate(json.loads(file.read_text(encoding="utf-8")), 1):
         _require(record, ("question", "choice", "label", "consistency_id"), row=n)
-        label = _gold_value(record["label"])
+        label = gold_value(record["label"])
         if label is None:
             raise DatasetError(f"label must be 0 or 1, got {record['label']!r}", row=n, column="label")
         groups.setdefault(str(record["consistency_id"]), []).append((record, label))
     labelled, ids = [], list(groups)
     for gid in (ids[i] for i in _choose(len(ids), limit, seed)):
         claims = groups[gid][:]
-        _rng("truthfulqa", seed, gid).shuffle(claims)  # the source lists a question's true claims first
+        seeded_rng("truthfulqa", seed, gid).shuffle(claims)  # the source lists a question's true claims first
         for j, (record, label) in enumerate(claims):
             fields = {"question": record["question"], "choice": record["choice"]}
             labelled.append((Example(f"truthfulqa-q{gid}-c{j}", fields, group=f"q{gid}"), label))
@@ -91,14 +91,14 @@ def load_truthfulqa(path=None, limit: int | None = None, seed: int = 0) -> Loade
 def load_gsm8k(path=None, limit: int | None = None, seed: int = 0) -> LoadedDataset:
     """GSM8K-verification: 4 model solutions per question; key = the parsed final answer."""
     file = _data_file(path, "gsm8k/model_solutions_dev.jsonl")
-    rows = _jsonl(file.read_text(encoding="utf-8"))
+    rows = read_jsonl(file.read_text(encoding="utf-8"))
     for n, record in rows:
         _require(record, ("question", *GSM8K_SOLVERS), line=n)
     labelled, unparsed = [], 0
     for n, record in (rows[i] for i in _choose(len(rows), limit, seed)):
         # which model wrote a solution correlates with correctness, so slots are shuffled and unnamed
         solutions = [record[s] for s in GSM8K_SOLVERS]
-        _rng("gsm8k", seed, n).shuffle(solutions)
+        seeded_rng("gsm8k", seed, n).shuffle(solutions)
         for j, solution in enumerate(solutions):
             uid, answer = f"gsm8k-q{n:03d}-s{j}", gsm8k_final_answer(solution["solution"])
             unparsed += answer is None
@@ -123,7 +123,7 @@ def load_hh_rlhf(path=None, limit: int | None = None, seed: int = 0) -> LoadedDa
     """
     file = _data_file(path, "hh_rlhf/harmless_base_test.jsonl.gz")
     with gzip.open(file, "rt", encoding="utf-8") as handle:
-        records = _jsonl(handle.read())
+        records = read_jsonl(handle.read())
     pairs, skipped = [], 0
     for n, record in records:
         for column in ("chosen", "rejected"):
@@ -136,7 +136,7 @@ def load_hh_rlhf(path=None, limit: int | None = None, seed: int = 0) -> LoadedDa
         pairs.append((n, prompt, chosen, rejected))
     labelled = []
     for n, prompt, chosen, rejected in (pairs[i] for i in _choose(len(pairs), limit, seed)):
-        rng = _rng("hh_rlhf", seed, n)
+        rng = seeded_rng("hh_rlhf", seed, n)
         chosen_first = rng.random() < 0.5  # which response "ab" puts first: a coin, so keys tell nothing
         first, second = (chosen, rejected) if chosen_first else (rejected, chosen)
         orders = [("ab", first, second, int(chosen_first)), ("ba", second, first, int(not chosen_first))]
@@ -175,7 +175,7 @@ def load_sentiment(source="yelp", single=False, limit: int | None = None, seed=0
     labelled = []
     for n, text, label in (sentences[i] for i in chosen):
         uid = f"{source}-{n:04d}"
-        labelled += [(Example(uid, {"text": text}), label)] if single else _sentiment_claims(uid, text, label, seed)
+        labelled += [(Example(uid, {"text": text}), label)] if single else sentiment_claims(uid, text, label, seed)
     task = "sentiment_single" if single else "sentiment"
     return _labelled(f"{task}_{source}", task, labelled, file, "sentiment")
 
