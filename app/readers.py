@@ -139,7 +139,7 @@ def label_balance(matrix: pd.DataFrame) -> pd.DataFrame:
                          "true": true.to_numpy(), "true_share": share.to_numpy()})
 
 
-def gold_agreement(matrix: pd.DataFrame, gold: Mapping[int, int] | None) -> pd.DataFrame | None:
+def gold_agreement_by_iteration(matrix: pd.DataFrame, gold: Mapping[int, int] | None) -> pd.DataFrame | None:
     """Audit only: per iteration, the share of labeled examples whose label equals gold; None without gold."""
     if not gold:
         return None

@@ -252,7 +252,7 @@ def _flips(rows):
 
 
 def test_label_matrix_replays_flips_including_exclusion():
-    from app.readers import UNLABELED, gold_agreement, label_balance, label_matrix
+    from app.readers import UNLABELED, gold_agreement_by_iteration, label_balance, label_matrix
 
     flips = _flips([(0, 0, 0, 0, None, 1, "initial", None), (0, 1, 0, 1, None, 0, "initial", None),
                     (2, 0, 2, 0, 1, 0, "proposal", None), (2, 1, 2, 2, None, 1, "fix", 0),
@@ -263,9 +263,9 @@ def test_label_matrix_replays_flips_including_exclusion():
     assert matrix.loc[2].tolist() == [UNLABELED, UNLABELED, 1, 1, 1]
     balance = label_balance(matrix)
     assert balance["labeled"].tolist() == [2, 2, 3, 2, 2] and balance["true"].tolist() == [1, 1, 1, 1, 1]
-    agreement = gold_agreement(matrix, {0: 0, 1: 0, 2: 1})
+    agreement = gold_agreement_by_iteration(matrix, {0: 0, 1: 0, 2: 1})
     assert agreement["agreement"].tolist() == [0.5, 0.5, 1.0, 1.0, 1.0]
-    assert gold_agreement(matrix, None) is None
+    assert gold_agreement_by_iteration(matrix, None) is None
 
 
 def test_search_curves_keep_the_scores_of_d_after_a_rejected_proposal(manager):

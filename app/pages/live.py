@@ -43,7 +43,7 @@ def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> Non
         st.plotly_chart(charts.acceptance_figure(readers.rolling_acceptance(curves, window), window), key="live.accept")
     with right:
         st.plotly_chart(charts.labeled_figure(readers.label_balance(matrix), marks), key="live.labeled")
-    agreement = readers.gold_agreement(matrix, view.gold)
+    agreement = readers.gold_agreement_by_iteration(matrix, view.gold)
     if agreement is not None:
         st.plotly_chart(charts.gold_figure(agreement), key="live.gold")
         st.caption("Gold labels are read for this chart only; the search never sees them.")

@@ -1,9 +1,9 @@
-"""`icm report`: a run's summary from the database: progress, acceptance, cost against |D|, audit."""
+"""One run's summary from the database (`icm report`): progress, acceptance, cost against |D|,
+and audit-only comparisons with gold, which the search never calls."""
 from __future__ import annotations
 
 import pandas as pd
 
-from ..audit import gold_agreement
 from ..store.database import Store
 
 
@@ -18,6 +18,21 @@ def cost_by_labeled_count(events: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
     )
     table.index = [f"{int(interval.left) + 1}-{int(interval.right)}" for interval in table.index]
     return table.rename_axis("labeled").reset_index()
+
+
+def run_gold_agreement(store: Store, run_id: int) -> dict | None:
+    """Audit only: share of the run's labeled examples whose label equals gold, or None if the
+    dataset has no gold. (The studio's per-iteration curve is app/readers.gold_agreement_by_iteration.)"""
+    run = store.run(run_id)
+    gold = store.load_gold(run["dataset_id"])
+    if not gold:
+        return None
+    labels = store.labels(run_id)
+    pairs = [(int(r.label), gold[int(r.example)]) for r in labels.itertuples(index=False) if int(r.example) in gold]
+    if not pairs:
+        return {"accuracy": None, "n": 0}
+    correct = sum(label == truth for label, truth in pairs)
+    return {"accuracy": correct / len(pairs), "n": len(pairs)}
 
 
 def summarize_run(store: Store, run_id: int) -> str:
@@ -38,7 +53,7 @@ def summarize_run(store: Store, run_id: int) -> str:
         "cost per step against the number of labeled examples:",
         cost_by_labeled_count(events).to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
     ]
-    agreement = gold_agreement(store, run_id)
+    agreement = run_gold_agreement(store, run_id)
     if agreement and agreement["accuracy"] is not None:
         lines += ["", f"audit only (gold never used by the search): {agreement['accuracy']:.3f} "
                       f"agreement with gold on {agreement['n']} labeled"]
