@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..backends.base import LabelQuery, LanguageModel, ModelInfo
+from ..backends.base import LabelQuery, LanguageModel
 from ..core.config import CALIBRATIONS, OBJECTIVES, PRESETS, ModelConfig, RunConfig, SearchConfig
 from .baselines import (
     SELF_LABEL_ROUNDS, decide, label_log_odds, random_labels, self_labels, zero_shot_labels,
@@ -326,7 +326,7 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
         f"(cap {steps} steps) and end with the final pass; test prompts carry {count} demonstrations")
 
     rows: list[dict] = []
-    info = getattr(backend, "info", None) or ModelInfo(name=backend.name, revision=backend.revision)
+    info = backend.info
     info = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
 
     def resolved_config(running_seed: int | None) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Callable
 
-from ..backends.base import LanguageModel, ModelInfo
+from ..backends.base import LanguageModel
 from ..core.config import RunConfig
 from ..core.records import StepRecord
 from ..core.scoring import Scorer
@@ -19,8 +19,7 @@ from ..core.tasks import load_task
 
 
 def create_run(store: Store, dataset_id: int, config: RunConfig, backend: LanguageModel, name: str = "") -> int:
-    info = getattr(backend, "info", None) or ModelInfo(name=backend.name, revision=backend.revision)
-    return store.create_run(dataset_id, config.to_dict(), asdict(info), name=name)
+    return store.create_run(dataset_id, config.to_dict(), asdict(backend.info), name=name)
 
 
 def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Scorer:
