@@ -8,23 +8,22 @@ costs no query, and a new step is picked up at once.
 from __future__ import annotations
 
 import atexit
-import os
 from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 
 from icm_engine.runs.manager import RunManager
+from icm_engine.store.database import default_db
 from icm_engine.core.tasks import Example, Task, load_task
 
 from . import readers
 
-DEFAULT_DB = "runs/icm.duckdb"
 CURRENT_RUN = "studio.run_id"  # the run the pages show, shared by all pages of a session
 
 
 def db_path() -> str:
-    return os.environ.get("ICM_STUDIO_DB", DEFAULT_DB)
+    return default_db()
 
 
 @st.cache_resource(show_spinner="Opening the database…", on_release=lambda manager: manager.shutdown())

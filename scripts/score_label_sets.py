@@ -16,6 +16,7 @@ import numpy as np
 
 from icm_engine.data.datasets import load_any
 from icm_engine.evaluation.comparison import split_by_group
+from icm_engine.core.config import ModelConfig
 from icm_engine.runs.models import load_model
 from icm_engine.core.scoring import Scorer
 
@@ -38,7 +39,7 @@ def main() -> None:
                            config["size_unit"])
     examples = [data.examples[i] for i in split.search]
     gold = np.array([int(data.gold[i]) for i in split.search])
-    scorer = Scorer(load_model(args.model), data.task, examples, calibration=args.calibration,
+    scorer = Scorer(load_model(ModelConfig(args.model)), data.task, examples, calibration=args.calibration,
                     use_consistency=False, objective=args.objective)
     order = list(range(len(examples)))
 

@@ -59,9 +59,10 @@ SETTINGS = [("float32", "none", 1e-3), ("float32", "nf4", 1e-3), ("bfloat16", "n
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 @pytest.mark.parametrize("dtype,quantization,bound", SETTINGS)
 def test_fast_equals_naive_on_cuda(tiny_dirs, sentiment, kind, dtype, quantization, bound):
+    from icm_engine.core.config import ModelConfig
     from icm_engine.runs.models import load_model
 
-    backend = load_model(str(tiny_dirs[kind]), device="cuda", dtype=dtype, quantization=quantization,
+    backend = load_model(ModelConfig(str(tiny_dirs[kind]), device="cuda", dtype=dtype, quantization=quantization),
                          progress=lambda *_: None)
     assert backend.device.type == "cuda" and backend.info.quantization == quantization
     du, dp = _max_differences(backend, sentiment)

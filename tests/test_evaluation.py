@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 
 from icm_engine.cli import eval as eval_cli
+from icm_engine.cli import evals as evals_cli
 from icm_engine.backends.base import LanguageModel
 from icm_engine.backends.fake import FakeLM
 from icm_engine.core.config import RunConfig, SearchConfig
-from icm_engine.data.datasets import LoadedDataset
+from icm_engine.data.base import LoadedDataset
 from icm_engine.evaluation.comparison_tables import (
     accuracy_figure, format_label_table, format_table, summarize, summarize_labels, table_rows, write_figure,
 )
@@ -378,8 +379,8 @@ def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path, capsys):
     assert cut["accuracy"].tolist() == full["accuracy"].tolist()[: len(cut)]
     # `icm evals` prints what the cut evaluation kept
     show = argparse.ArgumentParser()
-    eval_cli.add_show_parser(show.add_subparsers(dest="command"))
-    assert eval_cli.show(show.parse_args(["evals", "--db", str(tmp_path / "cut.duckdb"), "--eval", "1"])) == 0
+    evals_cli.add_parser(show.add_subparsers(dest="command"))
+    assert evals_cli.run(show.parse_args(["evals", "--db", str(tmp_path / "cut.duckdb"), "--eval", "1"])) == 0
     printed = capsys.readouterr().out
     assert "cut short" in printed and "label table" in printed and "self_labels" in printed and "gold" in printed
 

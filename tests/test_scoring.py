@@ -16,10 +16,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_backend(tmp_path_factory):
+    from icm_engine.core.config import ModelConfig
     from icm_engine.runs.models import load_model
     from tests.tiny_model import build_tiny_model_dir
 
-    return load_model(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))), device="cpu", dtype="float32")
+    return load_model(ModelConfig(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")

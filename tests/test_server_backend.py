@@ -368,10 +368,11 @@ def _say(request, line: str) -> None:
 
 @pytest.fixture(scope="module")
 def local_gemma():
+    from icm_engine.core.config import ModelConfig
     from icm_engine.runs.models import load_model
 
     # a small prefix store: the 8-claim prompts need little, and CI machines share their memory
-    return load_model("gemma3-270m", progress=lambda *a: None, cache_budget_mb=1024)
+    return load_model(ModelConfig("gemma3-270m"), progress=lambda *a: None, cache_budget_mb=1024)
 
 
 @pytest.mark.bundled

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from icm_engine.store import database as store_module
-from icm_engine.cli.main import ensure_dataset
+from icm_engine.cli.run import ensure_dataset
 from icm_engine.store.database import ForeignDatabaseError, Store, StoreError
 from icm_engine.core.tasks import Example, Task
 

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine.cli import main as cli
+from icm_engine import cli
+from icm_engine.cli import trust as trust_command
 
 from icm_engine.evaluation import trust
 from icm_engine.backends.fake import FakeLM
@@ -165,7 +166,7 @@ def test_icm_trust_prints_the_checks_and_writes_a_self_contained_html_report(tmp
         examples, gold = polarity_examples(20, seed=3)
         dataset_id = store.add_dataset("polarity", SINGLE.to_dict(), examples, gold)
         run_id = stored_run(store, dataset_id, {e: 1 - y for e, y in gold.items()})
-    monkeypatch.setattr(cli, "_load_backend", lambda model: FakeLM(strength=6))
+    monkeypatch.setattr(trust_command, "load_backend", lambda model: FakeLM(strength=6))
     out = tmp_path / "report.html"
     assert cli.main(["trust", "--run", str(run_id), "--db", str(db), "--out", str(out)]) == 0
     printed = capsys.readouterr().out

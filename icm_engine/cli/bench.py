@@ -20,6 +20,7 @@ from ..core.records import LabelState, SearchSnapshot
 from ..core.scoring import Scorer
 from ..core.search import Search, acceptance_probability
 from ..core.tasks import consistent_options
+from .options import add_model_options, apply_server_options, model_config
 
 
 @dataclass
@@ -162,8 +163,7 @@ def _server_summary(backend, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .main import apply_server_options
-
+    """`icm bench` on its own (scripts/gpu_check.sh runs it so)."""
     parser = argparse.ArgumentParser(prog="icm bench", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .main import add_model_options
+def add_parser(subparsers) -> None:
+    add_arguments(subparsers.add_parser("bench", help="naive vs fast exact scorer: tokens, seconds, |dU|, memory"))
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--data", default="sample:sentiment_yelp")
     parser.add_argument("--task", default="sentiment")
@@ -185,12 +187,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..core.tasks import load_task
     from ..data.datasets import load_any
     from ..runs.models import load_model
-    from ..core.tasks import load_task
 
-    backend = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
-                         max_context=args.max_context)
+    backend = load_model(model_config(args))
     loaded = load_any(args.data, task=args.task)
     task = load_task(args.task) if args.task else loaded.task
     fast = Scorer(backend, task, loaded.examples)

@@ -1,17 +1,15 @@
 """`icm eval`: the paper's comparison on a gold-labelled dataset, from the shell.
 
-cli.py wires it: `add_parser(subparsers)` adds the subcommand, `run(args)` executes it. The work
-is in evaluation.py (the runs) and eval_report.py (table, chart); this file parses, loads,
-prints and saves.
+The work is in evaluation/comparison.py (the runs) and evaluation/comparison_tables.py (tables,
+chart); this file parses, loads, prints and saves. `icm evals` (evals.py) shows stored ones.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-DEFAULT_DB = os.environ.get("ICM_STUDIO_DB", "runs/icm.duckdb")  # the same default as `icm run`
+from .options import add_db_option, add_model_options, add_setting_flag, load_backend, model_config, search_setting
 # The shared data set behind each built-in task (see ../shared/data/README.md).
 DEFAULT_DATA = {
     "truthfulqa": "shared:truthfulqa",
@@ -47,7 +45,7 @@ def _methods(text: str) -> tuple[str, ...]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `eval` to an argparse subparsers object; returns the new parser."""
-    from ..core.config import SCORERS, SearchConfig
+    from ..core.config import SearchConfig
     from ..evaluation.comparison import DECISION_RULES, DEFAULT_DECISION, DEFAULT_METHODS, SIZE_UNITS, all_methods
     from ..evaluation.baselines import SELF_LABEL_ROUNDS
 
@@ -75,59 +73,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "each search stops by its own rule (default: until labeled) and ends with the final pass")
     method.add_argument("--self-label-rounds", type=int, default=SELF_LABEL_ROUNDS, help="rounds of the self-labeling baseline")
     method.add_argument("--max-demos", type=int, default=None, help="cap on demonstrations (default: as many as fit the context)")
-    method.add_argument("--scorer", choices=SCORERS, default=defaults.scorer)
-    method.add_argument("--alpha", type=float, default=defaults.alpha)
+    for name in ("scorer", "alpha"):  # the searches' other settings are each ICM row's own
+        add_setting_flag(method, search_setting(name), getattr(defaults, name))
     method.add_argument("--decision", choices=tuple(DECISION_RULES), default=DEFAULT_DECISION,
                         help="how a test prediction is decided, the same for every row (the table shows both)")
-
-    from .main import add_model_options
 
     add_model_options(parser)
 
     output = parser.add_argument_group("output")
-    output.add_argument("--db", default=DEFAULT_DB)
+    add_db_option(output)
     output.add_argument("--out", default=None, help="chart path (.html, plus .png when kaleido is installed; default runs/eval_<id>.html)")
     output.add_argument("--name", default="", help="a name for the evaluation (default: task, model and date)")
     return parser
 
 
-def add_show_parser(subparsers) -> argparse.ArgumentParser:
-    """`icm evals`: list stored evaluations, or print one's tables (also one cut short: its finished seeds)."""
-    parser = subparsers.add_parser("evals", help="list stored evaluations, or print the tables of one (--eval N)")
-    parser.add_argument("--db", default=DEFAULT_DB)
-    parser.add_argument("--eval", type=int, default=None, help="the evaluation whose tables to print")
-    return parser
-
-
-def show(args) -> int:
-    import json
-
-    from ..evaluation.comparison_tables import format_label_table, format_table, summarize, summarize_labels
-    from ..store.database import Store
-
-    with Store.existing(args.db) as store:
-        evals = store.evals()
-        if args.eval is None:
-            print(evals[["eval_id", "name", "created_at", "n_rows"]].to_string(index=False) if len(evals) else "no evaluations")
-            return 0
-        if args.eval not in set(evals["eval_id"]):
-            raise SystemExit(f"{args.db} has no evaluation {args.eval}")
-        rows = store.eval_rows(args.eval)
-        config = json.loads(evals[evals["eval_id"] == args.eval]["config_json"].iloc[0])
-    done = config.get("seeds_done", config.get("seeds"))
-    print(f"evaluation {args.eval}: task {config['task']}, seeds done {done} of {config.get('seeds')}"
-          f"{'' if config.get('complete', True) else ' (cut short: the finished seeds only)'}")
-    labels = summarize_labels(rows)
-    if len(labels):
-        print("\nlabel table (mean ± std over seeds):")
-        print(format_label_table(labels))
-    print(f"\ntest table ({config.get('n_demos', '?')} demonstrations):")
-    print(format_table(summarize(rows)))
-    return 0
-
-
 def config_from_args(args):
-    from ..core.config import ModelConfig, SearchConfig
+    from ..core.config import SearchConfig
     from ..evaluation.comparison import EvalConfig
 
     return EvalConfig(
@@ -135,7 +96,7 @@ def config_from_args(args):
         test_size=args.test_size, size_unit=args.size_unit, split_seed=args.split_seed, seeds=tuple(args.seeds),
         steps=args.steps, max_demos=args.max_demos, methods=tuple(args.methods), self_label_rounds=args.self_label_rounds,
         search=SearchConfig(alpha=args.alpha, scorer=args.scorer), decision=args.decision,
-        model=ModelConfig(args.model, args.device, args.dtype, args.quantization, args.max_context),
+        model=model_config(args),
     )
 
 
@@ -155,10 +116,7 @@ def run(args, backend=None) -> int:
     dataset = load_any(config.data, task=config.task, limit=limit)
     print(f"data: {dataset.name} from {dataset.source}: {len(dataset.examples)} examples, task {dataset.task.name}", flush=True)
     if backend is None:
-        from ..runs.models import load_model
-
-        m = config.model
-        backend = load_model(m.name, device=m.device, dtype=m.dtype, quantization=m.quantization, max_context=m.max_context)
+        backend = load_backend(config.model)
     print(f"model: {backend.name} (context {backend.context_window} tokens)", flush=True)
 
     name = args.name or f"{dataset.task.name} · {backend.name} · {time.strftime('%Y-%m-%d %H:%M')}"

