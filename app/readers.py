@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from icm_engine.core.prompts import Prompts
 from icm_engine.core.scoring import normalize
 from icm_engine.core.tasks import LABEL_NAMES, Example, Task
 
@@ -252,8 +253,7 @@ def prompt_text(task: Task, examples: Sequence[Example], labels: pd.DataFrame, t
     """What the model reads to score `target`: the other labeled examples in position order as
     demonstrations, then the target's query (before any trimming to the model's context window)."""
     demos = labels[labels["example"] != target].sort_values("position") if len(labels) else labels
-    parts = [task.render_query(examples[int(r.example)]) + task.render_label(int(r.label)) for r in demos.itertuples()]
-    return "".join(parts) + task.render_query(examples[target])
+    return Prompts(task, examples).text(((int(r.example), int(r.label)) for r in demos.itertuples()), target)
 
 
 def fixes_of(fixes_json: str) -> list[dict]:

@@ -16,13 +16,14 @@ from icm_engine.cli import evals as evals_cli
 from icm_engine.backends.base import LanguageModel
 from icm_engine.backends.fake import FakeLM
 from icm_engine.core.config import RunConfig, SearchConfig
+from icm_engine.core.prompts import demo_prefix
 from icm_engine.data.base import LoadedDataset
 from icm_engine.evaluation.comparison_tables import (
     accuracy_figure, format_label_table, format_table, summarize, summarize_labels, table_rows, write_figure,
 )
 from icm_engine.evaluation.comparison import (
     DECISION_RULE, DEFAULT_METHODS, GOLD, ICM, LABEL_TABLE, NO_CONSISTENCY, PERTURBED, RANDOM_LABELS, SELF_LABELS,
-    TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, demo_prefix, evaluate, fit_demo_count,
+    TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, evaluate, fit_demo_count,
     icm_variants, perturb_to_match, split_by_group,
 )
 from icm_engine.runs.runner import make_scorer

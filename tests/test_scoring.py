@@ -73,7 +73,7 @@ def test_context_policy_drop_oldest_keeps_the_latest_demonstrations():
     query, dropped = scorer.prompt(order, labels, target=9)
     assert dropped > 0
     kept = [s for s in query.segments[:-1:2]]
-    assert kept == [scorer.query_text(j) for j in order[dropped:9]]  # the oldest went first
+    assert kept == [scorer.prompts.query(j) for j in order[dropped:9]]  # the oldest went first
     assert sum(backend.count_tokens(s) for s in query.segments) + 1 <= 40
     evaluation = scorer.evaluate(order, labels)
     assert evaluation.dropped_demos > 0

@@ -5,8 +5,8 @@ the fixed demonstration order, then x_i's query; log P(y_i | x_i, D minus i) is 
 next-token distribution over the task's label words. U(D) = alpha * P(D) - I(D), where P(D)
 is the configured objective (config.OBJECTIVES) over those log-probabilities.
 
-Prompts are built from segments (query text, then label word + separator, per demonstration)
-so that a backend can share computation between prompts with common leading segments.
+Prompts are laid out by prompts.py (query text, then label word + separator, per demonstration)
+as segments, so that a backend can share computation between prompts with common leading segments.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..backends.base import LabelQuery, LanguageModel
+from .prompts import Prompts
 from .tasks import ConsistencyIndex, Example, Task
 
 CONTEXT_POLICIES = ("drop_oldest", "error")
@@ -96,7 +97,7 @@ class Scorer:
     context_policy: str = "drop_oldest"
     objective: str = "sum"
     consistency: ConsistencyIndex = field(init=False)
-    _query_text: dict[int, str] = field(init=False, default_factory=dict)
+    prompts: Prompts = field(init=False)
     _token_counts: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -104,15 +105,9 @@ class Scorer:
             raise ValueError(f"context_policy must be one of {CONTEXT_POLICIES}")
         rule = self.task.rule if self.use_consistency else "none"
         self.consistency = ConsistencyIndex(rule, list(self.examples))
+        self.prompts = Prompts(self.task, self.examples)
 
     # prompt building -------------------------------------------------------------------
-    def query_text(self, index: int) -> str:
-        if index not in self._query_text:
-            self._query_text[index] = self.task.render_query(self.examples[index])
-        return self._query_text[index]
-
-    def demo_segments(self, index: int, label: int) -> tuple[str, str]:
-        return self.query_text(index), self.task.render_label(label)
 
     def _tokens(self, text: str) -> int:
         if text not in self._token_counts:
@@ -122,8 +117,8 @@ class Scorer:
     def prompt(self, order: Sequence[int], labels: Mapping[int, int], target: int) -> tuple[LabelQuery, int]:
         """The prompt for `target` given every other labeled example; returns (query, demos dropped)."""
         demos = [j for j in order if j != target]
-        budget = self.backend.context_window - 1 - self._tokens(self.query_text(target))
-        lengths = [self._tokens(self.query_text(j)) + self._tokens(self.task.render_label(labels[j])) for j in demos]
+        budget = self.backend.context_window - 1 - self._tokens(self.prompts.query(target))
+        lengths = [self._tokens(self.prompts.query(j)) + self._tokens(self.prompts.answer(labels[j])) for j in demos]
         dropped = 0
         total = sum(lengths)
         while total > budget and dropped < len(demos):
@@ -137,18 +132,15 @@ class Scorer:
             dropped += 1
         if total > budget:
             raise ContextOverflowError(f"example {target} alone does not fit the context window")
-        segments: list[str] = []
-        for j in demos[dropped:]:
-            segments.extend(self.demo_segments(j, labels[j]))
-        segments.append(self.query_text(target))
-        return LabelQuery(tuple(segments), self.task.label_words), dropped
+        segments = self.prompts.segments(((j, labels[j]) for j in demos[dropped:]), target)
+        return LabelQuery(segments, self.task.label_words), dropped
 
     def check_fits(self) -> None:
         """Refuse, naming the first one, examples whose prompt cannot fit the context window even
         with no demonstrations: found when the data meets the model, not as a failed run later."""
-        longest_label = max(self._tokens(self.task.render_label(y)) for y in (0, 1))
+        longest_label = max(self._tokens(self.prompts.answer(y)) for y in (0, 1))
         for i, example in enumerate(self.examples):
-            needed = self._tokens(self.query_text(i)) + 1
+            needed = self._tokens(self.prompts.query(i)) + 1
             if needed > self.backend.context_window:
                 raise ContextOverflowError(
                     f"row {i + 1} (id {example.uid!r}) needs {needed} tokens but the model's context window is "
@@ -194,13 +186,9 @@ class Scorer:
         return results
 
     def _evaluate_prequential(self, order: Sequence[int], labels: Mapping[int, int]) -> Evaluation:
-        segments: list[str] = []
-        read_after = []
-        for j in order:
-            segments.append(self.query_text(j))
-            read_after.append(len(segments) - 1)
-            segments.append(self.task.render_label(labels[j]))
-        raw_rows = self.backend.sequence_label_logprobs(tuple(segments), read_after, self.task.label_words)
+        segments = self.prompts.segments((j, labels[j]) for j in order)  # D as one prompt
+        read_after = list(range(0, len(segments), 2))  # after each query, before its label word
+        raw_rows = self.backend.sequence_label_logprobs(segments, read_after, self.task.label_words)
         raw = {target: raw_rows[k] for k, target in enumerate(order)}
         return self.score_raw(raw, labels, 0)
 

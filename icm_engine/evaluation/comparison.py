@@ -39,6 +39,7 @@ from .baselines import (
     SELF_LABEL_ROUNDS, decide, label_log_odds, random_labels, self_labels, zero_shot_labels,
 )
 from ..runs.runner import make_scorer
+from ..core.prompts import demo_prefix
 from ..core.scoring import ContextOverflowError
 from ..core.search import Search
 from ..core.tasks import Example, Task
@@ -177,14 +178,6 @@ def split_by_group(examples: Sequence[Example], search_size: int, test_size: int
 
 
 # ---- prompts and the decision --------------------------------------------------------------
-
-
-def demo_prefix(task: Task, demos: Sequence[Example], labels: Sequence[int]) -> tuple[str, ...]:
-    """Demonstration segments in the scorer's format: each query, then its label word and separator."""
-    segments: list[str] = []
-    for example, label in zip(demos, labels, strict=True):
-        segments += [task.render_query(example), task.render_label(int(label))]
-    return tuple(segments)
 
 
 def fit_demo_count(backend: LanguageModel, task: Task, pool: Sequence[Example], tests: Sequence[Example],

@@ -70,7 +70,8 @@ def prompting_baselines(store: Store, run_id: int, backend, shots: int = 8, seed
     """
     import numpy as np
 
-    from .comparison import demo_prefix, predict
+    from ..core.prompts import demo_prefix
+    from .comparison import predict
     from ..core.tasks import load_task
 
     run = store.run(run_id)
