@@ -12,12 +12,10 @@ import numpy as np
 import pandas as pd
 
 from icm_engine.core.prompts import Prompts
-from icm_engine.core.scoring import normalize
+from icm_engine.core.records import SEARCH_KINDS, STEERING_KINDS
+from icm_engine.core.scoring import label_confidence, normalize
 from icm_engine.core.tasks import LABEL_NAMES, Example, Task
 
-from icm_engine.core.records import STEERING_KINDS
-
-SEARCH_KINDS = ("init", "propose")
 STALL_WINDOW = 50  # proposals without one accepted change, with examples still unlabeled, before the Live page says so
 UNLABELED = -1  # raster value of an example that is not in D at that iteration
 
@@ -152,13 +150,6 @@ def gold_agreement_by_iteration(matrix: pd.DataFrame, gold: Mapping[int, int] | 
                          "n": n.to_numpy()})
 
 
-def confidence(logp_false, logp_true, label) -> float | None:
-    """The model's probability of `label`, renormalized over the two label words."""
-    if label is None or pd.isna(logp_false) or pd.isna(logp_true):
-        return None
-    return float(np.exp(normalize(np.array([logp_false, logp_true]))[0][int(label)]))
-
-
 def example_text(example: Example, limit: int = 120) -> str:
     text = " | ".join(str(v) for v in example.fields.values()).replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -171,6 +162,10 @@ def audit_table(examples: Sequence[Example], labels: pd.DataFrame, excluded: set
     `gold` adds an audit-only column; the search never sees it.
     """
     current = labels.set_index("example") if len(labels) else pd.DataFrame()
+    probability = {}  # of each label over the two label words, as scored (uncalibrated)
+    if len(current):
+        raw = current[["logp_false", "logp_true"]].to_numpy(dtype=float)
+        probability = dict(zip(current.index, label_confidence(raw, current["label"].to_numpy(dtype=int))[0]))
     rows = []
     for index, example in enumerate(examples):
         # the short columns first and the text last, so a narrow window still shows every flag
@@ -180,7 +175,7 @@ def audit_table(examples: Sequence[Example], labels: pd.DataFrame, excluded: set
         if index in current.index and not out:
             got = current.loc[index]
             row.update(label=LABEL_NAMES[int(got["label"])], flips=int(got["n_flips"]), pinned=bool(got["pinned"]),
-                       confidence=confidence(got["logp_false"], got["logp_true"], int(got["label"])))
+                       confidence=None if np.isnan(probability[index]) else float(probability[index]))
         if gold is not None:
             row["gold (audit only)"] = LABEL_NAMES[gold[index]] if index in gold else None
         row.update(group=example.group, text=example_text(example))

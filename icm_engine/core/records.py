@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 # (argmax given the final D), or a person steering the run.
 FLIP_CAUSES = ("initial", "proposal", "fix", "final_pass", "human")
 
-# Kinds of events: the search's own iterations, its final pass, and steering actions taken by a person.
+# Kinds of events: the search's own iterations, its final pass, and steering actions taken by a
+# person (an extension of the step budget is recorded as set_param). The one list of them.
+SEARCH_KINDS = ("init", "propose")
 STEERING_KINDS = ("pin", "unpin", "exclude", "include", "set_param")
-EVENT_KINDS = ("init", "propose", "final_pass", *STEERING_KINDS)
+EVENT_KINDS = (*SEARCH_KINDS, "final_pass", *STEERING_KINDS)
 
 
 @dataclass

@@ -40,6 +40,24 @@ def normalize(raw: np.ndarray, calibration: str = "none", center: np.ndarray | N
     return raw - (peak + np.log(np.exp(raw - peak).sum(axis=1, keepdims=True)))
 
 
+def label_confidence(raw: np.ndarray, labels: Sequence[int], calibration: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """The model's probability of each row's label and its signed log-odds (label against the
+    other), from raw label log-probs [n, 2] as scored; renormalized over the two label words and,
+    under "centered" calibration, centered over the scored rows first, as the run's own score does.
+    NaN where a row is unscored (NaN in `raw`)."""
+    raw = np.asarray(raw, dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(labels, dtype=int)
+    probability, log_odds = np.full(len(raw), np.nan), np.full(len(raw), np.nan)
+    scored = ~np.isnan(raw).any(axis=1)
+    if scored.any():
+        logp = normalize(raw[scored], calibration)
+        chosen = labels[scored]
+        rows = np.arange(len(chosen))
+        probability[scored] = np.exp(logp[rows, chosen])
+        log_odds[scored] = logp[rows, chosen] - logp[rows, 1 - chosen]
+    return probability, log_odds
+
+
 def predictability(logp: np.ndarray, labels: Sequence[int], objective: str = "sum") -> float:
     """P(D) from renormalized label log-probs (one row per labeled example) and their labels.
 

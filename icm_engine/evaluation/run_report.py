@@ -71,15 +71,14 @@ def prompting_baselines(store: Store, run_id: int, backend, shots: int = 8, seed
     import numpy as np
 
     from ..core.prompts import demo_prefix
+    from ..store.run_loader import load_run
     from .comparison import predict
-    from ..core.tasks import load_task
 
-    run = store.run(run_id)
-    gold = store.load_gold(run["dataset_id"])
+    stored = load_run(store, run_id)
+    gold = store.load_gold(stored.run["dataset_id"])
     if not gold:
         return None
-    task = load_task(store.dataset_task(run["dataset_id"]))
-    examples = store.load_examples(run["dataset_id"])
+    task, examples = stored.task, stored.examples
     truth = np.array([gold[i] for i in range(len(examples))])
     zero_shot = predict(backend, task, (), examples)
     rng = np.random.default_rng(seed)

@@ -30,7 +30,8 @@ import pandas as pd
 from ..runs.export import labeled_frame
 from .baselines import Log, decide, label_log_odds, self_labels
 from ..store.database import Store
-from ..core.tasks import Example, Task, load_task
+from ..store.run_loader import load_run
+from ..core.tasks import Example, Task
 
 POLARITY_SDS = 2.0  # agreement this many binomial sds below 1/2 flags a labeling as possibly inverted
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # contextual calibration (Zhao et al. 2021): inputs that say nothing
@@ -410,9 +411,8 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     prior, the zero-shot share) are skipped with a note; seed_run_ids=None compares the run with
     seed_runs() (its finished siblings that differ only by seed). self_labeling adds iterated
     self-labeling to the baselines, at the cost of a few ICM evaluations of the whole dataset."""
-    run = store.run(run_id)
-    task = load_task(store.dataset_task(run["dataset_id"]))
-    examples = store.load_examples(run["dataset_id"])  # inputs only: gold is never read here
+    stored = load_run(store, run_id)  # inputs only: gold is never read here
+    run, task, examples = stored.run, stored.task, stored.examples
     texts = [example_text(task, e) for e in examples]
     frame = labeled_frame(store, run_id)
     flips = store.flips(run_id)

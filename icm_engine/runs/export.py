@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from ..core.records import STEERING_KINDS
-from ..core.scoring import normalize
+from ..core.scoring import label_confidence
+from ..core.tasks import LABEL_NAMES
 from ..store.database import Store
-from ..core.tasks import LABEL_NAMES, load_task
+from ..store.run_loader import load_run
 
 FORMATS = ("csv", "sft", "preference", "provenance")
 # Where an example's label came from, read from its last flip (records.FLIP_CAUSES).
@@ -25,38 +26,19 @@ SOURCES = ("search", "final_pass", "person", "excluded", "unlabeled")
 _SOURCE_OF_CAUSE = {"initial": "search", "proposal": "search", "fix": "search", "final_pass": "final_pass", "human": "person"}
 
 
-def _run_parts(store: Store, run_id: int):
-    run = store.run(run_id)
-    return run, load_task(store.dataset_task(run["dataset_id"])), store.load_examples(run["dataset_id"])
-
-
-def label_confidence(labels: pd.DataFrame, calibration: str) -> tuple[np.ndarray, np.ndarray]:
-    """(probability of each row's label, its signed log-odds) under the run's calibration: the
-    label log-probs as scored given the rest of the labeled set, centered over that set when the
-    run's calibration is "centered", renormalized over the two label words. NaN where unscored."""
-    n = len(labels)
-    probability, log_odds = np.full(n, np.nan), np.full(n, np.nan)
-    scored = (labels["logp_false"].notna() & labels["logp_true"].notna()).to_numpy() if n else np.zeros(0, bool)
-    if scored.any():
-        raw = labels.loc[scored, ["logp_false", "logp_true"]].to_numpy(dtype=float)
-        logp = normalize(raw, calibration)
-        chosen = labels.loc[scored, "label"].astype(int).to_numpy()
-        rows = np.arange(len(chosen))
-        probability[scored] = np.exp(logp[rows, chosen])
-        log_odds[scored] = logp[rows, chosen] - logp[rows, 1 - chosen]
-    return probability, log_odds
-
-
 def labeled_frame(store: Store, run_id: int) -> pd.DataFrame:
     """One row per example of the run's dataset: inputs, label, its source, confidence, last change."""
-    run, task, examples = _run_parts(store, run_id)
+    stored = load_run(store, run_id)
+    run, task, examples = stored.run, stored.task, stored.examples
     labels = store.labels(run_id).set_index("example")
     snapshot = store.load_snapshot(run_id)
     excluded = snapshot.excluded if snapshot else set()
     flips = store.flips(run_id)
     last = flips.sort_values(["seq", "ord"]).groupby("example").last() if len(flips) else pd.DataFrame()
     calibration = run["config"].get("search", {}).get("calibration", "none")
-    probability, log_odds = label_confidence(labels.reset_index(), calibration)
+    # as scored given the rest of the labeled set, under the run's own calibration
+    probability, log_odds = label_confidence(labels[["logp_false", "logp_true"]].to_numpy(dtype=float),
+                                             labels["label"].to_numpy(dtype=int), calibration)
     confidence = dict(zip(labels.index.astype(int), probability))
     odds = dict(zip(labels.index.astype(int), log_odds))
     rows = []
@@ -101,7 +83,8 @@ def _jsonl(records) -> bytes:
 
 def to_sft_jsonl(store: Store, run_id: int) -> bytes:
     """Prompt/completion pairs in the task's own format: the completion is the label word."""
-    _, task, examples = _run_parts(store, run_id)
+    stored = load_run(store, run_id)
+    task, examples = stored.task, stored.examples
     frame = store.labels(run_id).sort_values("example")
     return _jsonl(
         {"uid": examples[int(r.example)].uid, "prompt": task.render_query(examples[int(r.example)]),
@@ -116,7 +99,8 @@ def to_preference_jsonl(store: Store, run_id: int) -> bytes:
     A claim "A beats B" labeled True prefers A; labeled False prefers B. When a pair's two orders
     are both labeled they agree (the consistency rule), so each comparison is written once.
     """
-    _, task, examples = _run_parts(store, run_id)
+    stored = load_run(store, run_id)
+    task, examples = stored.task, stored.examples
     if task.pairwise_fields is None:
         raise ValueError(f"task {task.name!r} is not pairwise: preference export needs pairwise_fields")
     first, second = task.pairwise_fields

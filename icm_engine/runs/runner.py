@@ -15,7 +15,7 @@ from ..core.records import StepRecord
 from ..core.scoring import Scorer
 from ..core.search import Search
 from ..store.database import Store
-from ..core.tasks import load_task
+from ..store.run_loader import load_run
 
 
 def create_run(store: Store, dataset_id: int, config: RunConfig, backend: LanguageModel, name: str = "") -> int:
@@ -37,14 +37,11 @@ def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Sc
 
 def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | None = None) -> Search:
     """The run's search at its last committed step; `steps` may extend the run's step budget."""
-    run = store.run(run_id)
-    config = RunConfig.from_dict(run["config"])
+    stored = load_run(store, run_id)  # inputs only: gold stays in its own table and never reaches the search
+    config = RunConfig.from_dict(stored.run["config"])
     if steps is not None:
         config = replace(config, search=replace(config.search, steps=steps))
-    task = load_task(store.dataset_task(run["dataset_id"]))
-    # Only inputs are loaded: gold labels stay in their own table and never reach the search.
-    examples = store.load_examples(run["dataset_id"])
-    scorer = make_scorer(backend, task, examples, config)
+    scorer = make_scorer(backend, stored.task, stored.examples, config)
     scorer.check_fits()  # an example no prompt can hold: say which, before any step
     return Search(scorer, config.search, store.load_snapshot(run_id))
 
