@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from icm_engine.runs.manager import RunManager
+from icm_engine.runs.manager import RunManager, RunStatus
 from icm_engine.store.database import default_db
 from icm_engine.core.tasks import Example, Task, load_task
 
@@ -115,40 +115,40 @@ def run_picker(manager: RunManager, page: str, label: str = "Run", shared: bool 
         st.session_state[key] = next((r for r in ids if r != avoid), ids[0])
     chosen = st.selectbox(label, ids, format_func=lambda r: names[r], key=key)
     # the worker's state where one runs it (loading, running), else the stored one (interrupted included)
-    st.caption(f"Run #{chosen} is {manager.status(chosen)['state']}.")
+    st.caption(f"Run #{chosen} is {manager.status(chosen).state}.")
     if shared:
         st.session_state[CURRENT_RUN] = st.session_state[synced] = chosen
     return chosen
 
 
-def show_status(manager: RunManager, run_id: int) -> dict:
+def show_status(manager: RunManager, run_id: int) -> RunStatus:
     """State, progress through the step budget, model loading, and errors of one run."""
     status = manager.status(run_id)
-    iteration = status["iteration"] if status["iteration"] is not None else -1
-    steps = status["steps"] or 1
+    iteration = status.iteration if status.iteration is not None else -1
+    steps = status.steps or 1
     cols = st.columns(4)
-    cols[0].metric("State", "pausing (after this step)" if status.get("pausing") else status["state"])
+    cols[0].metric("State", "pausing (after this step)" if status.pausing else status.state)
     cols[1].metric("Iteration", f"{max(iteration, 0)} / {steps}")
-    cols[2].metric("Labeled", "–" if status["labeled"] is None else status["labeled"])
-    cols[3].metric("Steps this session", status["steps_taken"])
-    if status.get("applying") == "final_pass":
+    cols[2].metric("Labeled", "–" if status.labeled is None else status.labeled)
+    cols[3].metric("Steps this session", status.steps_taken)
+    if status.applying == "final_pass":
         st.info("Labeling the rest: each unlabeled example is scored given the labeled set (the final pass)…")
-    if status["state"] == "loading":
-        st.progress(status["progress"] or 0.0, text=status["message"] or "loading the model…")
-    elif status["state"] == "running" and iteration < 0:
+    if status.state == "loading":
+        st.progress(status.progress or 0.0, text=status.message or "loading the model…")
+    elif status.state == "running" and iteration < 0:
         st.progress(0.0, text=readers.before_first_step("running"))
     else:
         st.progress(min(max(iteration + 1, 0) / (steps + 1), 1.0))
-    if status["error"]:
-        st.error(f"Run failed: {status['error']}")
-        if status.get("traceback"):
+    if status.error:
+        st.error(f"Run failed: {status.error}")
+        if status.traceback:
             with st.expander("Traceback"):
-                st.code(status["traceback"])
-    if status.get("steering_error"):
-        st.warning(f"Last steering action was refused: {status['steering_error']}")
+                st.code(status.traceback)
+    if status.steering_error:
+        st.warning(f"Last steering action was refused: {status.steering_error}")
     return status
 
 
-def is_live(status: dict) -> bool:
+def is_live(status: RunStatus) -> bool:
     """Whether a page showing this run should keep refreshing."""
-    return status["state"] in ("loading", "running") or bool(status.get("busy"))
+    return status.state in ("loading", "running") or status.busy

@@ -39,7 +39,7 @@ def plotly_titles(at: AppTest) -> list[str]:
 
 def finished_run(manager, steps: int = 12, **search) -> int:
     run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=steps, **search))
-    assert manager.wait(run_id)["state"] == "finished"
+    assert manager.wait(run_id).state == "finished"
     return run_id
 
 
@@ -111,7 +111,7 @@ def test_run_page_starts_a_run_in_the_background_and_steps_it(manager):
     at.button(key="FormSubmitter:run.form-Start").click().run()
     assert time.perf_counter() - started < 5  # the page does not wait for the search
     assert not at.exception and "Started run #1" in at.success[0].value
-    assert manager.wait(1)["state"] == "finished"
+    assert manager.wait(1).state == "finished"
     at.run()
     assert at.metric[0].value == "finished"
     run = manager.store.run(1)
@@ -124,11 +124,11 @@ def test_run_page_controls_pause_step_and_resume(manager):
     manager.wait(run_id)
     at = open_page(manager, "run", run_id)
     at.button(key="run.step10").click().run()
-    assert manager.wait(run_id)["iteration"] == 9
+    assert manager.wait(run_id).iteration == 9
     at.button(key="run.step1").click().run()
-    assert manager.wait(run_id)["iteration"] == 10
+    assert manager.wait(run_id).iteration == 10
     at.button(key="run.resume").click().run()
-    assert manager.wait(run_id)["state"] == "finished"
+    assert manager.wait(run_id).state == "finished"
     at.run()
     assert at.metric[1].value == "40 / 40"
 
@@ -328,13 +328,13 @@ def test_run_page_labels_the_rest_and_continues_a_finished_run(manager):
     assert len(manager.store.labels(run_id)) < 12
     at = open_page(manager, "run", run_id)
     at.button(key="run.finalize").click().run()
-    manager.wait(run_id, until=lambda s: not s["busy"] and s["labeled"] == 12)
+    manager.wait(run_id, until=lambda s: not s.busy and s.labeled == 12)
     assert len(manager.store.labels(run_id)) == 12
     assert manager.store.events(run_id)["kind"].iloc[-1] == "final_pass"
     at.number_input(key="run.more_steps").set_value(5)
     at.button(key="run.extend").click().run()
     status = manager.wait(run_id)
-    assert status["state"] == "finished" and status["iteration"] == 9
+    assert status.state == "finished" and status.iteration == 9
     assert manager.store.run(run_id)["config"]["search"]["steps"] == 9
     assert "extended by 5" in manager.store.events(run_id)["note"].tolist()[4 + 1 + 1]
 
@@ -431,7 +431,7 @@ def test_the_run_picker_says_loading_while_the_model_loads(manager, monkeypatch)
         assert "the model is loading" in live.info[0].value and "None" not in " ".join(c.value for c in live.caption)
     finally:
         release.set()
-    assert manager.wait(run_id)["state"] == "finished"
+    assert manager.wait(run_id).state == "finished"
 
 
 def test_audit_marks_excluded_examples_and_shows_no_prompt_for_them(manager):

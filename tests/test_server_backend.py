@@ -286,7 +286,7 @@ def test_run_form_starts_a_run_on_an_inference_server(stub, tmp_path):
         at.number_input(key="run.steps").set_value(5)
         at.button(key="FormSubmitter:run.form-Start").click().run()
         assert not at.exception and "Started run #1" in at.success[0].value
-        assert manager.wait(1)["state"] == "finished"
+        assert manager.wait(1).state == "finished"
         run = manager.store.run(1)
         assert run["config"]["model"]["name"] == f"openai+{stub.url}::stub"
         assert run["model"]["revision"] == "vllm 0.0-stub; model stub" and run["model"]["extra"]["engine"] == "vllm"

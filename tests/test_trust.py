@@ -181,7 +181,7 @@ def test_icm_trust_prints_the_checks_and_writes_a_self_contained_html_report(tmp
 def test_trust_page_shows_each_check_and_updates_the_interval_from_verdicts(manager):
     dataset_id = add_polarity_dataset(manager)
     run_id, other_seed = (manager.start_run(dataset_id, fake_run_config(steps=12, seed=seed)) for seed in (0, 1))
-    assert manager.wait(run_id)["state"] == manager.wait(other_seed)["state"] == "finished"
+    assert manager.wait(run_id).state == manager.wait(other_seed).state == "finished"
     at = open_page(manager, "trust", run_id)
     assert not at.exception
     assert [h.value for h in at.subheader] == ["Polarity", "Label balance", "Review queue",

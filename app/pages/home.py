@@ -41,7 +41,7 @@ def render_home(manager: RunManager) -> None:
     st.markdown(INTRO)
     st.markdown("  \n".join(f"{k}. **{page}**: {what}" for k, (page, what) in enumerate(STEPS, 1)))
     runs = manager.store.runs()
-    live = {r: manager.status(r)["state"] for r in manager.active_runs()}
+    live = {r: manager.status(r).state for r in manager.active_runs()}
     st.subheader("Runs in this database")
     if len(runs):
         table = pd.DataFrame({

@@ -69,12 +69,12 @@ def render_live(manager: RunManager) -> None:
     @st.fragment(run_every=refresh if is_live(status) else None)
     def live_charts() -> None:
         now = manager.status(run_id)
-        started = now["iteration"] is not None and now["iteration"] >= 0
-        where = f"iteration {now['iteration']} of at most {now['steps']}" if started else "not started yet"
-        st.caption(f"Run #{run_id} · {now['state']} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))
-        if now["state"] == "loading":
-            st.progress(now["progress"] or 0.0, text=now["message"] or "loading the model…")
-        draw_live(manager, run_id, now["state"])
+        started = now.iteration is not None and now.iteration >= 0
+        where = f"iteration {now.iteration} of at most {now.steps}" if started else "not started yet"
+        st.caption(f"Run #{run_id} · {now.state} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))
+        if now.state == "loading":
+            st.progress(now.progress or 0.0, text=now.message or "loading the model…")
+        draw_live(manager, run_id, now.state)
         if is_live(now) != is_live(status):
             st.rerun(scope="app")  # the run started or stopped moving: switch refreshing on or off
 

@@ -155,14 +155,14 @@ def _start_form(manager: RunManager) -> None:
 def _settle(manager: RunManager, run_id: int) -> None:
     """After Pause or Stop, let the step in flight finish so the page shows the outcome, not 'running'."""
     try:
-        manager.wait(run_id, timeout=SETTLE_S, until=lambda s: s["state"] not in ("running", "loading"))
+        manager.wait(run_id, timeout=SETTLE_S, until=lambda s: s.state not in ("running", "loading"))
     except TimeoutError:
         pass  # a long model step: the live status shows the pause when it lands
 
 
 def _continue_controls(manager: RunManager, run_id: int, status: dict) -> None:
     """Finish now (the final pass) and N more steps: a finished run can be continued."""
-    live = status["state"] in ("loading", "running")
+    live = status.state in ("loading", "running")
     view = run_view(manager, run_id)
     unlabeled = readers.coverage(len(view.examples), view.labels, view.excluded)["unlabeled"]
     left, middle, right = st.columns([2, 1, 2])
@@ -177,16 +177,16 @@ def _continue_controls(manager: RunManager, run_id: int, status: dict) -> None:
 
 
 def _controls(manager: RunManager, run_id: int, status: dict) -> None:
-    live = status["state"] in ("loading", "running")
-    done = status["state"] == "finished"
+    live = status.state in ("loading", "running")
+    done = status.state == "finished"
     # Callbacks run before the rerun the click starts, so that one rerun already draws the new state.
     actions = {
         "Pause": (lambda: (manager.pause(run_id), _settle(manager, run_id)), not live),
         "Step 1": (lambda: manager.step(run_id, 1), done),
         "Step 10": (lambda: manager.step(run_id, 10), done),
-        "Resume": (lambda: manager.resume(run_id), done or status["state"] == "running"),
+        "Resume": (lambda: manager.resume(run_id), done or status.state == "running"),
         # Stop ends a run's worker before its end; a finished run has nothing left to stop
-        "Stop": (lambda: (manager.stop(run_id), _settle(manager, run_id)), not status["active"] or done),
+        "Stop": (lambda: (manager.stop(run_id), _settle(manager, run_id)), not status.active or done),
     }
     for col, (label, (act, disabled)) in zip(st.columns(len(actions)), actions.items()):
         col.button(label, key=f"run.{label.lower().replace(' ', '')}", disabled=disabled, width="stretch", on_click=act)
@@ -209,7 +209,7 @@ def render_run(manager: RunManager) -> None:
     @st.fragment(run_every=1.0 if is_live(status) else None)
     def live_status() -> None:
         now = show_status(manager, run_id)
-        if now["state"] != status["state"] or is_live(now) != is_live(status):
+        if now.state != status.state or is_live(now) != is_live(status):
             st.rerun(scope="app")  # update which buttons apply, and start or stop refreshing
 
     live_status()

@@ -7,7 +7,8 @@ exclude, include, set_params) is queued and applied by the worker between two st
 caller never waits for a model call. Loaded models are cached by ModelConfig and shared between
 runs; calls into a shared model are serialized and its costs are counted per run.
 
-Readers (page threads) use `manager.store` directly: the Store is thread-safe.
+`status(run_id)` answers what a run is doing as a RunStatus: from its worker while one holds it,
+else from the store. Readers (the studio's app/services.py) read the Store, which is thread-safe.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import traceback
 import uuid
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,6 +40,34 @@ def load_backend(config: ModelConfig, progress: Progress) -> LanguageModel:
     from .models import load_model  # torch and transformers load only when a model is needed
 
     return load_model(config, progress)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What a run is doing, as the studio and scripts read it (RunManager.status)."""
+
+    run_id: int
+    name: str
+    dataset_id: int
+    state: str  # loading, running, paused, finished, stopped, failed, interrupted or created
+    iteration: int | None  # the last committed step; None before the first
+    steps: int  # the step budget
+    labeled: int | None = None  # None where no worker holds the run (the store has its labels)
+    message: str = ""  # model loading, in words
+    progress: float | None = None  # of model loading, 0..1 where known
+    error: str | None = None
+    traceback: str | None = None
+    steering_error: str | None = None  # why the last steering action was refused
+    steps_taken: int = 0  # by this process's worker
+    applying: str | None = None  # the steering action being applied now
+    active: bool = False  # a worker thread holds the run
+    busy: bool = False  # steering queued or being applied, or steps still wanted
+    pausing: bool = False  # pause asked: it takes effect when the step in flight ends
+
+
+# The fields of RunStatus a worker keeps up to date while it holds a run.
+_WORKER_FIELDS = ("state", "message", "progress", "iteration", "steps", "labeled", "error", "traceback",
+                  "steering_error", "steps_taken", "applying")
 
 
 class SharedBackend(LanguageModel):
@@ -92,10 +121,9 @@ class _Worker:
         self._budget: int | None = 0  # steps still wanted: None = to the end, 0 = wait
         self._stopping = False
         self._steering: deque[tuple[Future, str, tuple]] = deque()
-        self.status = {"state": "loading", "message": "waiting to load the model", "progress": None,
-                       "iteration": None, "steps": steps_total, "labeled": 0, "error": None,
-                       "traceback": None, "steering_error": None, "steps_taken": 0,
-                       "applying": None}
+        self.now = {"state": "loading", "message": "waiting to load the model", "progress": None,
+                    "iteration": None, "steps": steps_total, "labeled": 0, "error": None,
+                    "traceback": None, "steering_error": None, "steps_taken": 0, "applying": None}
         self.thread = threading.Thread(target=self._main, name=f"icm-run-{run_id}", daemon=True)
 
     # -- called from any thread ------------------------------------------------------------
@@ -125,7 +153,7 @@ class _Worker:
 
     # -- the worker thread -----------------------------------------------------------------
     def _set(self, **changes) -> None:
-        self.status.update(changes)  # one dict update: readers see old or new values, never a torn write
+        self.now.update(changes)  # one dict update: readers see old or new values, never a torn write
 
     def _progress(self, message: str, fraction: float | None = None) -> None:
         self._set(message=message, progress=fraction)
@@ -179,7 +207,7 @@ class _Worker:
             if self._budget:  # None (to the end) and 0 (pause asked) stay as they are
                 self._budget -= 1
         self._set(iteration=search.iteration, labeled=len(search.labels),
-                  steps_taken=self.status["steps_taken"] + 1)
+                  steps_taken=self.now["steps_taken"] + 1)
         self._apply_steering(search)  # between two steps: the only moment the Search is not in use
 
     def _apply_steering(self, search: Search) -> None:
@@ -200,9 +228,9 @@ class _Worker:
                 continue
             self._set(labeled=len(search.labels), iteration=search.iteration, steps=search.config.steps,
                       steering_error=None, applying=None)
-            if self.status["state"] in ("paused", "finished"):
+            if self.now["state"] in ("paused", "finished"):
                 state = "finished" if search.done else "paused"  # a final pass finishes a run, an extension reopens it
-                if state != self.status["state"]:
+                if state != self.now["state"]:
                     self.manager.store.set_status(self.run_id, state)
                     self._set(state=state)
             future.set_result(record)
@@ -280,18 +308,18 @@ class RunManager:
         elif self.store.run(run_id)["status"] in ("running", INTERRUPTED):  # left so by a killed process
             self.store.set_status(run_id, "stopped")
 
-    def wait(self, run_id: int, timeout: float = 30.0, until: Callable[[dict], bool] | None = None) -> dict:
+    def wait(self, run_id: int, timeout: float = 30.0, until: Callable[[RunStatus], bool] | None = None) -> RunStatus:
         """Block until the run is idle (or `until(status)` holds); for tests and scripts."""
         import time
 
-        until = until or (lambda s: s["state"] not in ("loading", "running") and not s.get("busy"))
+        until = until or (lambda s: s.state not in ("loading", "running") and not s.busy)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status(run_id)
             if until(status):
                 return status
             time.sleep(0.01)
-        raise TimeoutError(f"run {run_id} still {self.status(run_id)['state']} after {timeout}s")
+        raise TimeoutError(f"run {run_id} still {self.status(run_id).state} after {timeout}s")
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Pause every run at its next step boundary, end the workers and close the store (once)."""
@@ -342,27 +370,26 @@ class RunManager:
         return self._worker(run_id, budget=0).steer(method, args)
 
     # -- state -------------------------------------------------------------------------------
-    def status(self, run_id: int) -> dict:
-        """state (loading, running, paused, finished, stopped, failed, interrupted or created),
-        iteration, steps, labeled, error, message/progress of model loading, active."""
+    def status(self, run_id: int) -> RunStatus:
+        """What the run is doing: from its worker while one holds it (or has just failed or
+        stopped), else from the store."""
         run = self.store.run(run_id)
         worker = self._workers.get(run_id)
-        if worker is not None and (worker.alive or worker.status["state"] in ("failed", "stopped")):
-            status = dict(worker.status)
-            status["active"] = worker.alive
-            status["busy"] = bool(worker._steering) or bool(status.get("applying")) or (worker.alive and worker._budget != 0)
-            # Pause takes effect at the end of the step in flight, which on a real model takes seconds.
-            status["pausing"] = worker.alive and worker._budget == 0 and status["state"] == "running"
+        about = {"run_id": run_id, "name": run["name"], "dataset_id": run["dataset_id"]}
+        if worker is not None and (worker.alive or worker.now["state"] in ("failed", "stopped")):
+            now = dict(worker.now)
+            status = RunStatus(
+                **about, **{k: now[k] for k in _WORKER_FIELDS}, active=worker.alive,
+                busy=bool(worker._steering) or bool(now["applying"]) or (worker.alive and worker._budget != 0),
+                # Pause takes effect at the end of the step in flight, which on a real model takes seconds.
+                pausing=worker.alive and worker._budget == 0 and now["state"] == "running")
         else:
-            state = run["status"]
             # "running" in the file with no worker here: the process that ran it was killed mid-run
-            status = {"state": "interrupted" if state == "running" else state, "message": "", "progress": None,
-                      "iteration": run["last_iteration"], "steps": run["config"]["search"]["steps"],
-                      "labeled": None, "error": run["error"], "traceback": None, "steering_error": None,
-                      "steps_taken": 0, "active": False, "busy": False, "pausing": False}
-        status.update(run_id=run_id, name=run["name"], dataset_id=run["dataset_id"])
-        if status["iteration"] is None:
-            status["iteration"] = run["last_iteration"]
+            state = "interrupted" if run["status"] == "running" else run["status"]
+            status = RunStatus(**about, state=state, iteration=run["last_iteration"],
+                               steps=run["config"]["search"]["steps"], error=run["error"])
+        if status.iteration is None:
+            status = replace(status, iteration=run["last_iteration"])
         return status
 
     def active_runs(self) -> list[int]:
@@ -373,7 +400,7 @@ class RunManager:
         working = []
         for run_id in alive:
             status = self.status(run_id)
-            if status["state"] in ("loading", "running") or status["busy"]:
+            if status.state in ("loading", "running") or status.busy:
                 working.append(run_id)
         return working
 
@@ -390,7 +417,7 @@ class RunManager:
                 run = self.store.run(run_id)  # KeyError for an unknown run, before any thread starts
                 config = RunConfig.from_dict(run["config"])
                 worker = _Worker(self, run_id, config.model, config.search.steps)
-                worker.status["iteration"] = run["last_iteration"]
+                worker.now["iteration"] = run["last_iteration"]
                 self._workers[run_id] = worker
                 worker.want(budget)
                 worker.thread.start()
