@@ -116,18 +116,18 @@ def test_run_page_starts_a_run_in_the_background_and_steps_it(manager):
     assert at.metric[0].value == "finished"
     run = manager.store.run(1)
     assert run["config"]["search"]["steps"] == 30 and run["config"]["model"]["name"] == "fake"
-    assert at.button(key="run.step1").disabled  # nothing left to step
+    assert at.button(key="run.control.step1").disabled  # nothing left to step
 
 
 def test_run_page_controls_pause_step_and_resume(manager):
     run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=40), run=False)
     manager.wait(run_id)
     at = open_page(manager, "run", run_id)
-    at.button(key="run.step10").click().run()
+    at.button(key="run.control.step10").click().run()
     assert manager.wait(run_id).iteration == 9
-    at.button(key="run.step1").click().run()
+    at.button(key="run.control.step1").click().run()
     assert manager.wait(run_id).iteration == 10
-    at.button(key="run.resume").click().run()
+    at.button(key="run.control.resume").click().run()
     assert manager.wait(run_id).state == "finished"
     at.run()
     assert at.metric[1].value == "40 / 40"
@@ -303,14 +303,14 @@ def test_run_form_offers_the_objective_clock_and_stopping_rule_and_a_preset_fill
 
     defaults = SearchConfig()
     assert at.selectbox(key="run.objective").value == defaults.objective
-    assert at.selectbox(key="run.stop_rule").value == defaults.stop == "labeled"
+    assert at.selectbox(key="run.stop").value == defaults.stop == "labeled"
     assert at.selectbox(key="run.preset").value == "default"  # the picker names what the form shows
     at.selectbox(key="run.preset").set_value("released_code").run()
     assert not at.exception
     assert at.selectbox(key="run.objective").value == "mean" and at.selectbox(key="run.clock").value == "accepted"
     assert at.number_input(key="run.alpha").value == 30.0 and at.checkbox(key="run.balanced_init").value
     at.selectbox(key="run.preset").set_value("paper").run()
-    assert at.selectbox(key="run.objective").value == "sum" and at.selectbox(key="run.stop_rule").value == "steps"
+    assert at.selectbox(key="run.objective").value == "sum" and at.selectbox(key="run.stop").value == "steps"
     at.selectbox(key="run.objective").set_value("chance")  # a preset's value stays editable
     at.selectbox(key="run.model").set_value("a local path…")
     at.text_input(key="run.model_path").set_value("fake")
@@ -374,16 +374,6 @@ def test_eval_page_shows_the_label_table_and_the_test_table(manager):
                                                     "Test: many-shot prompting with those labels as demonstrations"]
 
 
-def test_the_run_form_offers_every_search_setting():
-    import dataclasses
-
-    from app.pages.run import SEARCH_KEYS
-    from icm_engine.core.config import SEARCH_HELP, SearchConfig
-
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    assert set(SEARCH_KEYS) == fields == set(SEARCH_HELP)
-
-
 def test_picking_an_earlier_run_sticks_and_its_buttons_act_on_it(manager):
     first = finished_run(manager, steps=4, stop="steps")
     second = finished_run(manager, steps=4, stop="steps")
@@ -402,12 +392,12 @@ def test_a_finished_run_cannot_be_stopped_and_is_not_listed_active(manager):
     run_id = finished_run(manager)
     assert manager.active_runs() == []  # its idle worker is no activity
     at = open_page(manager, "run", run_id)
-    assert at.button(key="run.stop").disabled and at.button(key="run.step1").disabled
+    assert at.button(key="run.control.stop").disabled and at.button(key="run.control.step1").disabled
     assert any(c.value == f"Run #{run_id} is finished." for c in at.caption)
     manager.stop(run_id, timeout=10)  # what the button did before: the run must stay finished
     assert manager.store.run(run_id)["status"] == "finished"
     at.run()
-    assert at.button(key="run.step1").disabled and at.button(key="run.resume").disabled
+    assert at.button(key="run.control.step1").disabled and at.button(key="run.control.resume").disabled
 
 
 def test_the_run_picker_says_loading_while_the_model_loads(manager, monkeypatch):

@@ -10,6 +10,8 @@ from icm_engine.data.base import DatasetError, LoadedDataset
 from icm_engine.runs.manager import RunManager
 from icm_engine.core.tasks import RULES, Task, builtin_task_names, load_task, template_fields
 
+from .. import services
+
 NONE = "(none)"
 CUSTOM = "custom…"
 
@@ -170,7 +172,7 @@ def render_data(manager: RunManager) -> None:
     else:
         _from_upload(manager)
     st.subheader("Datasets in the database")
-    stored = manager.store.datasets()
+    stored = services.datasets(manager)
     if len(stored):
         st.dataframe(stored[["dataset_id", "name", "n_examples", "has_gold", "n_runs", "source", "created_at"]],
                      hide_index=True)

@@ -6,6 +6,8 @@ import streamlit as st
 
 from icm_engine.runs.manager import RunManager
 
+from .. import services
+
 INTRO = """
 ICM Studio labels a dataset **without any labels to start from**. It searches for the labels a
 pretrained model finds most *mutually predictable*: each example's label should follow from all
@@ -40,7 +42,7 @@ def render_home(manager: RunManager) -> None:
     st.title("ICM Studio")
     st.markdown(INTRO)
     st.markdown("  \n".join(f"{k}. **{page}**: {what}" for k, (page, what) in enumerate(STEPS, 1)))
-    runs = manager.store.runs()
+    runs = services.runs(manager)
     live = {r: manager.status(r).state for r in manager.active_runs()}
     st.subheader("Runs in this database")
     if len(runs):
@@ -58,5 +60,5 @@ def render_home(manager: RunManager) -> None:
             "coverage": st.column_config.ProgressColumn("coverage", min_value=0.0, max_value=1.0, format="percent")})
     else:
         st.caption("No runs yet.")
-    st.info(_next_step(len(manager.store.datasets()), runs))
+    st.info(_next_step(len(services.datasets(manager)), runs))
     st.caption(f"Database: {manager.db_path}")

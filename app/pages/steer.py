@@ -88,10 +88,7 @@ def render_steer(manager: RunManager) -> None:
         _submit(run_id, _act(manager, run_id, action, int(example)), f"{action} {view.uids[int(example)]}")
 
     st.subheader("Search parameters")
-    snapshot = manager.store.load_snapshot(run_id)
-    config = view.run["config"]["search"]
-    alpha_now = snapshot.alpha if snapshot else config["alpha"]
-    t0_now = snapshot.t0 if snapshot else config["t0"]
+    alpha_now, t0_now = view.alpha, view.t0
     with st.form("steer.params_form"):
         cols = st.columns(2)
         alpha = cols[0].number_input("alpha", 0.0, 1e6, float(alpha_now), key="steer.alpha")

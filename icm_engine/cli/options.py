@@ -16,20 +16,15 @@ def add_db_option(parser) -> None:
     parser.add_argument("--db", default=default_db())
 
 
-def dest(s: Setting) -> str:
-    """The argparse attribute a setting's flag fills (--model fills `model`, for ModelConfig.name)."""
-    return s.flag.lstrip("-").replace("-", "_")
-
-
 def add_setting_flag(group, s: Setting, default, help_text: str | None = None) -> None:
     """One flag for one declared setting: a switch for a bool, a choice for a named value, a number else."""
     help_text = s.help if help_text is None else help_text
     if s.kind is bool:
-        group.add_argument(s.flag, dest=dest(s), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        group.add_argument(s.flag, dest=s.option, action=argparse.BooleanOptionalAction, default=default, help=help_text)
     elif s.choices:
-        group.add_argument(s.flag, dest=dest(s), choices=s.choices, default=default, help=help_text)
+        group.add_argument(s.flag, dest=s.option, choices=s.choices, default=default, help=help_text)
     else:
-        group.add_argument(s.flag, dest=dest(s), type=s.kind, default=default, help=help_text)
+        group.add_argument(s.flag, dest=s.option, type=s.kind, default=default, help=help_text)
 
 
 def search_setting(name: str) -> Setting:
@@ -78,7 +73,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config(args) -> ModelConfig:
-    return ModelConfig(**{s.name: getattr(args, dest(s)) for s in settings(ModelConfig)})
+    return ModelConfig(**{s.name: getattr(args, s.option) for s in settings(ModelConfig)})
 
 
 def apply_server_options(args) -> None:

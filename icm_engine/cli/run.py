@@ -8,7 +8,7 @@ from pathlib import Path
 from ..core.config import ModelConfig
 from ..core.settings import settings
 from .options import (
-    add_db_option, add_model_options, add_search_options, dest, given_search_settings, load_backend, model_config,
+    add_db_option, add_model_options, add_search_options, given_search_settings, load_backend, model_config,
     read_dataset, search_config,
 )
 
@@ -102,9 +102,9 @@ def _refuse_changed_settings(args, config) -> None:
     changed = [f"--{name.replace('_', '-')} {value} (run: {stored[name]})"
                for name, value in given_search_settings(args).items() if name != "steps" and value != stored[name]]
     # a model flag at its default (or unset) was not given: only a different value is a change
-    changed += [f"{s.flag} {getattr(args, dest(s))} (run: {getattr(config.model, s.name)})"
+    changed += [f"{s.flag} {getattr(args, s.option)} (run: {getattr(config.model, s.name)})"
                 for s in settings(ModelConfig)
-                if getattr(args, dest(s)) not in (None, s.default, getattr(config.model, s.name))]
+                if getattr(args, s.option) not in (None, s.default, getattr(config.model, s.name))]
     changed += [f"--{flag} {value} (run: {config.dataset})" for flag, value in (("data", args.data), ("limit", args.limit), ("task", args.task))
                 if value not in (None, DEFAULT_DATA, config.dataset)]
     if args.preset != "default":

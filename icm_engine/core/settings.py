@@ -48,6 +48,12 @@ class Setting:
     form_format: str | None
     exempt: str | None
 
+    @property
+    def option(self) -> str:
+        """The name the surfaces give it: the CLI's argparse attribute ("model" for --model) and,
+        as run.<option>, the Run form's widget key."""
+        return self.flag.lstrip("-").replace("-", "_")
+
     def describe(self, value: Any) -> str:
         """A choice's name as the form shows it (the value itself where none is declared)."""
         return self.choice_names.get(value, value)
