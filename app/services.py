@@ -21,7 +21,7 @@ from icm_engine.evaluation.trust import seed_runs as trust_seed_runs
 from icm_engine.runs.export import export
 from icm_engine.runs.export import labeled_frame as export_frame
 from icm_engine.runs.manager import RunManager, RunStatus
-from icm_engine.store.database import default_db
+from icm_engine.store.location import default_db
 from icm_engine.store.run_loader import load_dataset_inputs
 
 from . import readers

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..store.database import DB_ENV
+from ..store.location import DB_ENV
 from .options import add_db_option
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")

@@ -36,7 +36,8 @@ def use_huge_pages_for_tensors() -> None:
 def main(argv: list[str] | None = None) -> int:
     use_huge_pages_for_tensors()  # inherited by `icm app`'s streamlit process too
     args = build_parser().parse_args(argv)
-    from ..store.database import StoreError, default_db
+    from ..store.database import StoreError
+    from ..store.location import default_db
 
     try:
         apply_server_options(args)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..backends.server_protocol import ENGINE_PREFIXES, make_server_spec
 from ..core.config import PRESETS, ModelConfig, SearchConfig, preset
 from ..core.settings import Setting, settings
-from ..store.database import default_db
+from ..store.location import default_db
 
 
 def add_db_option(parser) -> None:

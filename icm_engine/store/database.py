@@ -30,16 +30,6 @@ from .json_values import json_value, tag_state, to_json, untag_state
 from ..core.records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from ..core.tasks import Example, Task
 
-# The database the CLI and the studio use unless told otherwise: --db, or this environment
-# variable (which `icm app` sets for the studio it starts, so both open the same file).
-DB_ENV = "ICM_STUDIO_DB"
-DEFAULT_DB = "runs/icm.duckdb"
-
-
-def default_db() -> str:
-    return os.environ.get(DB_ENV, DEFAULT_DB)
-
-
 # 2: run_state.progress_json (the clock's and the stopping rule's counters)
 # 3: datasets.content_hash (a load is identified by its content), runs.owner (who runs it)
 SCHEMA_VERSION = 3
