@@ -14,11 +14,11 @@ import json
 import duckdb
 import numpy as np
 
+from icm_engine.core.config import ModelConfig
+from icm_engine.core.scoring import Scorer
 from icm_engine.data.datasets import load_any
 from icm_engine.evaluation.comparison import split_by_group
-from icm_engine.core.config import ModelConfig
 from icm_engine.runs.models import load_model
-from icm_engine.core.scoring import Scorer
 
 
 def main() -> None:

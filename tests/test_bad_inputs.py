@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from icm_engine import cli
+from icm_engine.core.tasks import Example, Task, load_task
 from icm_engine.data.base import DatasetError
 from icm_engine.data.datasets import read_table
-from icm_engine.core.tasks import Example, Task, load_task
 
 pd = pytest.importorskip("pandas")
 

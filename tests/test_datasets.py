@@ -9,12 +9,12 @@ from collections import Counter, defaultdict
 import pandas as pd
 import pytest
 
+from icm_engine.core.tasks import ConsistencyIndex, builtin_task_names, load_task
 from icm_engine.data import datasets as ds
 from icm_engine.data import shared_data as sd
 from icm_engine.data.base import SENTIMENT_CLAIMS, DatasetError, gsm8k_final_answer
 from icm_engine.data.datasets import build_dataset, read_table
 from icm_engine.data.sample_builder import build_samples
-from icm_engine.core.tasks import ConsistencyIndex, builtin_task_names, load_task
 
 needs_shared = pytest.mark.skipif(not sd.shared_data_dir().is_dir(), reason="no ../shared/data here")
 # words that would give gold away if they showed up in an id (or a model name that predicts it)

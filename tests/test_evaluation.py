@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine.cli import eval as eval_cli
-from icm_engine.cli import evals as evals_cli
 from icm_engine.backends.base import LanguageModel
 from icm_engine.backends.fake import FakeLM
+from icm_engine.cli import eval as eval_cli
+from icm_engine.cli import evals as evals_cli
 from icm_engine.core.config import RunConfig, SearchConfig
 from icm_engine.core.prompts import demo_prefix
 from icm_engine.data.base import LoadedDataset
@@ -26,8 +26,8 @@ from icm_engine.evaluation.comparison import (
     TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, evaluate, fit_demo_count,
     icm_variants, perturb_to_match, split_by_group,
 )
-from icm_engine.runs.runner import make_scorer
 from icm_engine.core.search import Search
+from icm_engine.runs.runner import make_scorer
 from icm_engine.store.database import Store
 from tests.fakes import PAIRED, SINGLE, polarity_examples
 

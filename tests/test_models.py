@@ -9,10 +9,10 @@ from importlib import metadata
 import numpy as np
 import pytest
 
-from icm_engine.core.config import DEFAULT_MODEL, ModelConfig
-from icm_engine.runs import models
 from icm_engine.backends.base import LabelQuery
 from icm_engine.backends.transformers_backend import TransformersLM
+from icm_engine.core.config import DEFAULT_MODEL, ModelConfig
+from icm_engine.runs import models
 from tests.tiny_model import build_tiny_model_dir
 
 

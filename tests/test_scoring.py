@@ -6,9 +6,9 @@ import pytest
 
 from icm_engine.backends.fake import FakeLM
 from icm_engine.core.config import SearchConfig
-from icm_engine.data.datasets import load_sample
 from icm_engine.core.scoring import ContextOverflowError, Scorer
 from icm_engine.core.search import Search
+from icm_engine.data.datasets import load_sample
 from tests.fakes import SINGLE, polarity_examples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

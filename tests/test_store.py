@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine.store import database as store_module
 from icm_engine.core.records import Fix, Flip, LabelState, SearchSnapshot, StepRecord
-from icm_engine.store.database import SchemaVersionError, Store, StoreError
 from icm_engine.core.tasks import Example, Task
+from icm_engine.store import database as store_module
+from icm_engine.store.database import SchemaVersionError, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = Task(name="claims", template="Q: {question}\nA: {answer}\nCorrect:", fields=("question", "answer"),

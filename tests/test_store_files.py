@@ -10,10 +10,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from icm_engine.store import database as store_module
 from icm_engine.cli.run import ensure_dataset
-from icm_engine.store.database import ForeignDatabaseError, Store, StoreError
 from icm_engine.core.tasks import Example, Task
+from icm_engine.store import database as store_module
+from icm_engine.store.database import ForeignDatabaseError, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = Task(name="claims", template="Q: {question}\nA: {answer}\nCorrect:", fields=("question", "answer"))

@@ -8,11 +8,11 @@ import pytest
 from icm_engine import cli
 from icm_engine.cli import trust as trust_command
 
-from icm_engine.evaluation import trust
 from icm_engine.backends.fake import FakeLM
 from icm_engine.core.records import Flip, LabelState, SearchSnapshot, StepRecord
-from icm_engine.store.database import Store
 from icm_engine.core.tasks import Example
+from icm_engine.evaluation import trust
+from icm_engine.store.database import Store
 from tests.conftest import add_polarity_dataset, fake_run_config
 from tests.fakes import SINGLE, polarity_examples
 from tests.test_app_pages import open_page

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from icm_engine.runs.manager import RunManager
 from icm_engine.core.scoring import normalize
+from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers, services
 from ..services import run_picker, run_view

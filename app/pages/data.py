@@ -5,10 +5,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from icm_engine.core.tasks import RULES, Task, builtin_task_names, load_task, template_fields
 from icm_engine.data import datasets
 from icm_engine.data.base import DatasetError, LoadedDataset
 from icm_engine.runs.manager import RunManager
-from icm_engine.core.tasks import RULES, Task, builtin_task_names, load_task, template_fields
 
 from .. import services
 

@@ -5,8 +5,8 @@ import concurrent.futures
 
 import streamlit as st
 
-from icm_engine.runs.manager import RunManager
 from icm_engine.core.tasks import LABEL_NAMES
+from icm_engine.runs.manager import RunManager
 
 from .. import readers
 from ..services import run_picker, run_view

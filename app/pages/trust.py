@@ -4,9 +4,9 @@ from __future__ import annotations
 import streamlit as st
 
 from icm_engine.core.config import RunConfig
-from icm_engine.runs.manager import RunManager
 from icm_engine.evaluation.trust import REVIEW_ROWS, accuracy_estimate, audit_sample
 from icm_engine.evaluation.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
+from icm_engine.runs.manager import RunManager
 
 from .. import services
 from ..services import run_picker

@@ -33,16 +33,16 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..backends.base import LabelQuery, LanguageModel
+from ..backends.base import LanguageModel
 from ..core.config import CALIBRATIONS, OBJECTIVES, PRESETS, ModelConfig, RunConfig, SearchConfig
-from .baselines import (
-    SELF_LABEL_ROUNDS, decide, label_log_odds, random_labels, self_labels, zero_shot_labels,
-)
-from ..runs.runner import make_scorer
 from ..core.prompts import demo_prefix
 from ..core.scoring import ContextOverflowError
 from ..core.search import Search
 from ..core.tasks import Example, Task
+from ..runs.runner import make_scorer
+from .baselines import (
+    SELF_LABEL_ROUNDS, decide, label_log_odds, random_labels, self_labels, zero_shot_labels,
+)
 
 # How a test prediction is decided from the log-odds s = log P(second label word) - log P(first),
 # both renormalized over the two label words. Every row of a table uses the same rule, and every

@@ -27,11 +27,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.tasks import Example, Task
 from ..runs.export import labeled_frame
-from .baselines import Log, decide, label_log_odds, self_labels
 from ..store.database import Store
 from ..store.run_loader import load_run
-from ..core.tasks import Example, Task
+from .baselines import Log, decide, label_log_odds, self_labels
 
 POLARITY_SDS = 2.0  # agreement this many binomial sds below 1/2 flags a labeling as possibly inverted
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # contextual calibration (Zhao et al. 2021): inputs that say nothing

@@ -25,9 +25,9 @@ import numpy as np
 from ..backends.base import BackendStats, LanguageModel, ModelInfo
 from ..core.config import ModelConfig, RunConfig
 from ..core.records import StepRecord
-from .runner import advance, open_search, record_steering
 from ..core.search import Search
 from ..store.database import INTERRUPTED, Store
+from .runner import advance, open_search, record_steering
 
 # progress(message, fraction or None), as models.load_model reports model conversion and loading
 Progress = Callable[[str, "float | None"], None]

@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterator
 import duckdb
 import pandas as pd
 
-from .json_values import json_value, tag_state, to_json, untag_state
 from ..core.records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from ..core.tasks import Example, Task
+from .json_values import json_value, tag_state, to_json, untag_state
 
 # 2: run_state.progress_json (the clock's and the stopping rule's counters)
 # 3: datasets.content_hash (a load is identified by its content), runs.owner (who runs it)
