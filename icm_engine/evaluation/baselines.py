@@ -5,7 +5,7 @@
   others (carrying the previous round's labels) as demonstrations, for a few rounds;
 - random labels: a fair coin per example, the floor.
 
-Each labeler sees only inputs, never gold, and decides with one of evaluation.DECISION_RULES.
+Each labeler sees only inputs, never gold, and decides with one of comparison.DECISION_RULES.
 """
 from __future__ import annotations
 

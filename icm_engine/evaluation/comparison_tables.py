@@ -1,6 +1,6 @@
 """Tables and the Figure-3-style chart of an evaluation, from its rows as run or as stored.
 
-Every function takes the rows DataFrame that `evaluation.evaluate` returns and that
+Every function takes the rows DataFrame that `comparison.evaluate` returns and that
 `Store.eval_rows(eval_id)` gives back (method, seed, accuracy, n_test, n_demos, and extras such
 as label_accuracy); nothing here runs a model or touches the database. plotly is imported
 when a figure is built, so the CLI's table path stays light.
@@ -31,7 +31,7 @@ METHOD_NAMES = {
     "random_labels": "Random labels",
 }
 RANDOM_GUESS = 0.5
-# Each row's accuracy under every decision rule, as evaluation.add_row names them.
+# Each row's accuracy under every decision rule, as comparison.evaluate names them.
 DECISION_COLUMNS = tuple(f"accuracy_{rule}" for rule in DECISION_RULES)  # a binary label guessed by a fair coin
 
 

@@ -36,7 +36,7 @@ BackendFactory = Callable[[ModelConfig, Progress], LanguageModel]
 
 
 def load_backend(config: ModelConfig, progress: Progress) -> LanguageModel:
-    """The default factory: bundled name, local path or cached Hugging Face id via icm_engine.models."""
+    """The default factory: bundled name, local path or cached Hugging Face id via runs/models.py."""
     from .models import load_model  # torch and transformers load only when a model is needed
 
     return load_model(config, progress)
@@ -270,7 +270,7 @@ class RunManager:
 
     # -- data ------------------------------------------------------------------------------
     def add_dataset(self, dataset, progress: Callable[[float], None] | None = None) -> int:
-        """Store a LoadedDataset (icm_engine.datasets) in one transaction: all of it or nothing."""
+        """Store a LoadedDataset (data/base.py) in one transaction: all of it or nothing."""
         return self.store.add_dataset(dataset.name, dataset.task.to_dict(), dataset.examples, dataset.gold,
                                       source=dataset.source, progress=progress)
 
