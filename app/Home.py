@@ -26,7 +26,7 @@ from app.pages.run import render_run  # noqa: E402
 from app.pages.steer import render_steer  # noqa: E402
 from app.pages.trust import render_trust  # noqa: E402
 from app.services import db_path, get_manager  # noqa: E402
-from icm_engine.store import StoreError  # noqa: E402
+from icm_engine.store.database import StoreError  # noqa: E402
 
 FAVICON = Path(__file__).resolve().parent / "static" / "favicon.png"
 PAGES = [  # (title, url path, icon, renderer); the first is where the app opens

@@ -11,12 +11,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from icm_engine.scoring import normalize
-from icm_engine.tasks import LABEL_NAMES, Example, Task
+from icm_engine.core.prompts import Prompts
+from icm_engine.core.records import SEARCH_KINDS, STEERING_KINDS
+from icm_engine.core.scoring import label_confidence, normalize
+from icm_engine.core.tasks import LABEL_NAMES, Example, Task
 
-from icm_engine.records import STEERING_KINDS
-
-SEARCH_KINDS = ("init", "propose")
 STALL_WINDOW = 50  # proposals without one accepted change, with examples still unlabeled, before the Live page says so
 UNLABELED = -1  # raster value of an example that is not in D at that iteration
 
@@ -139,7 +138,7 @@ def label_balance(matrix: pd.DataFrame) -> pd.DataFrame:
                          "true": true.to_numpy(), "true_share": share.to_numpy()})
 
 
-def gold_agreement(matrix: pd.DataFrame, gold: Mapping[int, int] | None) -> pd.DataFrame | None:
+def gold_agreement_by_iteration(matrix: pd.DataFrame, gold: Mapping[int, int] | None) -> pd.DataFrame | None:
     """Audit only: per iteration, the share of labeled examples whose label equals gold; None without gold."""
     if not gold:
         return None
@@ -149,13 +148,6 @@ def gold_agreement(matrix: pd.DataFrame, gold: Mapping[int, int] | None) -> pd.D
     n = labeled.sum(axis=0)
     return pd.DataFrame({"iteration": matrix.columns.to_numpy(), "agreement": (correct.sum(axis=0) / n.where(n > 0)).to_numpy(),
                          "n": n.to_numpy()})
-
-
-def confidence(logp_false, logp_true, label) -> float | None:
-    """The model's probability of `label`, renormalized over the two label words."""
-    if label is None or pd.isna(logp_false) or pd.isna(logp_true):
-        return None
-    return float(np.exp(normalize(np.array([logp_false, logp_true]))[0][int(label)]))
 
 
 def example_text(example: Example, limit: int = 120) -> str:
@@ -170,6 +162,10 @@ def audit_table(examples: Sequence[Example], labels: pd.DataFrame, excluded: set
     `gold` adds an audit-only column; the search never sees it.
     """
     current = labels.set_index("example") if len(labels) else pd.DataFrame()
+    probability = {}  # of each label over the two label words, as scored (uncalibrated)
+    if len(current):
+        raw = current[["logp_false", "logp_true"]].to_numpy(dtype=float)
+        probability = dict(zip(current.index, label_confidence(raw, current["label"].to_numpy(dtype=int))[0]))
     rows = []
     for index, example in enumerate(examples):
         # the short columns first and the text last, so a narrow window still shows every flag
@@ -179,7 +175,7 @@ def audit_table(examples: Sequence[Example], labels: pd.DataFrame, excluded: set
         if index in current.index and not out:
             got = current.loc[index]
             row.update(label=LABEL_NAMES[int(got["label"])], flips=int(got["n_flips"]), pinned=bool(got["pinned"]),
-                       confidence=confidence(got["logp_false"], got["logp_true"], int(got["label"])))
+                       confidence=None if np.isnan(probability[index]) else float(probability[index]))
         if gold is not None:
             row["gold (audit only)"] = LABEL_NAMES[gold[index]] if index in gold else None
         row.update(group=example.group, text=example_text(example))
@@ -252,8 +248,7 @@ def prompt_text(task: Task, examples: Sequence[Example], labels: pd.DataFrame, t
     """What the model reads to score `target`: the other labeled examples in position order as
     demonstrations, then the target's query (before any trimming to the model's context window)."""
     demos = labels[labels["example"] != target].sort_values("position") if len(labels) else labels
-    parts = [task.render_query(examples[int(r.example)]) + task.render_label(int(r.label)) for r in demos.itertuples()]
-    return "".join(parts) + task.render_query(examples[target])
+    return Prompts(task, examples).text(((int(r.example), int(r.label)) for r in demos.itertuples()), target)
 
 
 def fixes_of(fixes_json: str) -> list[dict]:

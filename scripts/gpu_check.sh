@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 
 bench() {  # the bench without the CLI parser, which also imports DuckDB (not on that machine)
   local log=$1; shift
-  timeout "${BENCH_SECONDS:-240}" python3 -c "import sys; from icm_engine.bench import main; sys.exit(main(sys.argv[1:]))" \
+  timeout "${BENCH_SECONDS:-240}" python3 -c "import sys; from icm_engine.cli.bench import main; sys.exit(main(sys.argv[1:]))" \
     --device cuda --quantization nf4 --n 64 --seed 0 "$@" 2>&1 | grep -v "it/s\]" | tee "$OUT/$log"
 }
 

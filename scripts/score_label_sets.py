@@ -17,11 +17,12 @@ import json
 import duckdb
 import numpy as np
 
-from icm_engine.datasets import load_any
-from icm_engine.label_baselines import decide
-from icm_engine.evaluation import split_by_group
-from icm_engine.models import load_model
-from icm_engine.scoring import Scorer, normalize
+from icm_engine.core.config import ModelConfig
+from icm_engine.core.scoring import Scorer, normalize
+from icm_engine.data.datasets import load_any
+from icm_engine.evaluation.baselines import decide
+from icm_engine.evaluation.comparison import split_by_group
+from icm_engine.runs.models import load_model
 
 
 def main() -> None:
@@ -43,8 +44,7 @@ def main() -> None:
                            config["size_unit"])
     examples = [data.examples[i] for i in split.search]
     gold = np.array([int(data.gold[i]) for i in split.search])
-    backend = load_model(args.model)
-    scorer = Scorer(backend, data.task, examples, calibration=args.calibration,
+    scorer = Scorer(load_model(ModelConfig(args.model)), data.task, examples, calibration=args.calibration,
                     use_consistency=False, objective=args.objective)
     raw_scorer = Scorer(backend, data.task, examples, calibration="none", use_consistency=False)
     order = list(range(len(examples)))

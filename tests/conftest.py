@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import ModelConfig, RunConfig, SearchConfig
-from icm_engine.manager import RunManager
+from icm_engine.core.config import ModelConfig, RunConfig, SearchConfig
+from icm_engine.runs.manager import RunManager
 from tests.fakes import PAIRED, SINGLE, polarity_examples
 
 

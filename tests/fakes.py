@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 
 from icm_engine.backends.fake import NEGATIVE, POSITIVE
-from icm_engine.tasks import Example, Task
+from icm_engine.core.tasks import Example, Task
 
 SINGLE = Task(name="polarity", template="Review: {text}\nPositive?", fields=("text",), rule="none")
 PAIRED = Task(

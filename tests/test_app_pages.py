@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from icm_engine.export import export
+from icm_engine.runs.export import export
 from tests.conftest import add_polarity_dataset, fake_run_config
 
 HOME = Path(__file__).resolve().parent.parent / "app" / "Home.py"
@@ -39,7 +39,7 @@ def plotly_titles(at: AppTest) -> list[str]:
 
 def finished_run(manager, steps: int = 12, **search) -> int:
     run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=steps, **search))
-    assert manager.wait(run_id)["state"] == "finished"
+    assert manager.wait(run_id).state == "finished"
     return run_id
 
 
@@ -111,24 +111,24 @@ def test_run_page_starts_a_run_in_the_background_and_steps_it(manager):
     at.button(key="FormSubmitter:run.form-Start").click().run()
     assert time.perf_counter() - started < 5  # the page does not wait for the search
     assert not at.exception and "Started run #1" in at.success[0].value
-    assert manager.wait(1)["state"] == "finished"
+    assert manager.wait(1).state == "finished"
     at.run()
     assert at.metric[0].value == "finished"
     run = manager.store.run(1)
     assert run["config"]["search"]["steps"] == 30 and run["config"]["model"]["name"] == "fake"
-    assert at.button(key="run.step1").disabled  # nothing left to step
+    assert at.button(key="run.control.step1").disabled  # nothing left to step
 
 
 def test_run_page_controls_pause_step_and_resume(manager):
     run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=40), run=False)
     manager.wait(run_id)
     at = open_page(manager, "run", run_id)
-    at.button(key="run.step10").click().run()
-    assert manager.wait(run_id)["iteration"] == 9
-    at.button(key="run.step1").click().run()
-    assert manager.wait(run_id)["iteration"] == 10
-    at.button(key="run.resume").click().run()
-    assert manager.wait(run_id)["state"] == "finished"
+    at.button(key="run.control.step10").click().run()
+    assert manager.wait(run_id).iteration == 9
+    at.button(key="run.control.step1").click().run()
+    assert manager.wait(run_id).iteration == 10
+    at.button(key="run.control.resume").click().run()
+    assert manager.wait(run_id).state == "finished"
     at.run()
     assert at.metric[1].value == "40 / 40"
 
@@ -252,7 +252,7 @@ def _flips(rows):
 
 
 def test_label_matrix_replays_flips_including_exclusion():
-    from app.readers import UNLABELED, gold_agreement, label_balance, label_matrix
+    from app.readers import UNLABELED, gold_agreement_by_iteration, label_balance, label_matrix
 
     flips = _flips([(0, 0, 0, 0, None, 1, "initial", None), (0, 1, 0, 1, None, 0, "initial", None),
                     (2, 0, 2, 0, 1, 0, "proposal", None), (2, 1, 2, 2, None, 1, "fix", 0),
@@ -263,9 +263,9 @@ def test_label_matrix_replays_flips_including_exclusion():
     assert matrix.loc[2].tolist() == [UNLABELED, UNLABELED, 1, 1, 1]
     balance = label_balance(matrix)
     assert balance["labeled"].tolist() == [2, 2, 3, 2, 2] and balance["true"].tolist() == [1, 1, 1, 1, 1]
-    agreement = gold_agreement(matrix, {0: 0, 1: 0, 2: 1})
+    agreement = gold_agreement_by_iteration(matrix, {0: 0, 1: 0, 2: 1})
     assert agreement["agreement"].tolist() == [0.5, 0.5, 1.0, 1.0, 1.0]
-    assert gold_agreement(matrix, None) is None
+    assert gold_agreement_by_iteration(matrix, None) is None
 
 
 def test_search_curves_keep_the_scores_of_d_after_a_rejected_proposal(manager):
@@ -299,18 +299,18 @@ def test_flip_raster_subsamples_long_runs_but_keeps_the_last_iteration():
 def test_run_form_offers_the_objective_clock_and_stopping_rule_and_a_preset_fills_them(manager):
     add_polarity_dataset(manager)
     at = open_page(manager, "run")
-    from icm_engine.config import SearchConfig
+    from icm_engine.core.config import SearchConfig
 
     defaults = SearchConfig()
     assert at.selectbox(key="run.objective").value == defaults.objective
-    assert at.selectbox(key="run.stop_rule").value == defaults.stop == "labeled"
+    assert at.selectbox(key="run.stop").value == defaults.stop == "labeled"
     assert at.selectbox(key="run.preset").value == "default"  # the picker names what the form shows
     at.selectbox(key="run.preset").set_value("released_code").run()
     assert not at.exception
     assert at.selectbox(key="run.objective").value == "mean" and at.selectbox(key="run.clock").value == "accepted"
     assert at.number_input(key="run.alpha").value == 30.0 and at.checkbox(key="run.balanced_init").value
     at.selectbox(key="run.preset").set_value("paper").run()
-    assert at.selectbox(key="run.objective").value == "sum" and at.selectbox(key="run.stop_rule").value == "steps"
+    assert at.selectbox(key="run.objective").value == "sum" and at.selectbox(key="run.stop").value == "steps"
     at.selectbox(key="run.objective").set_value("chance")  # a preset's value stays editable
     at.selectbox(key="run.model").set_value("a local path…")
     at.text_input(key="run.model_path").set_value("fake")
@@ -328,13 +328,13 @@ def test_run_page_labels_the_rest_and_continues_a_finished_run(manager):
     assert len(manager.store.labels(run_id)) < 12
     at = open_page(manager, "run", run_id)
     at.button(key="run.finalize").click().run()
-    manager.wait(run_id, until=lambda s: not s["busy"] and s["labeled"] == 12)
+    manager.wait(run_id, until=lambda s: not s.busy and s.labeled == 12)
     assert len(manager.store.labels(run_id)) == 12
     assert manager.store.events(run_id)["kind"].iloc[-1] == "final_pass"
     at.number_input(key="run.more_steps").set_value(5)
     at.button(key="run.extend").click().run()
     status = manager.wait(run_id)
-    assert status["state"] == "finished" and status["iteration"] == 9
+    assert status.state == "finished" and status.iteration == 9
     assert manager.store.run(run_id)["config"]["search"]["steps"] == 9
     assert "extended by 5" in manager.store.events(run_id)["note"].tolist()[4 + 1 + 1]
 
@@ -358,7 +358,7 @@ def test_eval_page_shows_the_label_table_and_the_test_table(manager):
     from dataclasses import replace
 
     from icm_engine.backends.fake import FakeLM
-    from icm_engine.evaluation import evaluate
+    from icm_engine.evaluation.comparison import evaluate
     from tests.test_evaluation import CONFIG, dataset
 
     result = evaluate(dataset(), FakeLM(strength=6), replace(CONFIG, seeds=(0,)))
@@ -372,16 +372,6 @@ def test_eval_page_shows_the_label_table_and_the_test_table(manager):
     assert {"gold", "icm", "perturbed"} <= set(tests.index) and "accuracy_argmax" in tests
     assert [s.value for s in at.subheader][:2] == ["Labels: what each method would export, scored on the whole search split",
                                                     "Test: many-shot prompting with those labels as demonstrations"]
-
-
-def test_the_run_form_offers_every_search_setting():
-    import dataclasses
-
-    from app.pages.run import SEARCH_KEYS
-    from icm_engine.config import SEARCH_HELP, SearchConfig
-
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    assert set(SEARCH_KEYS) == fields == set(SEARCH_HELP)
 
 
 def test_picking_an_earlier_run_sticks_and_its_buttons_act_on_it(manager):
@@ -402,12 +392,12 @@ def test_a_finished_run_cannot_be_stopped_and_is_not_listed_active(manager):
     run_id = finished_run(manager)
     assert manager.active_runs() == []  # its idle worker is no activity
     at = open_page(manager, "run", run_id)
-    assert at.button(key="run.stop").disabled and at.button(key="run.step1").disabled
+    assert at.button(key="run.control.stop").disabled and at.button(key="run.control.step1").disabled
     assert any(c.value == f"Run #{run_id} is finished." for c in at.caption)
     manager.stop(run_id, timeout=10)  # what the button did before: the run must stay finished
     assert manager.store.run(run_id)["status"] == "finished"
     at.run()
-    assert at.button(key="run.step1").disabled and at.button(key="run.resume").disabled
+    assert at.button(key="run.control.step1").disabled and at.button(key="run.control.resume").disabled
 
 
 def test_the_run_picker_says_loading_while_the_model_loads(manager, monkeypatch):
@@ -431,7 +421,7 @@ def test_the_run_picker_says_loading_while_the_model_loads(manager, monkeypatch)
         assert "the model is loading" in live.info[0].value and "None" not in " ".join(c.value for c in live.caption)
     finally:
         release.set()
-    assert manager.wait(run_id)["state"] == "finished"
+    assert manager.wait(run_id).state == "finished"
 
 
 def test_audit_marks_excluded_examples_and_shows_no_prompt_for_them(manager):
@@ -562,7 +552,7 @@ def test_a_run_that_fails_on_bad_input_shows_the_message_without_a_traceback(man
     config = fake_run_config()
     config = type(config).from_dict({**config.to_dict(), "model": {"name": "broken"}})
     run_id = manager.start_run(add_polarity_dataset(manager), config)
-    assert manager.wait(run_id)["state"] == "failed"
+    assert manager.wait(run_id).state == "failed"
     at = open_page(manager, "run", run_id)
     assert not at.exception
     assert [e.value for e in at.error] == ["Run failed: test factory has no model 'broken'"]

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from icm_engine import cli
-from icm_engine.datasets import DatasetError, read_table
-from icm_engine.tasks import Example, Task, load_task
+from icm_engine.core.tasks import Example, Task, load_task
+from icm_engine.data.base import DatasetError
+from icm_engine.data.datasets import read_table
 
 pd = pytest.importorskip("pandas")
 
@@ -68,7 +69,7 @@ def test_missing_file_unknown_task_and_task_paths(tmp_path, capsys, monkeypatch)
 
 def test_one_gold_rule_for_every_format(tmp_path):
     """CSV text "1.0" and a Parquet float 1.0 mean the same; 2 and 0.5 are refused in both."""
-    from icm_engine.datasets import dataset_from_table
+    from icm_engine.data.datasets import dataset_from_table
 
     csv = read_table(_write(tmp_path / "g.csv", b"text,gold\nGood,1.0\nBad,0.0\nMeh,true\n"))
     parquet_file = tmp_path / "g.parquet"
@@ -84,7 +85,7 @@ def test_one_gold_rule_for_every_format(tmp_path):
 
 
 def test_parquet_numbers_as_text_are_refused_with_row_and_column(tmp_path):
-    from icm_engine.datasets import dataset_from_table
+    from icm_engine.data.datasets import dataset_from_table
 
     path = tmp_path / "n.parquet"
     pd.DataFrame({"text": [1, 2], "gold": [1, 0]}).to_parquet(path)
@@ -129,14 +130,14 @@ def test_a_model_that_cannot_load_is_one_line_and_stores_nothing(tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(message), err[-1]
     assert cli.main(["runs", "--db", str(db)]) == 0 and "no runs yet" in capsys.readouterr().out
-    from icm_engine.store import Store
+    from icm_engine.store.database import Store
 
     with Store.existing(str(db)) as store:
         assert len(store.datasets()) == 0  # the data was read, but stored only once a model loaded
 
 
 def test_a_table_too_large_to_read_whole_is_refused_before_reading(tmp_path, capsys, monkeypatch):
-    from icm_engine import datasets
+    from icm_engine.data import datasets
 
     monkeypatch.setattr(datasets, "MAX_TABLE_MB", 1)
     monkeypatch.chdir(tmp_path)

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_bench_prints_costs_ratios_differences_memory_and_throughput(tmp_path, capsys):
-    from icm_engine import bench
+    from icm_engine.cli import bench
     from tests.tiny_model import build_tiny_model_dir
 
     model = build_tiny_model_dir(tmp_path / "tiny")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from icm_engine import cli
+from icm_engine.cli import app, options
 
 
 def test_an_interrupted_export_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -20,19 +21,19 @@ def test_an_interrupted_export_leaves_the_old_file_whole(tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt  # as if the process were stopped between writing and renaming
 
-    monkeypatch.setattr(cli.os, "replace", killed)
+    monkeypatch.setattr(options.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        cli.write_atomically(out, b"new contents\n" * 1000)
+        options.write_atomically(out, b"new contents\n" * 1000)
     assert out.read_bytes() == b"old,good,file\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]  # no temporary left behind
     monkeypatch.undo()
-    cli.write_atomically(out, b"new\n")
+    options.write_atomically(out, b"new\n")
     assert out.read_bytes() == b"new\n"
 
 
 def test_export_to_a_folder_is_refused_in_one_line(tmp_path, capsys):
     db = tmp_path / "icm.duckdb"
-    from icm_engine.store import Store
+    from icm_engine.store.database import Store
 
     Store(str(db)).close()
     assert cli.main(["export", "--run", "1", "--db", str(db), "--out", str(tmp_path)]) == 2
@@ -59,27 +60,27 @@ def test_the_app_serves_localhost_only_when_started_outside_the_checkout(tmp_pat
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    home = Path(cli.__file__).resolve().parent.parent / "app" / "Home.py"
+    home = app.HOME
     env = dict(os.environ, ICM_STUDIO_DB=str(tmp_path / "icm.duckdb"))
     # cwd outside the checkout: the repo's .streamlit/config.toml does not apply, as for an installed package
-    app = subprocess.Popen(cli.app_command(home, "localhost", port), cwd=tmp_path, env=env,
+    studio = subprocess.Popen(app.app_command(home, "localhost", port), cwd=tmp_path, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while not _listening(port) and time.time() < deadline and app.poll() is None:
+        while not _listening(port) and time.time() < deadline and studio.poll() is None:
             time.sleep(0.5)
         addresses = _listening(port)
         assert addresses, "the app did not start listening"
         loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
         assert set(addresses) <= loopback, addresses
     finally:
-        app.terminate()
-        app.wait(timeout=30)
+        studio.terminate()
+        studio.wait(timeout=30)
 
 
 def test_serving_beyond_localhost_warns(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda command, **kw: calls.append(command) or 0)
+    monkeypatch.setattr(app.subprocess, "call", lambda command, **kw: calls.append(command) or 0)
     assert cli.main(["app", "--host", "0.0.0.0", "--port", "9999"]) == 0
     assert "there is no login" in capsys.readouterr().err
     assert calls[0][calls[0].index("--server.address") + 1] == "0.0.0.0"

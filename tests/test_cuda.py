@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from icm_engine.scoring import Scorer
+from icm_engine.core.scoring import Scorer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,7 +24,7 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sentiment():
-    from icm_engine.datasets import load_sample
+    from icm_engine.data.datasets import load_sample
 
     return load_sample("sentiment_yelp")
 
@@ -59,9 +59,10 @@ SETTINGS = [("float32", "none", 1e-3), ("float32", "nf4", 1e-3), ("bfloat16", "n
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 @pytest.mark.parametrize("dtype,quantization,bound", SETTINGS)
 def test_fast_equals_naive_on_cuda(tiny_dirs, sentiment, kind, dtype, quantization, bound):
-    from icm_engine.models import load_model
+    from icm_engine.core.config import ModelConfig
+    from icm_engine.runs.models import load_model
 
-    backend = load_model(str(tiny_dirs[kind]), device="cuda", dtype=dtype, quantization=quantization,
+    backend = load_model(ModelConfig(str(tiny_dirs[kind]), device="cuda", dtype=dtype, quantization=quantization),
                          progress=lambda *_: None)
     assert backend.device.type == "cuda" and backend.info.quantization == quantization
     du, dp = _max_differences(backend, sentiment)

@@ -9,11 +9,12 @@ from collections import Counter, defaultdict
 import pandas as pd
 import pytest
 
-from icm_engine import datasets as ds
-from icm_engine import shared_data as sd
-from icm_engine.datasets import DatasetError, build_dataset, gsm8k_final_answer, read_table
-from icm_engine.sample_builder import build_samples
-from icm_engine.tasks import ConsistencyIndex, builtin_task_names, load_task
+from icm_engine.core.tasks import ConsistencyIndex, builtin_task_names, load_task
+from icm_engine.data import datasets as ds
+from icm_engine.data import shared_data as sd
+from icm_engine.data.base import SENTIMENT_CLAIMS, DatasetError, gsm8k_final_answer
+from icm_engine.data.datasets import build_dataset, read_table
+from icm_engine.data.sample_builder import build_samples
 
 needs_shared = pytest.mark.skipif(not sd.shared_data_dir().is_dir(), reason="no ../shared/data here")
 # words that would give gold away if they showed up in an id (or a model name that predicts it)
@@ -122,7 +123,7 @@ def test_sentiment_complementary_groups(source):
     for members in _groups(data).values():
         claims = [data.examples[i] for i in members]
         assert {c.key for c in claims} == {"positive", "negative"}
-        assert {c.fields["claim"] for c in claims} == set(ds.SENTIMENT_CLAIMS.values())
+        assert {c.fields["claim"] for c in claims} == set(SENTIMENT_CLAIMS.values())
         assert sorted(data.gold[i] for i in members) == [0, 1]
     full = sd.load_sentiment(source)
     first_true = [full.gold[m[0]] for m in _groups(full).values()]

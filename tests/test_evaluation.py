@@ -11,22 +11,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine import eval_cli
 from icm_engine.backends.base import LanguageModel
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import RunConfig, SearchConfig
-from icm_engine.datasets import LoadedDataset
-from icm_engine.eval_report import (
+from icm_engine.cli import eval as eval_cli
+from icm_engine.cli import evals as evals_cli
+from icm_engine.core.config import RunConfig, SearchConfig
+from icm_engine.core.prompts import demo_prefix
+from icm_engine.data.base import LoadedDataset
+from icm_engine.evaluation.comparison_tables import (
     accuracy_figure, format_label_table, format_table, summarize, summarize_labels, table_rows, write_figure,
 )
-from icm_engine.evaluation import (
+from icm_engine.evaluation.comparison import (
     DECISION_RULE, DEFAULT_METHODS, GOLD, ICM, LABEL_TABLE, NO_CONSISTENCY, PERTURBED, RANDOM_LABELS, SELF_LABELS,
-    TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, demo_prefix, evaluate, fit_demo_count,
+    TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, evaluate, fit_demo_count,
     icm_variants, perturb_to_match, split_by_group,
 )
-from icm_engine.runner import make_scorer
-from icm_engine.search import Search
-from icm_engine.store import Store
+from icm_engine.core.search import Search
+from icm_engine.runs.runner import make_scorer
+from icm_engine.store.database import Store
 from tests.fakes import PAIRED, SINGLE, polarity_examples
 
 
@@ -183,7 +185,7 @@ def test_zero_shot_labels_use_the_decision_rule_on_the_query_alone(run):
     data, backend, result = run
     search = [data.examples[i] for i in result.split.search]
     fresh = FakeLM(strength=6)
-    from icm_engine.label_baselines import label_log_odds
+    from icm_engine.evaluation.baselines import label_log_odds
 
     expected = decide(label_log_odds(fresh, data.task, (), search), CONFIG.decision).tolist()
     row = _label_rows(result)[_label_rows(result)["method"] == ZERO_SHOT_LABELS].iloc[0]
@@ -378,8 +380,8 @@ def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path, capsys):
     assert cut["accuracy"].tolist() == full["accuracy"].tolist()[: len(cut)]
     # `icm evals` prints what the cut evaluation kept
     show = argparse.ArgumentParser()
-    eval_cli.add_show_parser(show.add_subparsers(dest="command"))
-    assert eval_cli.show(show.parse_args(["evals", "--db", str(tmp_path / "cut.duckdb"), "--eval", "1"])) == 0
+    evals_cli.add_parser(show.add_subparsers(dest="command"))
+    assert evals_cli.run(show.parse_args(["evals", "--db", str(tmp_path / "cut.duckdb"), "--eval", "1"])) == 0
     printed = capsys.readouterr().out
     assert "cut short" in printed and "label table" in printed and "self_labels" in printed and "gold" in printed
 
@@ -395,7 +397,7 @@ def test_cli_rejects_unknown_methods():
 def test_cli_with_a_real_tiny_model_keeps_every_prompt_inside_its_context(tmp_path, monkeypatch):
     """The --model path end to end on a tiny random Llama and a short context: demonstrations
     are cut to fit the longest test query, the same count for every row, nothing truncated."""
-    from icm_engine import models
+    from icm_engine.runs import models
     from tests.tiny_model import build_tiny_model_dir
 
     model_dir = build_tiny_model_dir(tmp_path / "tiny")
@@ -426,7 +428,7 @@ def test_cli_with_a_real_tiny_model_keeps_every_prompt_inside_its_context(tmp_pa
 
 
 def test_centered_decision_removes_a_constant_lean_and_rows_record_both_rules():
-    from icm_engine.evaluation import DECISION_RULES
+    from icm_engine.evaluation.comparison import DECISION_RULES
 
     # A model that says True to everything, more strongly for the true claims: argmax sees only the lean.
     gold = np.array([1, 0, 1, 0, 1, 0])

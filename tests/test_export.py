@@ -7,10 +7,10 @@ import json
 import pandas as pd
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import RunConfig, SearchConfig
-from icm_engine.export import export, labeled_frame
-from icm_engine.runner import advance, create_run, open_search, record_steering
-from icm_engine.store import Store
+from icm_engine.core.config import RunConfig, SearchConfig
+from icm_engine.runs.export import export, labeled_frame
+from icm_engine.runs.runner import advance, create_run, open_search, record_steering
+from icm_engine.store.database import Store
 from tests.fakes import PAIRED, polarity_examples
 
 

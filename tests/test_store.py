@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine import store as store_module
-from icm_engine.records import Fix, Flip, LabelState, SearchSnapshot, StepRecord
-from icm_engine.store import SchemaVersionError, Store, StoreError
-from icm_engine.tasks import Example, Task
+from icm_engine.core.records import Fix, Flip, LabelState, SearchSnapshot, StepRecord
+from icm_engine.core.tasks import Example, Task
+from icm_engine.store import database as store_module
+from icm_engine.store.database import SchemaVersionError, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = Task(name="claims", template="Q: {question}\nA: {answer}\nCorrect:", fields=("question", "answer"),
@@ -271,7 +271,7 @@ def test_file_store_persists_and_checks_schema_version(tmp_path):
 def test_second_process_cannot_open_a_held_file(tmp_path):
     path = str(tmp_path / "held.duckdb")
     probe = textwrap.dedent(f"""
-        from icm_engine.store import Store, StoreLockedError
+        from icm_engine.store.database import Store, StoreLockedError
         try:
             Store({path!r}).close()
             print("OPENED")

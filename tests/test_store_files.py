@@ -10,10 +10,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from icm_engine import store as store_module
-from icm_engine.cli import ensure_dataset
-from icm_engine.store import ForeignDatabaseError, Store, StoreError
-from icm_engine.tasks import Example, Task
+from icm_engine.cli.run import ensure_dataset
+from icm_engine.core.tasks import Example, Task
+from icm_engine.store import database as store_module
+from icm_engine.store.database import ForeignDatabaseError, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = Task(name="claims", template="Q: {question}\nA: {answer}\nCorrect:", fields=("question", "answer"))
@@ -108,7 +108,7 @@ def test_a_run_left_running_by_a_dead_process_reads_interrupted_and_resumes(tmp_
         assert s.run(run_id)["status"] == "running"  # this process runs it
     dies = textwrap.dedent(f"""
         import os
-        from icm_engine.store import Store
+        from icm_engine.store.database import Store
         s = Store({str(path)!r})
         s.set_status({run_id}, "running")
         s.close()

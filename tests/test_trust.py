@@ -5,11 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine import cli, trust
+from icm_engine import cli
+from icm_engine.cli import trust as trust_command
+
 from icm_engine.backends.fake import FakeLM
-from icm_engine.records import Flip, LabelState, SearchSnapshot, StepRecord
-from icm_engine.store import Store
-from icm_engine.tasks import Example
+from icm_engine.core.records import Flip, LabelState, SearchSnapshot, StepRecord
+from icm_engine.core.tasks import Example
+from icm_engine.evaluation import trust
+from icm_engine.store.database import Store
 from tests.conftest import add_polarity_dataset, fake_run_config
 from tests.fakes import SINGLE, polarity_examples
 from tests.test_app_pages import open_page
@@ -163,7 +166,7 @@ def test_icm_trust_prints_the_checks_and_writes_a_self_contained_html_report(tmp
         examples, gold = polarity_examples(20, seed=3)
         dataset_id = store.add_dataset("polarity", SINGLE.to_dict(), examples, gold)
         run_id = stored_run(store, dataset_id, {e: 1 - y for e, y in gold.items()})
-    monkeypatch.setattr(cli, "_load_backend", lambda model: FakeLM(strength=6))
+    monkeypatch.setattr(trust_command, "load_backend", lambda model: FakeLM(strength=6))
     out = tmp_path / "report.html"
     assert cli.main(["trust", "--run", str(run_id), "--db", str(db), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -178,7 +181,7 @@ def test_icm_trust_prints_the_checks_and_writes_a_self_contained_html_report(tmp
 def test_trust_page_shows_each_check_and_updates_the_interval_from_verdicts(manager):
     dataset_id = add_polarity_dataset(manager)
     run_id, other_seed = (manager.start_run(dataset_id, fake_run_config(steps=12, seed=seed)) for seed in (0, 1))
-    assert manager.wait(run_id)["state"] == manager.wait(other_seed)["state"] == "finished"
+    assert manager.wait(run_id).state == manager.wait(other_seed).state == "finished"
     at = open_page(manager, "trust", run_id)
     assert not at.exception
     assert [h.value for h in at.subheader] == ["Polarity", "Label balance", "Review queue",

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from icm_engine.manager import RunManager
-from icm_engine.scoring import normalize
+from icm_engine.core.scoring import normalize
+from icm_engine.runs.manager import RunManager
 
-from .. import charts, readers
+from .. import charts, readers, services
 from ..services import run_picker, run_view
 
 SORTS = {"example": True, "flips": False, "confidence": True, "uid": True}
@@ -36,7 +36,7 @@ def _detail(manager: RunManager, view, example: int) -> None:
     uid = view.uids[example]
     st.subheader(f"Example {uid}")
     st.json(dict(view.examples[example].fields), expanded=True)
-    history = readers.label_reasons(manager.store.label_history(int(view.run["run_id"]), example), view.uids)
+    history = readers.label_reasons(services.label_history(manager, view, example), view.uids)
     if len(history):
         st.plotly_chart(charts.label_timeline_figure(history, view.last_iteration), key="audit.timeline")
         st.dataframe(history, hide_index=True, key="audit.history", column_config={

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.manager import RunManager
+from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers
+from .. import services
 from ..services import label_matrix, run_picker, run_view
 
 
 def render_compare(manager: RunManager) -> None:
     st.title("Compare")
-    if len(manager.store.runs()) < 2:
+    if len(services.runs(manager)) < 2:
         st.info("Comparing needs two runs.")
         return
     left, right = st.columns(2)

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from icm_engine import datasets
-from icm_engine.manager import RunManager
-from icm_engine.tasks import RULES, Task, builtin_task_names, load_task, template_fields
+from icm_engine.core.tasks import RULES, Task, builtin_task_names, load_task, template_fields
+from icm_engine.data import datasets
+from icm_engine.data.base import DatasetError, LoadedDataset
+from icm_engine.runs.manager import RunManager
+
+from .. import services
 
 NONE = "(none)"
 CUSTOM = "custom…"
@@ -60,7 +63,7 @@ def _pick_task(default: str, key: str, allow_custom: bool = True) -> Task | None
         return None
 
 
-def _store(manager: RunManager, loaded: datasets.LoadedDataset) -> None:
+def _store(manager: RunManager, loaded: LoadedDataset) -> None:
     """Write in one transaction with a progress bar: on any error nothing of the dataset stays."""
     bar = st.progress(0.0, text=f"Writing {len(loaded.examples)} examples…")
     dataset_id = manager.add_dataset(loaded, progress=lambda f: bar.progress(f, text=f"Writing… {f:.0%}"))
@@ -89,7 +92,7 @@ def _from_sample(manager: RunManager) -> None:
         try:
             with st.spinner("Reading the sample…"):
                 loaded = datasets.load_any(spec, task=task.name, limit=int(limit) or None)
-            loaded.source = f"{spec}|limit={int(limit) or None}|task={loaded.task.name}"  # as `icm run` records it
+            loaded.source = datasets.dataset_source(spec, int(limit) or None, loaded.task.name)  # as `icm run` records it
             _store(manager, loaded)
         except (ValueError, KeyError) as error:
             st.error(str(error))
@@ -157,7 +160,7 @@ def _from_upload(manager: RunManager) -> None:
                 loaded = datasets.build_dataset(frame, task, mapping, id_column, group_column, key_column, gold_column,
                                                 name=name, source=f"upload:{upload.name}")
             _store(manager, loaded)
-        except (datasets.DatasetError, ValueError) as error:
+        except (DatasetError, ValueError) as error:
             st.error(f"Nothing was loaded from {upload.name}: {error}")
 
 
@@ -169,7 +172,7 @@ def render_data(manager: RunManager) -> None:
     else:
         _from_upload(manager)
     st.subheader("Datasets in the database")
-    stored = manager.store.datasets()
+    stored = services.datasets(manager)
     if len(stored):
         st.dataframe(stored[["dataset_id", "name", "n_examples", "has_gold", "n_runs", "source", "created_at"]],
                      hide_index=True)

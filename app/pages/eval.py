@@ -7,8 +7,10 @@ import json
 
 import streamlit as st
 
-from icm_engine.eval_report import DECISION_COLUMNS, METHOD_NAMES, accuracy_figure, summarize, summarize_labels
-from icm_engine.manager import RunManager
+from icm_engine.evaluation.comparison_tables import DECISION_COLUMNS, METHOD_NAMES, accuracy_figure, summarize, summarize_labels
+from icm_engine.runs.manager import RunManager
+
+from .. import services
 
 # Per-seed columns worth a glance; the full rows (predictions, log-odds, demo ids) are in the download.
 SEED_COLUMNS = ["table", "method", "seed", "accuracy", *DECISION_COLUMNS, "n_demos", "demo_accuracy", "coverage",
@@ -18,7 +20,7 @@ SEED_COLUMNS = ["table", "method", "seed", "accuracy", *DECISION_COLUMNS, "n_dem
 
 def render_eval(manager: RunManager) -> None:
     st.title("Evaluations")
-    evals = manager.store.evals()
+    evals = services.evals(manager)
     if not len(evals):
         st.info("No evaluations stored yet: run `icm eval` (see `icm eval --help`) on a database the studio "
                 "is not holding, then open it here.")
@@ -27,7 +29,7 @@ def render_eval(manager: RunManager) -> None:
     names = {int(r["eval_id"]): f"#{int(r['eval_id'])} {r['name']} ({int(r['n_rows'])} rows, {r['created_at']:%Y-%m-%d %H:%M})"
              for _, r in evals.iterrows()}
     eval_id = st.selectbox("Evaluation", ids, format_func=names.get, key="eval.id")
-    rows = manager.store.eval_rows(eval_id)
+    rows = services.eval_rows(manager, eval_id)
     config = json.loads(evals[evals["eval_id"] == eval_id]["config_json"].iloc[0])
     if not len(rows):
         st.warning("This evaluation stored no rows.")

@@ -6,10 +6,9 @@ import io
 import pandas as pd
 import streamlit as st
 
-from icm_engine.export import export, labeled_frame
-from icm_engine.manager import RunManager
-from icm_engine.tasks import load_task
+from icm_engine.runs.manager import RunManager
 
+from .. import services
 from ..services import run_picker
 
 FORMATS = {  # format -> (description, file suffix, mime type)
@@ -25,12 +24,12 @@ def _prepare(manager: RunManager, run_id: int, fmt: str, last_seq: int) -> bytes
     """Build the file with visible progress; big runs take a moment to read and write."""
     with st.status(f"Exporting run #{run_id} as {fmt}…", expanded=True) as box:
         bar = st.progress(0.0, text="Reading the labels and where they came from")
-        frame = labeled_frame(manager.store, run_id)
+        frame = services.labeled_frame(manager, run_id)
         counts = frame["source"].value_counts()
         summary = ", ".join(f"{int(counts[s])} {s.replace('_', ' ')}" for s in counts.index)
         labeled = int(frame["label"].notna().sum())
         bar.progress(0.3, text=f"Writing {len(frame)} examples ({summary})")
-        data = export(manager.store, run_id, fmt)
+        data = services.export_file(manager, run_id, fmt)
         bar.progress(1.0, text=f"{len(data):,} bytes")
         what = (f"all {len(frame)} examples" if fmt == "csv" else f"the {labeled} labeled examples")
         box.update(label=f"Export ready: {what}, {labeled} of {len(frame)} labeled ({summary}); {len(data):,} bytes",
@@ -44,8 +43,8 @@ def render_export(manager: RunManager) -> None:
     run_id = run_picker(manager, "export")
     if run_id is None:
         return
-    run = manager.store.run(run_id)
-    task = load_task(manager.store.dataset_task(run["dataset_id"]))
+    run = services.run_info(manager, run_id)
+    task = services.dataset_task(manager, run["dataset_id"])
     formats = [f for f in FORMATS if f != "preference" or task.pairwise_fields is not None]
     fmt = st.radio("Format", formats, key="export.format", format_func=lambda f: f"{f}: {FORMATS[f][0]}")
     if task.pairwise_fields is None:

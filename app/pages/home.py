@@ -4,7 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from icm_engine.manager import RunManager
+from icm_engine.runs.manager import RunManager
+
+from .. import services
 
 INTRO = """
 ICM Studio labels a dataset **without any labels to start from**. It searches for the labels a
@@ -40,8 +42,8 @@ def render_home(manager: RunManager) -> None:
     st.title("ICM Studio")
     st.markdown(INTRO)
     st.markdown("  \n".join(f"{k}. **{page}**: {what}" for k, (page, what) in enumerate(STEPS, 1)))
-    runs = manager.store.runs()
-    live = {r: manager.status(r)["state"] for r in manager.active_runs()}
+    runs = services.runs(manager)
+    live = {r: manager.status(r).state for r in manager.active_runs()}
     st.subheader("Runs in this database")
     if len(runs):
         table = pd.DataFrame({
@@ -58,5 +60,5 @@ def render_home(manager: RunManager) -> None:
             "coverage": st.column_config.ProgressColumn("coverage", min_value=0.0, max_value=1.0, format="percent")})
     else:
         st.caption("No runs yet.")
-    st.info(_next_step(len(manager.store.datasets()), runs))
+    st.info(_next_step(len(services.datasets(manager)), runs))
     st.caption(f"Database: {manager.db_path}")

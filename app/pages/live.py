@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.manager import RunManager
+from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers
 from ..services import is_live, label_matrix, run_picker, run_view
@@ -43,7 +43,7 @@ def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> Non
         st.plotly_chart(charts.acceptance_figure(readers.rolling_acceptance(curves, window), window), key="live.accept")
     with right:
         st.plotly_chart(charts.labeled_figure(readers.label_balance(matrix), marks), key="live.labeled")
-    agreement = readers.gold_agreement(matrix, view.gold)
+    agreement = readers.gold_agreement_by_iteration(matrix, view.gold)
     if agreement is not None:
         st.plotly_chart(charts.gold_figure(agreement), key="live.gold")
         st.caption("Gold labels are read for this chart only; the search never sees them.")
@@ -69,12 +69,12 @@ def render_live(manager: RunManager) -> None:
     @st.fragment(run_every=refresh if is_live(status) else None)
     def live_charts() -> None:
         now = manager.status(run_id)
-        started = now["iteration"] is not None and now["iteration"] >= 0
-        where = f"iteration {now['iteration']} of at most {now['steps']}" if started else "not started yet"
-        st.caption(f"Run #{run_id} · {now['state']} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))
-        if now["state"] == "loading":
-            st.progress(now["progress"] or 0.0, text=now["message"] or "loading the model…")
-        draw_live(manager, run_id, now["state"])
+        started = now.iteration is not None and now.iteration >= 0
+        where = f"iteration {now.iteration} of at most {now.steps}" if started else "not started yet"
+        st.caption(f"Run #{run_id} · {now.state} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))
+        if now.state == "loading":
+            st.progress(now.progress or 0.0, text=now.message or "loading the model…")
+        draw_live(manager, run_id, now.state)
         if is_live(now) != is_live(status):
             st.rerun(scope="app")  # the run started or stopped moving: switch refreshing on or off
 

@@ -1,16 +1,21 @@
-"""Run: configure and start a search, and drive it (pause, step, resume, stop) while it runs in the background."""
+"""Run: configure and start a search, and drive it (pause, step, resume, stop) while it runs in the background.
+
+The form's widgets are built from the settings' declarations (core/config.py): each one's kind,
+label, help, choices and range come from there, so a new setting appears here by itself.
+"""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import streamlit as st
 
-from icm_engine.config import (
-    CALIBRATIONS, CLOCKS, OBJECTIVES, PRESETS, SCORERS, SEARCH_HELP, STOPS, ModelConfig, RunConfig, SearchConfig, preset,
-)
 from icm_engine.backends.server_protocol import make_server_spec
-from icm_engine.manager import RunManager
-from icm_engine.models import DEFAULT_MODEL, list_bundled_models
+from icm_engine.core.config import DEFAULT_MODEL, PRESETS, ModelConfig, RunConfig, SearchConfig, preset
+from icm_engine.core.settings import Setting, settings
+from icm_engine.runs.manager import RunManager
+from icm_engine.runs.models import list_bundled_models
 
-from .. import readers
+from .. import readers, services
 from ..services import CURRENT_RUN, is_live, run_picker, run_view, show_status
 
 LOCAL_PATH = "a local path…"
@@ -19,12 +24,41 @@ SERVER_ENGINES = {"openai": "ask the server", "vllm": "vLLM", "sglang": "SGLang"
                   "llama-cpp-python": "llama-cpp-python"}
 SETTLE_S = 0.3  # after Pause or Stop, wait this long for the step in flight so the page shows the outcome
 
+# Where each search setting sits on the form, by row. A setting placed nowhere still gets its
+# widget, in the last row of the expander, so adding one to SearchConfig needs no change here.
+MAIN_ROWS = (("objective", "calibration", "alpha", "seed"), ("stop", "steps", "patience_sweeps", "final_pass"))
+MORE_ROWS = (("clock", "t0", "t_min", "beta"), ("k_init", "balanced_init", "group_weight", "max_fix_iters"),
+             ("scorer", "use_consistency"))
+
+
+def widget_key(s: Setting) -> str:
+    return f"run.{s.option}"
+
+
+def _widget(place, s: Setting) -> None:
+    """The widget a setting's declaration asks for; its value lives in session state under widget_key."""
+    key = widget_key(s)
+    if s.kind is bool:
+        place.checkbox(s.label, key=key, help=s.help)
+    elif s.choices:
+        place.selectbox(s.label, s.choices, key=key, help=s.help, format_func=s.describe)
+    else:
+        bound = lambda value: None if value is None else s.kind(value)  # noqa: E731 (int bounds give int values)
+        place.number_input(s.label, bound(s.low), bound(s.high), key=key, help=s.help,
+                           **({"format": s.form_format} if s.form_format else {}))
+
+
+def _model_setting(name: str) -> Setting:
+    return next(s for s in settings(ModelConfig) if s.name == name)
+
 
 def _model_config() -> ModelConfig:
     bundled = list(list_bundled_models())
     options = bundled + [LOCAL_PATH, SERVER]
-    choice = st.selectbox("Model", options, index=options.index(DEFAULT_MODEL) if DEFAULT_MODEL in options else 0,
-                          key="run.model", format_func=lambda m: m if m in (LOCAL_PATH, SERVER) else f"{m} (bundled)")
+    choice = st.selectbox(_model_setting("name").label, options,
+                          index=options.index(DEFAULT_MODEL) if DEFAULT_MODEL in options else 0,
+                          key=widget_key(_model_setting("name")),
+                          format_func=lambda m: m if m in (LOCAL_PATH, SERVER) else f"{m} (bundled)")
     # Inside a form widgets do not rerun, so the path box is always shown; it counts with LOCAL_PATH only.
     path = st.text_input("Local model path (a directory or a .gguf file), used with 'a local path…'",
                          key="run.model_path")
@@ -43,33 +77,28 @@ def _model_config() -> ModelConfig:
         name = make_server_spec(url.strip(), served.strip(), engine) if url.strip() and served.strip() else ""
     with st.expander("Device and precision"):
         cols = st.columns(4)
-        device = cols[0].selectbox("Device", ["auto", "cpu", "cuda"], key="run.device")
-        dtype = cols[1].selectbox("Dtype", ["auto", "float32", "bfloat16"], key="run.dtype")
-        quantization = cols[2].selectbox("Quantization", ["auto", "none", "nf4"], key="run.quantization")
-        max_context = cols[3].number_input("Max context (0 = model's own)", 0, 1_000_000, 0, key="run.max_context")
-    return ModelConfig(name=name, device=device, dtype=dtype, quantization=quantization,
-                       max_context=int(max_context) or None)
+        chosen = {}
+        for col, field in zip(cols, ("device", "dtype", "quantization")):
+            s = _model_setting(field)
+            chosen[field] = col.selectbox(s.label, s.choices, key=widget_key(s), help=s.help)
+        s = _model_setting("max_context")  # 0 stands for None: the model's own window
+        max_context = cols[3].number_input(s.label, s.low, s.high, 0, key=widget_key(s), help=s.help)
+    return ModelConfig(name=name, **chosen, max_context=int(max_context) or None)
 
 
-# Widgets of the search settings, by SearchConfig field: a preset writes its values into these keys.
-SEARCH_KEYS = {"alpha": "run.alpha", "t0": "run.t0", "t_min": "run.t_min", "beta": "run.beta", "k_init": "run.k_init",
-               "steps": "run.steps", "seed": "run.seed", "calibration": "run.calibration", "scorer": "run.scorer",
-               "use_consistency": "run.consistency", "objective": "run.objective", "clock": "run.clock", "stop": "run.stop_rule",
-               "patience_sweeps": "run.patience", "final_pass": "run.final_pass", "balanced_init": "run.balanced_init",
-               "group_weight": "run.group_weight", "max_fix_iters": "run.max_fix_iters"}
+def _offered() -> list[Setting]:
+    return [s for s in settings(SearchConfig) if s.exempt is None]
 
 
-INT_SETTINGS = ("k_init", "steps", "seed", "max_fix_iters")  # number inputs hand back floats where bounds are floats
-
-
-def _typed(name: str, value):
-    return int(value) if name in INT_SETTINGS else value
+def _typed(s: Setting, value):
+    # an int setting's number input may hand back a float; bools and names are stored as they are
+    return s.kind(value) if s.kind in (int, float) else value
 
 
 def _fill(values: SearchConfig, only_missing: bool) -> None:
-    for name, key in SEARCH_KEYS.items():
-        if not (only_missing and key in st.session_state):
-            st.session_state[key] = _typed(name, getattr(values, name))
+    for s in _offered():
+        if not (only_missing and widget_key(s) in st.session_state):
+            st.session_state[widget_key(s)] = _typed(s, getattr(values, s.name))
 
 
 def _apply_preset() -> None:
@@ -85,47 +114,35 @@ def _preset_picker() -> None:
                  help="fills in the settings below; each stays editable")
 
 
+def _rows(rows, offered: dict[str, Setting]) -> None:
+    for row in rows:
+        for col, name in zip(st.columns(len(row)), row):
+            _widget(col, offered[name])
+
+
 def _search_config() -> SearchConfig:
     # The widgets take their values from session state only (set here once, or by a preset), so a
     # preset can change them without Streamlit's "default value and Session State" conflict.
     _fill(SearchConfig(), only_missing=True)
-    h = SEARCH_HELP
-    cols = st.columns(4)
-    cols[0].selectbox("Objective", OBJECTIVES, key="run.objective", help=h["objective"])
-    cols[1].selectbox("Calibration", CALIBRATIONS, key="run.calibration", help=h["calibration"])
-    cols[2].number_input("alpha", 0.0, 1e6, key="run.alpha", help=h["alpha"])
-    cols[3].number_input("Seed", 0, 2**31 - 1, key="run.seed", help=h["seed"])
-    cols = st.columns(4)
-    cols[0].selectbox("Stop", STOPS, key="run.stop_rule", help=h["stop"],
-                      format_func=lambda s: {"labeled": "until every example is labeled", "steps": "after a fixed number of steps"}[s])
-    cols[1].number_input("Steps (cap)", 1, 1_000_000, key="run.steps", help=h["steps"])
-    cols[2].number_input("Quiet sweeps before stopping", 0.0, 100.0, key="run.patience", help=h["patience_sweeps"])
-    cols[3].checkbox("Final pass", key="run.final_pass", help=h["final_pass"])
+    offered = {s.name: s for s in _offered()}
+    placed = {name for row in MAIN_ROWS + MORE_ROWS for name in row}
+    rest = [name for name in offered if name not in placed]
+    _rows(MAIN_ROWS, offered)
     with st.expander("Temperature, initialization and more"):
-        cols = st.columns(4)
-        cols[0].selectbox("Clock", CLOCKS, key="run.clock", help=h["clock"])
-        cols[1].number_input("T_0", 1e-6, 1e6, key="run.t0", help=h["t0"])
-        cols[2].number_input("T_min", 1e-6, 1e6, format="%.4f", key="run.t_min", help=h["t_min"])
-        cols[3].number_input("beta", 0.0, 100.0, key="run.beta", help=h["beta"])
-        cols = st.columns(4)
-        cols[0].number_input("K (random initial labels)", 1, 10_000, key="run.k_init", help=h["k_init"])
-        cols[1].checkbox("Balanced initial labels", key="run.balanced_init", help=h["balanced_init"])
-        cols[2].number_input("Group weight", 1e-6, 1e9, key="run.group_weight", help=h["group_weight"])
-        cols[3].number_input("Max fixes per step (M)", 0, 10_000, key="run.max_fix_iters", help=h["max_fix_iters"])
-        cols = st.columns(2)
-        cols[0].selectbox("Scorer", SCORERS, key="run.scorer", help=h["scorer"])
-        cols[1].checkbox("Use consistency (I(D) and fixes)", key="run.consistency", help=h["use_consistency"])
-    return SearchConfig(**{name: _typed(name, st.session_state[key]) for name, key in SEARCH_KEYS.items()})
+        _rows(MORE_ROWS + tuple(tuple(rest[k:k + 4]) for k in range(0, len(rest), 4)), offered)
+    # an exempt setting (none today) keeps the preset's value
+    base = preset(st.session_state.get("run.preset", "default"))
+    return replace(base, **{s.name: _typed(s, st.session_state[widget_key(s)]) for s in offered.values()})
 
 
 def _start_form(manager: RunManager) -> None:
-    stored = manager.store.datasets()
+    stored = services.datasets(manager)
     if not len(stored):
         st.info("No data yet: load a sample or a table on the Data page first.")
         return
     ids = [int(d) for d in stored["dataset_id"]][::-1]
     rows = {int(r["dataset_id"]): r for _, r in stored.iterrows()}
-    tasks = {d: manager.store.dataset_task(d)["name"] for d in ids}
+    tasks = {d: services.dataset_task(manager, d).name for d in ids}
     _preset_picker()
     with st.form("run.form"):
         # the task comes with the dataset: it was fixed when the data was loaded
@@ -155,14 +172,14 @@ def _start_form(manager: RunManager) -> None:
 def _settle(manager: RunManager, run_id: int) -> None:
     """After Pause or Stop, let the step in flight finish so the page shows the outcome, not 'running'."""
     try:
-        manager.wait(run_id, timeout=SETTLE_S, until=lambda s: s["state"] not in ("running", "loading"))
+        manager.wait(run_id, timeout=SETTLE_S, until=lambda s: s.state not in ("running", "loading"))
     except TimeoutError:
         pass  # a long model step: the live status shows the pause when it lands
 
 
 def _continue_controls(manager: RunManager, run_id: int, status: dict) -> None:
     """Finish now (the final pass) and N more steps: a finished run can be continued."""
-    live = status["state"] in ("loading", "running")
+    live = status.state in ("loading", "running")
     view = run_view(manager, run_id)
     unlabeled = readers.coverage(len(view.examples), view.labels, view.excluded)["unlabeled"]
     left, middle, right = st.columns([2, 1, 2])
@@ -177,24 +194,26 @@ def _continue_controls(manager: RunManager, run_id: int, status: dict) -> None:
 
 
 def _controls(manager: RunManager, run_id: int, status: dict) -> None:
-    live = status["state"] in ("loading", "running")
-    done = status["state"] == "finished"
+    live = status.state in ("loading", "running")
+    done = status.state == "finished"
     # Callbacks run before the rerun the click starts, so that one rerun already draws the new state.
     actions = {
         "Pause": (lambda: (manager.pause(run_id), _settle(manager, run_id)), not live),
         "Step 1": (lambda: manager.step(run_id, 1), done),
         "Step 10": (lambda: manager.step(run_id, 10), done),
-        "Resume": (lambda: manager.resume(run_id), done or status["state"] == "running"),
+        "Resume": (lambda: manager.resume(run_id), done or status.state == "running"),
         # Stop ends a run's worker before its end; a finished run has nothing left to stop
-        "Stop": (lambda: (manager.stop(run_id), _settle(manager, run_id)), not status["active"] or done),
+        "Stop": (lambda: (manager.stop(run_id), _settle(manager, run_id)), not status.active or done),
     }
     for col, (label, (act, disabled)) in zip(st.columns(len(actions)), actions.items()):
-        col.button(label, key=f"run.{label.lower().replace(' ', '')}", disabled=disabled, width="stretch", on_click=act)
+        # run.control.*: run.<name> holds the settings' widgets (run.stop is the stopping rule)
+        col.button(label, key=f"run.control.{label.lower().replace(' ', '')}", disabled=disabled, width="stretch",
+                   on_click=act)
 
 
 def render_run(manager: RunManager) -> None:
     st.title("Run")
-    with st.expander("Start a new run", expanded=not len(manager.store.runs())):
+    with st.expander("Start a new run", expanded=not len(services.runs(manager))):
         _start_form(manager)
     st.subheader("Current run")
     run_id = run_picker(manager, "run", label="Run (any earlier run can be reopened)")
@@ -209,10 +228,10 @@ def render_run(manager: RunManager) -> None:
     @st.fragment(run_every=1.0 if is_live(status) else None)
     def live_status() -> None:
         now = show_status(manager, run_id)
-        if now["state"] != status["state"] or is_live(now) != is_live(status):
+        if now.state != status.state or is_live(now) != is_live(status):
             st.rerun(scope="app")  # update which buttons apply, and start or stop refreshing
 
     live_status()
-    config = manager.store.run(run_id)["config"]
+    config = services.run_info(manager, run_id)["config"]
     with st.expander("Settings of this run"):
         st.json(config)

@@ -5,8 +5,8 @@ import concurrent.futures
 
 import streamlit as st
 
-from icm_engine.manager import RunManager
-from icm_engine.tasks import LABEL_NAMES
+from icm_engine.core.tasks import LABEL_NAMES
+from icm_engine.runs.manager import RunManager
 
 from .. import readers
 from ..services import run_picker, run_view
@@ -64,7 +64,7 @@ def render_steer(manager: RunManager) -> None:
         return
     status = manager.status(run_id)
     view = run_view(manager, run_id)
-    st.caption(f"Run #{run_id} is {status['state']} at iteration {status['iteration']}. Actions apply between two "
+    st.caption(f"Run #{run_id} is {status.state} at iteration {status.iteration}. Actions apply between two "
                "steps; a run that is not loaded loads its model first.")
     current = {int(r.example): (int(r.label), bool(r.pinned)) for r in view.labels.itertuples()}
 
@@ -88,10 +88,7 @@ def render_steer(manager: RunManager) -> None:
         _submit(run_id, _act(manager, run_id, action, int(example)), f"{action} {view.uids[int(example)]}")
 
     st.subheader("Search parameters")
-    snapshot = manager.store.load_snapshot(run_id)
-    config = view.run["config"]["search"]
-    alpha_now = snapshot.alpha if snapshot else config["alpha"]
-    t0_now = snapshot.t0 if snapshot else config["t0"]
+    alpha_now, t0_now = view.alpha, view.t0
     with st.form("steer.params_form"):
         cols = st.columns(2)
         alpha = cols[0].number_input("alpha", 0.0, 1e6, float(alpha_now), key="steer.alpha")

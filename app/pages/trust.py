@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.config import RunConfig
-from icm_engine.manager import RunManager
-from icm_engine.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, diagnose, seed_runs
-from icm_engine.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
+from icm_engine.core.config import RunConfig
+from icm_engine.evaluation.trust import REVIEW_ROWS, accuracy_estimate, audit_sample
+from icm_engine.evaluation.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
+from icm_engine.runs.manager import RunManager
 
+from .. import services
 from ..services import run_picker
 
 VERDICTS = ("not judged", "correct", "incorrect")
@@ -21,7 +22,7 @@ def _backend(manager: RunManager, run: dict):
 
 def _report(manager: RunManager, run_id: int, with_model: bool, seeds: tuple[int, ...]):
     """diagnose() once per run state and choice: asking the model again on every click would be slow."""
-    run = manager.store.run(run_id)
+    run = services.run_info(manager, run_id)
     key = (manager.key, run_id, int(run["last_seq"]), with_model, seeds)
     cached = st.session_state.get("trust.report")
     if cached is None or cached[0] != key:
@@ -32,7 +33,7 @@ def _report(manager: RunManager, run_id: int, with_model: bool, seeds: tuple[int
         else:
             failed = None
         with st.spinner("Checking the labels…"):
-            cached = (key, diagnose(manager.store, run_id, backend, seed_run_ids=list(seeds)))
+            cached = (key, services.trust_report(manager, run_id, backend, list(seeds)))
         if failed:
             cached[1].notes.insert(0, failed)
         st.session_state["trust.report"] = cached
@@ -71,8 +72,8 @@ def render_trust(manager: RunManager) -> None:
     run_id = run_picker(manager, "trust")
     if run_id is None:
         return
-    candidates = seed_runs(manager.store, run_id)
-    others = [int(r) for r in manager.store.runs()["run_id"] if int(r) != run_id]
+    candidates = services.seed_runs(manager, run_id)
+    others = [int(r) for r in services.runs(manager)["run_id"] if int(r) != run_id]
     cols = st.columns([1, 2])
     with_model = cols[0].checkbox("Ask the model (polarity, prior)", value=True, key="trust.model",
                                   help="loads the run's model if no run has it loaded; each example is asked once")

@@ -49,6 +49,16 @@ class LanguageModel(ABC):
     revision: str | None = None
     stats: BackendStats
 
+    @property
+    def info(self) -> "ModelInfo":
+        """What a run records about this model. Backends that resolved more (device, dtype, the
+        server's engine) set it when they load; any other backend is described by name and revision."""
+        return getattr(self, "_info", None) or ModelInfo(name=self.name, revision=self.revision)
+
+    @info.setter
+    def info(self, value: "ModelInfo") -> None:
+        self._info = value
+
     @abstractmethod
     def label_logprobs(self, queries: Sequence[LabelQuery]) -> np.ndarray:
         """Return float64 [len(queries), n_labels]: log P(first token of each label word | prompt),

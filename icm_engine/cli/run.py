@@ -1,0 +1,127 @@
+"""`icm run`: start a search (or resume one) and write every step to the database."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..core.config import ModelConfig
+from ..core.settings import settings
+from .options import (
+    add_db_option, add_model_options, add_search_options, given_search_settings, load_backend, model_config,
+    read_dataset, search_config,
+)
+
+DEFAULT_DATA = "sample:sentiment_yelp"
+
+
+def add_parser(subparsers) -> None:
+    run = subparsers.add_parser("run", help="start (or resume) a search; every step is written to the database")
+    run.add_argument("--data", default=DEFAULT_DATA, help="sample:NAME, shared:NAME or a CSV/JSONL/Parquet path")
+    run.add_argument("--task", default=None, help="task name (default: the dataset's own task)")
+    run.add_argument("--limit", type=int, default=None, help="use only this many groups (questions, pairs, sentences)")
+    add_db_option(run)
+    run.add_argument("--name", default="")
+    run.add_argument("--resume", type=int, default=None, metavar="RUN_ID", help="continue this run from its last step")
+    run.add_argument("--print-steps", action="store_true", help="print one JSON line per committed step on stdout (for scripts)")
+    add_search_options(run)
+    add_model_options(run)
+
+
+def ensure_dataset(store, spec: str, task: str | None, limit: int | None, loaded=None) -> int:
+    """Load a dataset into the store (or store `loaded`, read from `spec` already), reusing an
+    identical earlier load."""
+    from ..data.datasets import dataset_source
+
+    loaded = loaded or read_dataset(spec, task, limit)
+    # identified by content, not by path: a file edited in place is a new dataset
+    return store.add_dataset(loaded.name, loaded.task.to_dict(), loaded.examples, loaded.gold,
+                             source=dataset_source(spec, limit, loaded.task.name), reuse=True)
+
+
+def _check_fits(backend, loaded, config, spec: str) -> None:
+    from ..core.scoring import ContextOverflowError
+    from ..runs.runner import make_scorer
+
+    try:
+        make_scorer(backend, loaded.task, loaded.examples, config).check_fits()
+    except ContextOverflowError as error:
+        raise SystemExit(f"icm: {spec}: {error}") from None
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..core.config import RunConfig
+    from ..evaluation.run_report import run_gold_agreement
+    from ..runs.runner import advance, create_run, extend, open_search
+    from ..store.database import Store
+
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    with Store(args.db) as store:
+        if args.resume is not None:
+            run_info = store.run(args.resume)
+            config = RunConfig.from_dict(run_info["config"])
+            _refuse_changed_settings(args, config)
+            run_id = args.resume
+        else:
+            loaded = read_dataset(args.data, args.task, args.limit)  # bad data fails before the slow model load
+            config = RunConfig(task=loaded.task.name, dataset=args.data, search=search_config(args),
+                               model=model_config(args))
+        backend = load_backend(config.model)
+        if args.resume is None:  # stored only now: a model that fails to load leaves no orphaned dataset
+            _check_fits(backend, loaded, config, args.data)
+            dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
+            run_id = create_run(store, dataset_id, config, backend, name=args.name)
+        search = open_search(store, run_id, backend, steps=args.steps if args.resume is not None else None)
+        if args.resume is not None and args.steps is not None and search.stopped and args.steps > search.iteration:
+            # the run had stopped by its own rule: --steps asks for more, so continue to that total
+            extend(store, run_id, search, args.steps - search.iteration)
+        total = search.config.steps + 1  # the cap: a run that stops by "labeled" ends sooner
+        print(f"run {run_id}: {len(search.scorer.examples)} examples, task {config.task}, model {backend.name}, db {args.db}")
+        with tqdm(total=total, initial=search.iteration + 1, unit="step", dynamic_ncols=True) as bar:
+            def on_step(record):
+                if args.print_steps:
+                    print(json.dumps({"run_id": run_id, "iteration": record.iteration, "accepted": record.accepted,
+                                      "labeled": record.labeled_count}), flush=True)
+                bar.update(1)
+                bar.set_postfix(T=f"{record.temperature or 0:.2f}", U=f"{record.u_after if record.accepted else record.u_before:.2f}",
+                                labeled=record.labeled_count, acc="y" if record.accepted else "n")
+            advance(store, run_id, search, on_step=on_step)
+        print_outcome(run_id, search)
+        agreement = run_gold_agreement(store, run_id)
+        if agreement and agreement["accuracy"] is not None:
+            print(f"audit only (gold never used by the search): agreement with gold {agreement['accuracy']:.3f} on {agreement['n']} labeled")
+    return 0
+
+
+def _refuse_changed_settings(args, config) -> None:
+    """--resume continues a run with the settings it started with: a flag that asks for another
+    value (other than --steps) is an error, not silently ignored."""
+    stored = dataclasses.asdict(config.search)
+    changed = [f"--{name.replace('_', '-')} {value} (run: {stored[name]})"
+               for name, value in given_search_settings(args).items() if name != "steps" and value != stored[name]]
+    # a model flag at its default (or unset) was not given: only a different value is a change
+    changed += [f"{s.flag} {getattr(args, s.option)} (run: {getattr(config.model, s.name)})"
+                for s in settings(ModelConfig)
+                if getattr(args, s.option) not in (None, s.default, getattr(config.model, s.name))]
+    changed += [f"--{flag} {value} (run: {config.dataset})" for flag, value in (("data", args.data), ("limit", args.limit), ("task", args.task))
+                if value not in (None, DEFAULT_DATA, config.dataset)]
+    if args.preset != "default":
+        changed.append(f"--preset {args.preset}")
+    if changed:
+        raise SystemExit(f"icm run --resume {args.resume}: a run keeps the settings it started with; only --steps may "
+                         f"change (got {'; '.join(changed)}). Change alpha or T0 by steering in the studio, or start a new run.")
+
+
+def print_outcome(run_id: int, search) -> None:
+    labels = search.label_map()
+    active = len(search.active())
+    searched = search.labeled_by_search
+    reached = search.progress.labeled_at
+    print(f"run {run_id} stopped at iteration {search.iteration}: {len(labels)} of {active} examples labeled "
+          f"({searched} by the search itself, {len(labels) - searched} by the final pass; "
+          f"{len(search.excluded)} excluded); {sum(labels.values())} True / {len(labels) - sum(labels.values())} False")
+    if reached is not None:
+        print(f"the search itself had labeled every example at iteration {reached} "
+              f"({reached / max(active, 1):.2f} iterations per example)")

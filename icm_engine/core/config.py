@@ -1,0 +1,176 @@
+"""Every setting of a run in one place; the resolved config is stored with the run.
+
+Each field is declared once with settings.setting() (help, choices, the range a form offers); the
+CLI's flags and the studio's Run form are built from those declarations, so a new setting is one
+field here.
+
+Temperatures follow the paper's appendix D (T_0=10, T_min=0.01, beta=0.99) and section 2.3
+(K=8 random initial labels, group-mates weighted 100 when sampling). The objective, the
+calibration, alpha and the stopping rule default to what labeled two shared sentiment samples
+(Yelp and Amazon review sentences) best at full coverage with the bundled model (README, "Choosing
+the objective": mean / centered, as accurate as chance / centered and twice as quick to label
+everything), not to the paper's text: with the paper's sum a small model's search stops adding
+labels after a few dozen, and without centering its lean to one label word wins.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from .settings import setting, settings
+
+CALIBRATIONS = ("none", "centered")
+SCORERS = ("exact", "naive", "prequential")
+# How U(D) turns label log-probabilities into one number (scoring.predictability):
+#   sum    - alpha * sum_i log P(y_i | x_i, D minus i) - I(D): the paper's text; each addition lowers U
+#   chance - alpha * sum_i [log P(y_i | ...) + log |labels|] - I(D): each term counted against a coin
+#            flip, so a label the model predicts better than chance raises U; equals `sum` plus a
+#            constant for sets of one size, so relabels and fixes decide exactly as under `sum`
+#   mean   - alpha * mean_i [log P(y_i | ...) - log P(other label | ...)] - I(D): the released
+#            research code's mean signed log-odds
+OBJECTIVES = ("sum", "chance", "mean")
+# What the temperature counts: "iteration" (the paper: T = T0 / (1 + beta log n)) or "accepted"
+# (the released code: T = T0 / (1 + 2 log(1 + a)), a = accepted changes of D so far).
+CLOCKS = ("iteration", "accepted")
+# When the search stops: after `steps` iterations, or once every example that is not excluded is
+# labeled and `patience_sweeps` sweeps (sweep = one step per such example) passed without an
+# accepted change, `steps` still capping it.
+STOPS = ("steps", "labeled")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    alpha: float = setting(20.0, "weight of mutual predictability against the inconsistency count",
+                           label="alpha", low=0.0, high=1e6)
+    t0: float = setting(10.0, "initial temperature", label="T_0", low=1e-6, high=1e6)
+    t_min: float = setting(0.01, "floor of the temperature", label="T_min", low=1e-6, high=1e6, form_format="%.4f")
+    beta: float = setting(0.99, "cooling rate of the iteration clock: T = T0 / (1 + beta log n)",
+                          label="beta", low=0.0, high=100.0)
+    k_init: int = setting(8, "examples labeled at random before the search starts (K)",
+                          label="K (random initial labels)", low=1, high=10_000)
+    # initialization is not counted; with stop="steps" this is the number of iterations
+    steps: int = setting(400, "cap on search iterations; with --stop steps, the number of iterations "
+                              "(with --resume: the new total)", label="Steps (cap)", low=1, high=1_000_000)
+    seed: int = setting(0, "drives the initial labels, sampling and acceptance draws", label="Seed",
+                        low=0, high=2**31 - 1)
+    group_weight: float = setting(100.0, "sampling weight of unlabeled examples that share a group with a labeled one",
+                                  label="Group weight", low=1e-6, high=1e9)
+    max_fix_iters: int = setting(10, "M in Algorithm 2: consistency fixes tried per step",
+                                 label="Max fixes per step (M)", low=0, high=10_000)
+    calibration: str = setting("centered", "none: raw label probabilities; centered: each label word's mean "
+                                           "log-score removed (no gold)", label="Calibration", choices=CALIBRATIONS)
+    use_consistency: bool = setting(True, "I(D) and ConsistencyFix on (off: the paper's ablation)",
+                                    label="Use consistency (I(D) and fixes)")
+    scorer: str = setting("exact", "exact (cached, same numbers as naive), naive (reference) or prequential "
+                                   "(approximate)", label="Scorer", choices=SCORERS)
+    # mean / centered: chance's accuracy in half the steps (README)
+    objective: str = setting("mean", "sum: the paper's text; chance: each term against a coin flip; mean: mean "
+                                     "signed log-odds (released code)", label="Objective", choices=OBJECTIVES)
+    clock: str = setting("iteration", "iteration: the paper's cooling; accepted: by accepted changes, "
+                                      "T = T0 / (1 + 2 log(1 + a))", label="Clock", choices=CLOCKS)
+    stop: str = setting("labeled", "steps: a fixed count; labeled: until every example is labeled plus "
+                                   "--patience-sweeps quiet sweeps", label="Stop", choices=STOPS,
+                        choice_names={"labeled": "until every example is labeled",
+                                      "steps": "after a fixed number of steps"})
+    patience_sweeps: float = setting(1.0, "with --stop labeled: sweeps without an accepted change before stopping",
+                                     label="Quiet sweeps before stopping", low=0.0, high=100.0)
+    final_pass: bool = setting(True, "label what the search left: argmax given the final labeled set, then "
+                                     "ConsistencyFix", label="Final pass")
+    balanced_init: bool = setting(False, "split the K initial labels evenly between the two labels",
+                                  label="Balanced initial labels")
+
+    def __post_init__(self) -> None:
+        for name, allowed in SEARCH_CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.t0 <= 0 or self.t_min <= 0:
+            raise ValueError("temperatures must be positive")
+        if self.alpha < 0 or self.beta < 0 or self.group_weight <= 0 or self.patience_sweeps < 0:
+            raise ValueError("alpha, beta and patience_sweeps must be >= 0 and group_weight > 0")
+        for name in _INTEGERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.k_init < 1:
+            raise ValueError("k_init must be at least 1")
+        if self.steps < 0 or self.max_fix_iters < 0 or self.seed < 0:
+            raise ValueError("steps, max_fix_iters and seed must be >= 0")
+
+
+# Read from the declarations, so a new setting is checked by its kind without another list.
+SEARCH_CHOICES = {s.name: s.choices for s in settings(SearchConfig) if s.choices}
+_NUMBERS = tuple(s.name for s in settings(SearchConfig) if s.kind is float)
+_INTEGERS = tuple(s.name for s in settings(SearchConfig) if s.kind is int)
+
+# Named settings a user can start from; each stays editable and is stored resolved in the run.
+PRESETS: dict[str, dict] = {
+    # What this project measured best with the bundled model (the defaults).
+    "default": {},
+    # The paper's text: sum of log-probabilities, iteration clock, alpha 50, a fixed step count.
+    "paper": {"objective": "sum", "calibration": "none", "clock": "iteration", "alpha": 50.0, "stop": "steps",
+              "final_pass": False, "balanced_init": False},
+    # The released research code as closely as this engine allows: mean signed log-odds, temperature
+    # by accepted flips, alpha 30, K seed labels balanced between the two labels.
+    "released_code": {"objective": "mean", "calibration": "none", "clock": "accepted", "alpha": 30.0,
+                      "balanced_init": True},
+}
+
+
+def preset(name: str, **overrides) -> SearchConfig:
+    """SearchConfig from a named preset, then `overrides` on top."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+    return SearchConfig(**{**PRESETS[name], **overrides})
+
+
+# The model a run asks for. Loading checks the choices (runs/models.py), so a stored config with a
+# value this release no longer offers still opens and fails only when its model is loaded.
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16")
+QUANTIZATIONS = ("auto", "none", "nf4")
+DEFAULT_MODEL = "gemma3-270m"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = setting(DEFAULT_MODEL, "bundled name (gemma3-270m, smollm2-135m), local path, cached HF id, or an "
+                                       "inference server as ENGINE+URL::MODEL, e.g. "
+                                       "vllm+http://gpu-box:8000/v1::meta-llama/Llama-3.1-70B",
+                        label="Model", flag="--model")
+    device: str = setting("auto", "auto: cuda where torch sees a GPU, else cpu", label="Device", choices=DEVICES)
+    dtype: str = setting("auto", "auto: float32 on CPU, bfloat16 on CUDA", label="Dtype", choices=DTYPES)
+    quantization: str = setting("auto", "auto: nf4 on CUDA, none on CPU", label="Quantization", choices=QUANTIZATIONS)
+    # None means the model's own window
+    max_context: int | None = setting(None, "cap on prompt tokens (a llama-cpp-python server: the n_ctx it was "
+                                            "started with)", label="Max context (0 = model's own)",
+                                      kind=int, low=0, high=1_000_000)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str
+    dataset: str
+    search: SearchConfig = field(default_factory=SearchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        return cls(
+            task=data["task"],
+            dataset=data["dataset"],
+            search=SearchConfig(**data.get("search", {})),
+            model=ModelConfig(**data.get("model", {})),
+        )

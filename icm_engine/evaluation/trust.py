@@ -1,0 +1,450 @@
+"""Can these labels be trusted? Checks of one run that need no gold (issue 15).
+
+Mutual predictability finds whatever concept the model finds most salient, and a coherent
+labeling can be the mirror image of the intended one. So each check here compares the run's
+labels with something independent of the search:
+
+- polarity: the model's own zero-shot reading, centered over the dataset (a labeling that
+  disagrees with it beyond chance is possibly inverted);
+- balance: the share of True over the run, against the model's content-free prior and the
+  zero-shot share;
+- review queue: each example's margin under the run's calibration, its flips, and whether seeds agree;
+- audit: a Wilson interval for accuracy from a person's verdicts on a seeded random sample;
+- salience: how well trivial surface features (length, frequent words, order) predict the labels;
+- seeds: agreement and Cohen's kappa between runs that differ only by seed.
+
+`diagnose` runs them all; the CLI (`icm trust`) and the studio's Trust page both call it.
+Gold labels are never read here.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..core.tasks import Example, Task
+from ..runs.export import labeled_frame
+from ..store.database import Store
+from ..store.run_loader import load_run
+from .baselines import Log, decide, label_log_odds, self_labels
+
+POLARITY_SDS = 2.0  # agreement this many binomial sds below 1/2 flags a labeling as possibly inverted
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # contextual calibration (Zhao et al. 2021): inputs that say nothing
+ONE_SIDED = 0.8  # a share of True above this (or below 1 - this) makes a labeling one-sided
+BALANCE_GAP = 0.25  # share of True this far from the zero-shot share is worth a look
+PRIOR_LEAN = 0.2  # a content-free P(True) this far from 1/2 is a lean the search could follow
+SALIENCE_ALARM = 0.85  # a surface feature predicting the labels this well (AUROC) is a warning by itself
+SALIENCE_NEAR = 0.05  # ...and so is one within this of the model's own margin
+SALIENCE_FLOOR = 0.65  # below this a feature is too weak to mention, however weak the model is
+TOP_WORDS = 20
+REVIEW_ROWS = 50  # rows of the review queue a report shows
+PREVIEW_CHARS = 200  # of an example's text in tables
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a proportion; (0, 1) when nothing was judged. Unlike p +- z*se
+    it stays inside [0, 1] and keeps its coverage near 0 or 1 and for small n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def binomial_cdf(k: int, n: int, p: float = 0.5) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), exact (summed in log space; no scipy)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
+             for i in range(k + 1)]
+    peak = max(terms)
+    return min(1.0, math.exp(peak) * sum(math.exp(t - peak) for t in terms))
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve of `scores` for labels 1 vs 0, by the rank-sum formula (ties get
+    their average rank, so a constant score gives 0.5); NaN when one class is missing."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
+    positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
+    if not positives or not negatives:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def cohens_kappa(a: Sequence[int], b: Sequence[int]) -> float:
+    """Agreement beyond what two labelings with these shares of True would reach by chance:
+    1 identical, 0 chance, -1 mirror images. NaN when both are constant and chance explains all."""
+    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    if not len(a):
+        return float("nan")
+    observed = float((a == b).mean())
+    expected = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
+    return float("nan") if expected >= 1 else (observed - expected) / (1 - expected)
+
+
+# -- results ------------------------------------------------------------------------------
+
+@dataclass
+class PolarityCheck:
+    n: int  # labeled examples compared
+    agreement: float  # share of them whose run label equals the calibrated zero-shot label
+    p_value: float  # one-sided: P(agreement this low or lower) if labels agreed with the model by coin flip
+    threshold: float  # agreement below this flags the labeling
+    verdict: str  # "agrees", "possibly inverted" or "inconclusive"
+    disagreements: pd.DataFrame  # the most confident zero-shot readings the run contradicts
+
+
+@dataclass
+class BalanceCheck:
+    by_iteration: pd.DataFrame  # iteration, labeled, true, share_true (flips replayed)
+    share_true: float  # in the run's final labels
+    content_free_p_true: float | None  # the model's P(True) for inputs that say nothing
+    zero_shot_share_true: float | None  # share True of the calibrated zero-shot labels, whole dataset
+    zero_shot_raw_share_true: float | None  # ...and of the uncalibrated (argmax) ones: the model's lean
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SalienceCheck:
+    features: pd.DataFrame  # feature, auroc, strength = max(auroc, 1 - auroc), sorted by strength
+    model_auroc: float  # the run's own P(True) margin against its labels
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SeedAgreement:
+    run_ids: list[int]
+    pairs: pd.DataFrame  # run_a, run_b, n_common, agreement, kappa
+    final_u: pd.DataFrame  # run_id, seed, u
+    disagreements: pd.DataFrame  # example, uid, text and each run's label, where they differ
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AccuracyEstimate:
+    correct: int
+    n: int
+    accuracy: float | None
+    low: float
+    high: float
+
+    def describe(self) -> str:
+        if not self.n:
+            return "no verdicts yet"
+        return (f"{self.correct} of {self.n} judged correct: accuracy {self.accuracy:.0%}, "
+                f"95% Wilson interval {self.low:.0%} to {self.high:.0%}")
+
+
+@dataclass
+class TrustReport:
+    run_id: int
+    run_name: str
+    dataset_name: str
+    n_examples: int
+    n_labeled: int
+    polarity: PolarityCheck | None
+    balance: BalanceCheck
+    review: pd.DataFrame  # every labeled example, most doubtful first
+    salience: SalienceCheck
+    seeds: SeedAgreement | None
+    audit: AccuracyEstimate | None
+    baselines: pd.DataFrame | None = None  # agreement matrix of the run and cheap labelers, on the run's labeled examples
+    notes: list[str] = field(default_factory=list)  # what was skipped and why
+
+    @property
+    def warnings(self) -> list[str]:
+        found = []
+        if self.polarity is not None and self.polarity.verdict == "possibly inverted":
+            found.append(f"possibly inverted: only {self.polarity.agreement:.0%} of {self.polarity.n} labels agree "
+                         f"with the model's calibrated zero-shot reading (p = {self.polarity.p_value:.2g})")
+        found += self.balance.warnings + self.salience.warnings + (self.seeds.warnings if self.seeds else [])
+        return found
+
+
+# -- the checks ---------------------------------------------------------------------------
+
+def example_text(task: Task, example: Example) -> str:
+    """The example's task fields, joined: what surface features and previews are read from."""
+    return " | ".join(str(example.fields[name]) for name in task.fields)
+
+
+def polarity_check(labels: Mapping[int, int], zero_shot_odds: np.ndarray, uids: Sequence[str],
+                   sds: float = POLARITY_SDS) -> PolarityCheck:
+    """Agreement of the run's labels with the zero-shot labels centered over the whole dataset
+    (`zero_shot_odds`: one raw log-odds per example): centering removes the model's lean to a
+    label word, so what remains is the concept it reads in each input without demonstrations."""
+    centered = np.asarray(zero_shot_odds, dtype=float) - float(np.mean(zero_shot_odds))
+    zero_shot = decide(np.asarray(zero_shot_odds, dtype=float), "centered")
+    examples = sorted(int(e) for e in labels)
+    n = len(examples)
+    agree = sum(int(labels[e]) == int(zero_shot[e]) for e in examples)
+    threshold = 0.5 - sds * 0.5 / math.sqrt(n) if n else 0.0
+    above = 0.5 + sds * 0.5 / math.sqrt(n) if n else 1.0
+    agreement = agree / n if n else float("nan")
+    verdict = ("possibly inverted" if n and agreement < threshold else
+               "agrees" if n and agreement > above else "inconclusive")
+    contradicted = [e for e in examples if int(labels[e]) != int(zero_shot[e])]
+    table = pd.DataFrame({"example": contradicted, "uid": [uids[e] for e in contradicted],
+                          "run_label": [int(labels[e]) for e in contradicted],
+                          "zero_shot_label": [int(zero_shot[e]) for e in contradicted],
+                          "zero_shot_centered_log_odds": [float(centered[e]) for e in contradicted]})
+    table = table.reindex(table["zero_shot_centered_log_odds"].abs().sort_values(ascending=False).index)
+    return PolarityCheck(n, agreement, binomial_cdf(agree, n), threshold, verdict, table.head(10).reset_index(drop=True))
+
+
+def content_free_p_true(backend, task: Task) -> float:
+    """The model's P(True) (over the two label words) with every task field set to an input that
+    says nothing, averaged over CONTENT_FREE_INPUTS: its prior, whatever the example."""
+    probes = [Example(uid=f"content-free-{k}", fields={name: text for name in task.fields})
+              for k, text in enumerate(CONTENT_FREE_INPUTS)]
+    odds = label_log_odds(backend, task, (), probes)
+    return float(np.mean(1 / (1 + np.exp(-odds))))
+
+
+def label_share_by_iteration(flips: pd.DataFrame, n_examples: int) -> pd.DataFrame:
+    """Labeled count and share of True after each iteration that changed a label, by replaying
+    the flips in order (a flip to no label, e.g. an exclusion, removes the example)."""
+    columns = ["iteration", "labeled", "true", "share_true"]
+    if not len(flips):
+        return pd.DataFrame(columns=columns)
+    current = np.full(n_examples, -1)
+    labeled = true = 0
+    rows = []
+    ordered = flips.sort_values(["seq", "ord"])
+    for iteration, example, new in zip(ordered["iteration"], ordered["example"], ordered["new_label"]):
+        new = -1 if pd.isna(new) else int(new)
+        old = current[int(example)]
+        labeled += int(new >= 0) - int(old >= 0)
+        true += int(new == 1) - int(old == 1)
+        current[int(example)] = new
+        rows.append((int(iteration), labeled, true))
+    frame = pd.DataFrame(rows, columns=columns[:3]).groupby("iteration", as_index=False).last()
+    frame["share_true"] = frame["true"] / frame["labeled"].where(frame["labeled"] > 0)
+    return frame
+
+
+def balance_check(flips: pd.DataFrame, labels: Mapping[int, int], n_examples: int, prior: float | None,
+                  zero_shot_odds: np.ndarray | None) -> BalanceCheck:
+    share = float(np.mean(list(labels.values()))) if labels else float("nan")
+    centered = raw = None
+    if zero_shot_odds is not None and len(zero_shot_odds):
+        centered = float(decide(zero_shot_odds, "centered").mean())
+        raw = float(decide(zero_shot_odds, "argmax").mean())
+    warnings = []
+    if labels and not 1 - ONE_SIDED <= share <= ONE_SIDED:
+        warnings.append(f"one-sided: {share:.0%} of the labels are True")
+    if centered is not None and labels and abs(share - centered) > BALANCE_GAP:
+        warnings.append(f"balance: {share:.0%} True in the run against {centered:.0%} in the calibrated zero-shot labels")
+    # the run leans the prior's way, and further than the calibrated zero-shot labels do
+    further = abs(share - 0.5) > abs((0.5 if centered is None else centered) - 0.5) + 0.1
+    if prior is not None and labels and abs(prior - 0.5) > PRIOR_LEAN and (share - 0.5) * (prior - 0.5) > 0 and further:
+        warnings.append(f"the labels lean the way the model's content-free prior does (P(True) = {prior:.2f} "
+                        f"for an empty input): the search may have found the model's bias, not the concept")
+    return BalanceCheck(label_share_by_iteration(flips, n_examples), share, prior, centered, raw, warnings)
+
+
+def label_changes(flips: pd.DataFrame) -> pd.Series:
+    """Per example, how many times its label changed from one label to the other."""
+    if not len(flips):
+        return pd.Series(dtype=int)
+    changed = flips["old_label"].notna() & flips["new_label"].notna() & (flips["old_label"] != flips["new_label"])
+    return flips[changed].groupby("example").size()
+
+
+def review_queue(frame: pd.DataFrame, texts: Sequence[str], changes: pd.Series,
+                 seed_disputed: set[int] = frozenset()) -> pd.DataFrame:
+    """The labeled examples most worth a person's look, most doubtful first: those the seeds
+    disagree on, then by margin (the label's signed log-odds under the run's calibration, given
+    the rest of the labels: below 0 the model itself prefers the other label), then by flips.
+    Every labeled example is in it (an audit samples from it); show its head."""
+    labeled = frame[frame["label"].notna()]
+    queue = pd.DataFrame({
+        "example": labeled.index.astype(int), "uid": labeled["uid"].to_numpy(),
+        "text": [texts[i][:PREVIEW_CHARS] for i in labeled.index], "label": labeled["label_name"].to_numpy(),
+        "margin": labeled["log_odds"].astype(float).to_numpy(), "flips": [int(changes.get(i, 0)) for i in labeled.index],
+        "seeds_disagree": [int(i) in seed_disputed for i in labeled.index], "source": labeled["source"].to_numpy()})
+    queue = queue.sort_values(["seeds_disagree", "margin", "flips"], ascending=[False, True, False], na_position="first")
+    return queue.reset_index(drop=True)
+
+
+def surface_features(task: Task, examples: Sequence[Example], top_words: int = TOP_WORDS) -> dict[str, np.ndarray]:
+    """Trivial features of each input: its length, whether it holds each of the most frequent
+    words, and for pairwise tasks its order and which response is longer."""
+    texts = [example_text(task, e) for e in examples]
+    features = {"length (characters)": np.array([len(t) for t in texts], dtype=float)}
+    words = [set(_WORD.findall(t.lower())) for t in texts]
+    counts = Counter(w for found in words for w in found)
+    common = [w for w, c in counts.most_common() if c < len(texts)][:top_words]  # a word in every input says nothing
+    for word in common:
+        features[f"contains '{word}'"] = np.array([word in found for found in words], dtype=float)
+    if task.pairwise_fields is not None:
+        first, second = task.pairwise_fields
+        features["order (key 'ab')"] = np.array([e.key == "ab" for e in examples], dtype=float)
+        features[f"{first} longer than {second} (characters)"] = np.array(
+            [len(str(e.fields[first])) - len(str(e.fields[second])) for e in examples], dtype=float)
+    return features
+
+
+def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int, int],
+                   model_true_odds: Mapping[int, float]) -> SalienceCheck:
+    """AUROC of each surface feature for the run's labels, against the AUROC of the model's own
+    P(True) margin: labels that a length or a word predicts as well as the model does may follow
+    that feature rather than the task's concept."""
+    chosen = sorted(labels)
+    y = [int(labels[e]) for e in chosen]
+    rows = []
+    for name, values in surface_features(task, [examples[e] for e in chosen]).items():
+        area = auroc(values, y)
+        rows.append((name, area, max(area, 1 - area) if not math.isnan(area) else float("nan")))
+    table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"]).sort_values("strength", ascending=False)
+    scored = [e for e in chosen if not pd.isna(model_true_odds.get(e, np.nan))]
+    model = auroc([model_true_odds[e] for e in scored], [labels[e] for e in scored]) if scored else float("nan")
+    warnings = []
+    for name, _, strength in table.itertuples(index=False):
+        if math.isnan(strength) or strength < SALIENCE_FLOOR:
+            continue
+        if strength >= SALIENCE_ALARM or (not math.isnan(model) and strength >= model - SALIENCE_NEAR):
+            warnings.append(f"salience: {name} predicts the labels with AUROC {strength:.2f} "
+                            f"(the model's own margin: {model:.2f})")
+    return SalienceCheck(table.reset_index(drop=True), model, warnings)
+
+
+def seed_runs(store: Store, run_id: int) -> list[int]:
+    """Finished runs on the same dataset with the same settings as `run_id` apart from the seed
+    (itself included, first)."""
+    def settings(config: dict) -> dict:
+        return dict(config, search={k: v for k, v in config.get("search", {}).items() if k != "seed"})
+
+    run = store.run(run_id)
+    others = store.runs(int(run["dataset_id"]))
+    found = [run_id]
+    for other in others[(others["run_id"] != run_id) & (others["status"] == "finished")]["run_id"]:
+        if settings(store.run(int(other))["config"]) == settings(run["config"]):
+            found.append(int(other))
+    return found
+
+
+def seed_agreement(store: Store, run_ids: Sequence[int], texts: Sequence[str] | None = None) -> SeedAgreement:
+    """Pairwise agreement and Cohen's kappa of the runs' final labels (on examples both labeled),
+    the spread of their final U, and the examples they disagree on."""
+    finals = {}
+    for r in run_ids:
+        stored = store.labels(r)
+        finals[r] = dict(zip(stored["example"].astype(int), stored["label"].astype(int)))
+    pairs = []
+    for k, a in enumerate(run_ids):
+        for b in run_ids[k + 1:]:
+            common = sorted(set(finals[a]) & set(finals[b]))
+            la, lb = [finals[a][e] for e in common], [finals[b][e] for e in common]
+            pairs.append((a, b, len(common), float(np.mean(np.equal(la, lb))) if common else float("nan"), cohens_kappa(la, lb)))
+    pairs = pd.DataFrame(pairs, columns=["run_a", "run_b", "n_common", "agreement", "kappa"])
+    final_u = []
+    for r in run_ids:
+        snapshot = store.load_snapshot(r)
+        final_u.append((r, store.run(r)["config"].get("search", {}).get("seed"), None if snapshot is None else snapshot.u))
+    final_u = pd.DataFrame(final_u, columns=["run_id", "seed", "u"])
+    examples = sorted(set().union(*finals.values())) if finals else []
+    disputed = [e for e in examples if len({finals[r][e] for r in run_ids if e in finals[r]}) > 1]
+    disagreements = pd.DataFrame({"example": disputed})
+    if texts is not None:
+        disagreements["text"] = [texts[e][:PREVIEW_CHARS] for e in disputed]
+    for r in run_ids:
+        disagreements[f"run {r}"] = [finals[r].get(e) for e in disputed]
+    warnings = []
+    for row in pairs.itertuples(index=False):
+        if not math.isnan(row.kappa) and row.kappa < 0.4:
+            mirror = " (near mirror images: one may be inverted)" if row.kappa < -0.4 else ""
+            warnings.append(f"seeds disagree: runs {row.run_a} and {row.run_b} have kappa {row.kappa:.2f} "
+                            f"on {row.n_common} common labels{mirror}")
+    return SeedAgreement(list(run_ids), pairs, final_u, disagreements, warnings)
+
+
+def audit_sample(examples: Sequence[int], size: int, seed: int = 0) -> list[int]:
+    """A seeded random sample of labeled examples for a person to judge (uniform, so the
+    accuracy it estimates is that of the whole labeled set, not of the doubtful ones)."""
+    pool = np.asarray(sorted(int(e) for e in examples), dtype=int)
+    if not len(pool):
+        return []
+    picked = np.random.default_rng([seed, 15]).choice(pool, size=min(size, len(pool)), replace=False)
+    return [int(e) for e in picked]
+
+
+def accuracy_estimate(verdicts: Mapping[int, bool] | Sequence[bool]) -> AccuracyEstimate:
+    """Accuracy of the labels from a person's verdicts (True: the label is right) on a random sample."""
+    values = list(verdicts.values()) if isinstance(verdicts, Mapping) else list(verdicts)
+    correct, n = int(sum(bool(v) for v in values)), len(values)
+    low, high = wilson_interval(correct, n)
+    return AccuracyEstimate(correct, n, correct / n if n else None, low, high)
+
+
+def baseline_agreement(labels: Mapping[int, int], baselines: Mapping[str, Sequence[int]]) -> pd.DataFrame:
+    """Share of the run's labeled examples on which each two labelings agree ("run" first, then
+    each baseline's labels over the whole dataset): how much of the search a cheap labeler recovers."""
+    examples = sorted(labels)
+    named = {"run": [labels[e] for e in examples], **{k: [int(v[e]) for e in examples] for k, v in baselines.items()}}
+    matrix = pd.DataFrame(index=list(named), columns=list(named), dtype=float)
+    for a, la in named.items():
+        for b, lb in named.items():
+            matrix.loc[a, b] = float(np.mean(np.equal(la, lb))) if examples else float("nan")
+    return matrix.rename_axis("labeling").reset_index()
+
+
+# -- all of it ----------------------------------------------------------------------------
+
+def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int] | None = None,
+             verdicts: Mapping[int, bool] | None = None, self_labeling: bool = False,
+             log: Log | None = None) -> TrustReport:
+    """Every check of one run. Without a backend the model-based parts (polarity, the content-free
+    prior, the zero-shot share) are skipped with a note; seed_run_ids=None compares the run with
+    seed_runs() (its finished siblings that differ only by seed). self_labeling adds iterated
+    self-labeling to the baselines, at the cost of a few ICM evaluations of the whole dataset."""
+    stored = load_run(store, run_id)  # inputs only: gold is never read here
+    run, task, examples = stored.run, stored.task, stored.examples
+    texts = [example_text(task, e) for e in examples]
+    frame = labeled_frame(store, run_id)
+    flips = store.flips(run_id)
+    labels = {int(i): int(y) for i, y in frame["label"].dropna().items()}
+    notes = []
+    zero_shot_odds = prior = None
+    polarity = baselines = None
+    if backend is None:
+        notes.append("no model: polarity, the content-free prior and the zero-shot share were skipped")
+    else:
+        if log is not None:
+            log(f"asking the model zero-shot about {len(examples)} examples")
+        zero_shot_odds = label_log_odds(backend, task, (), examples, log, "zero-shot")
+        prior = content_free_p_true(backend, task)
+        polarity = polarity_check(labels, zero_shot_odds, [e.uid for e in examples])
+        cheap = {"zero-shot (centered)": decide(zero_shot_odds, "centered"),
+                 "zero-shot (argmax)": decide(zero_shot_odds, "argmax")}
+        if self_labeling:
+            cheap["self-labeling (centered)"] = self_labels(backend, task, examples, "centered", log=log)[0]
+        baselines = baseline_agreement(labels, cheap)
+    balance = balance_check(flips, labels, len(examples), prior, zero_shot_odds)
+    odds = frame["log_odds"].astype(float)
+    true_odds = {i: (odds[i] if y == 1 else -odds[i]) for i, y in labels.items()}
+    salience = salience_check(task, examples, labels, true_odds)
+    ids = list(seed_run_ids) if seed_run_ids is not None else seed_runs(store, run_id)
+    ids = [run_id] + [r for r in ids if r != run_id]
+    seeds = seed_agreement(store, ids, texts) if len(ids) > 1 else None
+    if seeds is None:
+        notes.append("no other seed of this run to compare with (pass run ids, or finish runs that differ only by seed)")
+    disputed = set() if seeds is None else set(seeds.disagreements["example"].astype(int))
+    review = review_queue(frame, texts, label_changes(flips), disputed)
+    audit = accuracy_estimate(verdicts) if verdicts else None
+    dataset = store.datasets().set_index("dataset_id").loc[int(run["dataset_id"]), "name"]
+    return TrustReport(run_id, str(run["name"]), str(dataset), len(examples), len(labels), polarity, balance, review,
+                       salience, seeds, audit, baselines, notes)
