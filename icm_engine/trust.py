@@ -11,7 +11,9 @@ labels with something independent of the search:
 - review queue: each example's margin under the run's calibration, its flips, and whether seeds agree;
 - audit: a Wilson interval for accuracy from a person's verdicts on a seeded random sample;
 - salience: how well trivial surface features (length, frequent words, order) predict the labels;
-- seeds: agreement and Cohen's kappa between runs that differ only by seed.
+- seeds: agreement and Cohen's kappa between runs that differ only by seed;
+- baselines: cheap labelers from the same model (zero-shot, self-labeling, a CCS probe on hidden
+  states, icm_engine.ccs), each one's agreement with the run and the others, and its labels.
 
 `diagnose` runs them all; the CLI (`icm trust`) and the studio's Trust page both call it.
 Gold labels are never read here.
@@ -27,6 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .backends.base import HiddenStatesUnavailable
+from .ccs import CCSResult, ccs_labels
 from .export import labeled_frame
 from .label_baselines import Log, decide, label_log_odds, self_labels
 from .store import Store
@@ -41,6 +45,7 @@ SALIENCE_ALARM = 0.85  # a surface feature predicting the labels this well (AURO
 SALIENCE_NEAR = 0.05  # ...and so is one within this of the model's own margin
 SALIENCE_FLOOR = 0.65  # below this a feature is too weak to mention, however weak the model is
 TOP_WORDS = 20
+CCS_BASELINE = "CCS probe"
 REVIEW_ROWS = 50  # rows of the review queue a report shows
 PREVIEW_CHARS = 200  # of an example's text in tables
 _WORD = re.compile(r"[a-z0-9']+")
@@ -162,6 +167,10 @@ class TrustReport:
     audit: AccuracyEstimate | None
     baselines: pd.DataFrame | None = None  # agreement matrix of the run and cheap labelers, on the run's labeled examples
     notes: list[str] = field(default_factory=list)  # what was skipped and why
+    baseline_labels: dict[str, np.ndarray] = field(default_factory=dict)  # each cheap labeler's 0/1, whole dataset
+    baseline_p_true: dict[str, np.ndarray] = field(default_factory=dict)  # ...and its P(True), where it has one
+    ccs: CCSResult | None = None
+    ccs_unavailable: str | None = None  # why there is no CCS baseline, when a model was asked
 
     @property
     def warnings(self) -> list[str]:
@@ -405,11 +414,12 @@ def baseline_agreement(labels: Mapping[int, int], baselines: Mapping[str, Sequen
 
 def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int] | None = None,
              verdicts: Mapping[int, bool] | None = None, self_labeling: bool = False,
-             log: Log | None = None) -> TrustReport:
+             log: Log | None = None, ccs: bool = True) -> TrustReport:
     """Every check of one run. Without a backend the model-based parts (polarity, the content-free
     prior, the zero-shot share) are skipped with a note; seed_run_ids=None compares the run with
     seed_runs() (its finished siblings that differ only by seed). self_labeling adds iterated
-    self-labeling to the baselines, at the cost of a few ICM evaluations of the whole dataset."""
+    self-labeling to the baselines, at the cost of a few ICM evaluations of the whole dataset; ccs
+    adds the CCS probe (two forwards per example and a small training), or says why it could not."""
     run = store.run(run_id)
     task = load_task(store.dataset_task(run["dataset_id"]))
     examples = store.load_examples(run["dataset_id"])  # inputs only: gold is never read here
@@ -419,7 +429,8 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     labels = {int(i): int(y) for i, y in frame["label"].dropna().items()}
     notes = []
     zero_shot_odds = prior = None
-    polarity = baselines = None
+    polarity = baselines = probe = unavailable = None
+    p_true = {}
     if backend is None:
         notes.append("no model: polarity, the content-free prior and the zero-shot share were skipped")
     else:
@@ -430,8 +441,18 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
         polarity = polarity_check(labels, zero_shot_odds, [e.uid for e in examples])
         cheap = {"zero-shot (centered)": decide(zero_shot_odds, "centered"),
                  "zero-shot (argmax)": decide(zero_shot_odds, "argmax")}
+        p_true = {"zero-shot (centered)": 1 / (1 + np.exp(-(zero_shot_odds - zero_shot_odds.mean()))),
+                  "zero-shot (argmax)": 1 / (1 + np.exp(-zero_shot_odds))}
         if self_labeling:
-            cheap["self-labeling (centered)"] = self_labels(backend, task, examples, "centered", log=log)[0]
+            cheap["self-labeling (centered)"] = np.asarray(self_labels(backend, task, examples, "centered", log=log)[0])
+        if ccs:
+            try:
+                probe = ccs_labels(backend, task, examples, cheap["zero-shot (centered)"], log=log)
+            except HiddenStatesUnavailable as error:
+                unavailable = str(error)
+                notes.append(f"CCS unavailable: {unavailable}")
+            else:
+                cheap[CCS_BASELINE], p_true[CCS_BASELINE] = probe.labels, probe.p_true
         baselines = baseline_agreement(labels, cheap)
     balance = balance_check(flips, labels, len(examples), prior, zero_shot_odds)
     odds = frame["log_odds"].astype(float)
@@ -447,4 +468,6 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     audit = accuracy_estimate(verdicts) if verdicts else None
     dataset = store.datasets().set_index("dataset_id").loc[int(run["dataset_id"]), "name"]
     return TrustReport(run_id, str(run["name"]), str(dataset), len(examples), len(labels), polarity, balance, review,
-                       salience, seeds, audit, baselines, notes)
+                       salience, seeds, audit, baselines, notes,
+                       {} if backend is None else {k: np.asarray(v, dtype=int) for k, v in cheap.items()}, p_true,
+                       probe, unavailable)

@@ -70,6 +70,23 @@ def seeds_text(report: TrustReport) -> str:
             f"{len(s.disagreements)} examples disputed")
 
 
+def baselines_text(report: TrustReport) -> str:
+    """How often each cheap labeler agrees with the run, on the run's labeled examples."""
+    if report.baselines is None:
+        return "not compared (no model)"
+    row = report.baselines.set_index("labeling").loc["run"].drop("run")
+    return "agreement with the run: " + ", ".join(f"{name} {_number(float(v), 2)}" for name, v in row.items())
+
+
+def ccs_text(report: TrustReport) -> str | None:
+    """The CCS probe in a sentence, or why there is none; None when no model was asked."""
+    if report.ccs is not None:
+        return report.ccs.describe()
+    if report.ccs_unavailable is not None:
+        return f"CCS unavailable: {report.ccs_unavailable}"
+    return None
+
+
 def summary_lines(report: TrustReport) -> list[str]:
     """What `icm trust` prints: one line per check, then the warnings."""
     r = report
@@ -77,6 +94,8 @@ def summary_lines(report: TrustReport) -> list[str]:
              f"polarity: {polarity_text(r)}", f"balance: {balance_text(r)}",
              f"salience: {salience_text(r)}",
              f"seeds: {seeds_text(r)}",
+             f"baselines: {baselines_text(r)}",
+             *([f"CCS: {ccs_text(r)}"] if r.ccs is not None else []),
              f"review queue: {len(r.review)} labeled examples, most doubtful first; the top ones:"]
     lines += [f"  {q.uid} ({q.label}, margin {_number(q.margin, 2)}, {q.flips} flips"
               f"{', seeds disagree' if q.seeds_disagree else ''}): {q.text[:80]}" for q in r.review.head(5).itertuples()]
@@ -125,8 +144,11 @@ def to_html(report: TrustReport) -> str:
                  "</p>", _table(r.review, REVIEW_ROWS)]
     if r.baselines is not None:
         sections += ["<h2>Baselines</h2>", "<p class=\"note\">Share of the run's labeled examples on which two "
-                     "labelings agree: a cheap labeler close to the run recovers most of what the search found.</p>",
-                     _table(r.baselines)]
+                     "labelings agree: a cheap labeler close to the run recovers most of what the search found. "
+                     "Each baseline's labels can be exported (<code>icm trust --export-baselines DIR</code>, or the "
+                     "Trust page).</p>", _table(r.baselines)]
+        if ccs_text(r) is not None:
+            sections.append(f"<p>{e(ccs_text(r))}</p>")
     if r.audit is not None:
         sections += ["<h2>Accuracy from a human audit</h2>", f"<p>{e(r.audit.describe())}</p>"]
     sections += ["<h2>Salience</h2>", f"<p>{e(salience_text(r))}</p>",

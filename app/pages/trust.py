@@ -6,7 +6,8 @@ import streamlit as st
 from icm_engine.config import RunConfig
 from icm_engine.manager import RunManager
 from icm_engine.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, diagnose, seed_runs
-from icm_engine.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
+from icm_engine.baseline_export import SUFFIX, export_baseline, slug
+from icm_engine.trust_report import balance_text, ccs_text, polarity_text, salience_text, seeds_text, to_html
 
 from ..services import run_picker
 
@@ -64,6 +65,19 @@ def _audit(report, run_id: int) -> None:
     st.caption(estimate.describe())
 
 
+def _baseline_download(manager: RunManager, report) -> None:
+    """One baseline's labels for every example, in a run's export formats."""
+    if not report.baseline_labels:
+        return
+    cols = st.columns([2, 1, 1])
+    name = cols[0].selectbox("Export a baseline's labels", list(report.baseline_labels), key="trust.export.baseline")
+    fmt = cols[1].selectbox("Format", ("csv", "sft"), key="trust.export.format")
+    data = export_baseline(manager.store, report.run_id, name, report.baseline_labels[name],
+                           report.baseline_p_true.get(name), fmt)
+    cols[2].download_button("Download labels", data, file_name=f"run-{report.run_id}-{slug(name)}{SUFFIX[fmt]}",
+                            mime="text/csv" if fmt == "csv" else "application/jsonl", key="trust.export.download")
+
+
 def render_trust(manager: RunManager) -> None:
     st.title("Trust")
     st.caption("Can I trust these labels? A coherent labeling can be the mirror image of the intended one, or follow "
@@ -74,7 +88,7 @@ def render_trust(manager: RunManager) -> None:
     candidates = seed_runs(manager.store, run_id)
     others = [int(r) for r in manager.store.runs()["run_id"] if int(r) != run_id]
     cols = st.columns([1, 2])
-    with_model = cols[0].checkbox("Ask the model (polarity, prior)", value=True, key="trust.model",
+    with_model = cols[0].checkbox("Ask the model (polarity, prior, baselines)", value=True, key="trust.model",
                                   help="loads the run's model if no run has it loaded; each example is asked once")
     seeds = cols[1].multiselect("Compare with runs (other seeds)", others,
                                 default=[r for r in candidates if r != run_id], key=f"trust.seeds.{run_id}")
@@ -112,6 +126,9 @@ def render_trust(manager: RunManager) -> None:
         st.caption("Share of the run's labeled examples on which two labelings agree: a cheap labeler close to the "
                    "run recovers most of what the search found.")
         st.dataframe(report.baselines, hide_index=True, key="trust.baselines")
+        if ccs_text(report) is not None:
+            st.write(ccs_text(report))
+        _baseline_download(manager, report)
 
     st.subheader("Seed agreement")
     st.write(seeds_text(report))

@@ -1,0 +1,160 @@
+"""The CCS probe baseline (issue 15): it finds a direction that separates contrast pairs, its sign
+follows the zero-shot labels, and a backend without hidden states says so instead of failing."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from icm_engine import ccs, cli, trust
+from icm_engine.backends.base import HiddenStatesUnavailable, ModelInfo
+from icm_engine.backends.fake import FakeLM, polarity
+from icm_engine.baseline_export import export_baseline, report_exports
+from icm_engine.store import Store
+from icm_engine.trust_report import summary_lines, to_html
+from tests.fakes import SINGLE, polarity_examples
+from tests.test_server_backend import stub  # noqa: F401  (fixture)
+from tests.test_trust import polarity_store, stored_run
+from tests.tiny_model import build_tiny_model_dir
+
+EPOCHS = 400  # enough for these small, well-separated problems; the default (the paper's 1000) is slower
+
+
+def contrast_pairs(truth: np.ndarray, dim: int = 32, separation: float = 2.0, seed: int = 0):
+    """Synthetic hidden states: a truth direction enters x+ and x- with opposite signs; a larger
+    nuisance direction (the example's topic) enters both alike, and each side has its own offset
+    (the appended word). Only the truth direction makes p(x+) = 1 - p(x-) and confident."""
+    rng = np.random.default_rng(seed)
+    signs = 2 * np.asarray(truth) - 1
+    truth_direction, topic = np.linalg.qr(rng.normal(size=(dim, 2)))[0].T
+    shared = rng.normal(size=(len(truth), dim)) + np.outer(rng.normal(size=len(truth)) * 4, topic)
+    positive = shared + separation * np.outer(signs, truth_direction) + 3.0 + 0.3 * rng.normal(size=shared.shape)
+    negative = shared - separation * np.outer(signs, truth_direction) - 1.0 + 0.3 * rng.normal(size=shared.shape)
+    return negative, positive
+
+
+def test_the_probe_recovers_a_separating_direction_up_to_sign():
+    truth = np.random.default_rng(1).integers(0, 2, size=80)
+    negative, positive = contrast_pairs(truth)
+    scores, loss = ccs.fit_ccs(negative, positive, epochs=EPOCHS)
+    accuracy = float(np.mean((scores > 0.5) == truth))
+    assert max(accuracy, 1 - accuracy) >= 0.97 and loss < 0.15  # 0.25: p = 1/2 everywhere
+    again, _ = ccs.fit_ccs(negative, positive, epochs=EPOCHS)
+    np.testing.assert_array_equal(scores, again)  # seeded
+    # more restarts never end at a higher loss than fewer: the lowest is kept
+    assert ccs.fit_ccs(negative, positive, restarts=10, epochs=50)[1] <= ccs.fit_ccs(negative, positive, restarts=1, epochs=50)[1]
+    normalized = ccs.normalize_side(positive)
+    np.testing.assert_allclose(normalized.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(normalized.std(axis=0), 1, atol=1e-9)
+
+
+def test_the_sign_follows_the_zero_shot_labels():
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 2, size=80)
+    scores, _ = ccs.fit_ccs(*contrast_pairs(truth, seed=2), epochs=EPOCHS)
+    noisy_zero_shot = np.where(rng.random(80) < 0.7, truth, 1 - truth)  # a weak reader, right 70% of the time
+    oriented, flipped, agreement = ccs.resolve_sign(scores, noisy_zero_shot)
+    assert np.mean((oriented > 0.5) == truth) >= 0.97 and 0.5 < agreement < 0.9
+    assert flipped == (np.mean((scores > 0.5) == truth) < 0.5)
+    mirrored, flipped_again, _ = ccs.resolve_sign(scores, 1 - noisy_zero_shot)  # an inverted reader inverts it
+    assert np.mean((mirrored > 0.5) == truth) <= 0.03 and flipped_again != flipped
+    np.testing.assert_array_equal(ccs.resolve_sign(scores, None)[0], scores)
+
+
+class HiddenFakeLM(FakeLM):
+    """The fake polarity model with synthetic hidden states: each prompt's state holds the
+    polarity of its review times the sign of the appended word, plus per-text noise."""
+
+    dim = 24
+
+    @property
+    def hidden_layer_count(self) -> int:
+        return 6
+
+    def hidden_states(self, prompts, layers):
+        direction = np.random.default_rng(0).normal(size=self.dim)
+        rows = []
+        for query, word in prompts:
+            noise = np.random.default_rng(zlib.crc32(query.encode())).normal(size=self.dim)
+            sign = 1 if word.strip() == "True" else -1
+            rows.append(noise + 2 * np.tanh(polarity(query)) * sign * direction + sign)
+        return np.repeat(np.asarray(rows, dtype=np.float32)[None], len(layers), axis=0)
+
+
+def test_diagnose_adds_the_ccs_baseline_and_exports_each_baselines_labels(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "icm.duckdb"
+    with Store(str(db)) as store:
+        examples, gold = polarity_examples(40, seed=3)
+        dataset_id = store.add_dataset("polarity", SINGLE.to_dict(), examples, gold)
+        run_id = stored_run(store, dataset_id, dict(gold))
+        report = trust.diagnose(store, run_id, HiddenFakeLM(strength=6), seed_run_ids=[])
+        assert report.ccs is not None and report.ccs.layer == ccs.default_layer(6) == 4
+        matrix = report.baselines.set_index("labeling")
+        assert matrix.loc["run", trust.CCS_BASELINE] == 1.0  # gold itself: the probe agrees, oriented by zero-shot
+        assert report.ccs.zero_shot_agreement == 1.0
+        assert any(line.startswith("CCS: CCS probe on the last token's hidden state after block 4 of 6")
+                   for line in summary_lines(report))
+        assert "after block 4 of 6" in to_html(report)
+        files = report_exports(store, report)
+        assert sorted(files) == [f"run-{run_id}-ccs-probe.csv", f"run-{run_id}-zero-shot-argmax.csv",
+                                 f"run-{run_id}-zero-shot-centered.csv"]
+        rows = list(csv.DictReader(io.StringIO(files[f"run-{run_id}-ccs-probe.csv"].decode())))
+        assert len(rows) == 40 and [int(r["label"]) for r in rows] == [gold[e] for e in range(40)]
+        assert {r["source"] for r in rows} == {"CCS probe"} and all(0.5 < float(r["confidence"]) <= 1 for r in rows)
+        sft = [json.loads(line) for line in export_baseline(store, run_id, "x", report.baseline_labels["CCS probe"],
+                                                            fmt="sft").decode().splitlines()]
+        assert sft[0]["prompt"] == SINGLE.render_query(examples[0]) and sft[0]["completion"] == " True"
+    monkeypatch.setattr(cli, "_load_backend", lambda model: HiddenFakeLM(strength=6))
+    out = tmp_path / "baselines"
+    assert cli.main(["trust", "--run", str(run_id), "--db", str(db), "--export-baselines", str(out),
+                     "--baseline-format", "sft"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"run-{run_id}-ccs-probe.sft.jsonl",
+                                                     f"run-{run_id}-zero-shot-argmax.sft.jsonl",
+                                                     f"run-{run_id}-zero-shot-centered.sft.jsonl"]
+    assert "CCS: CCS probe" in capsys.readouterr().out
+    assert cli.main(["trust", "--run", str(run_id), "--db", str(db), "--no-ccs"]) == 0
+    assert "CCS" not in capsys.readouterr().out.split("review queue")[0]
+
+
+def test_without_hidden_states_the_report_says_ccs_unavailable_and_carries_on(stub):  # noqa: F811
+    store, dataset_id, gold = polarity_store()
+    run_id = stored_run(store, dataset_id, dict(gold))
+    report = trust.diagnose(store, run_id, FakeLM(strength=6), seed_run_ids=[])
+    assert report.ccs is None and "gives no hidden states" in report.ccs_unavailable
+    assert any(n.startswith("CCS unavailable: fake-polarity") for n in report.notes)
+    assert trust.CCS_BASELINE not in report.baselines["labeling"].tolist()
+    assert report.polarity.verdict == "agrees"  # the other checks still stand
+    assert "CCS unavailable: fake-polarity (FakeLM) gives no hidden states" in to_html(report)
+    from icm_engine.backends.openai_server import connect
+
+    server = connect(f"openai+{stub.url}::stub", progress=lambda *a: None)
+    with pytest.raises(HiddenStatesUnavailable, match="inference server: its API returns token log-probabilities"):
+        ccs.ccs_labels(server, SINGLE, polarity_examples(4)[0], None)
+    server.close()
+
+
+def test_hidden_states_of_the_tiny_model_are_batched_exactly_and_feed_the_probe(tmp_path, one_torch_thread):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icm_engine.backends.transformers_backend import TransformersLM
+
+    path = build_tiny_model_dir(tmp_path / "llama")
+    lm = TransformersLM(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), ModelInfo("tiny"))
+    examples, _ = polarity_examples(12, seed=4)
+    prompts = [(SINGLE.render_query(e), word) for e in examples[:5] for word in SINGLE.label_words]
+    prompts[0] = (prompts[0][0] + " a much longer review than the others, to pad every other row",) + prompts[0][1:]
+    batched = lm.hidden_states(prompts, [0, 1, 2])
+    assert batched.shape == (3, 10, 64) and batched.dtype == np.float32
+    alone = np.stack([lm.hidden_states([p], [0, 1, 2])[:, 0] for p in prompts], axis=1)
+    np.testing.assert_allclose(batched, alone, atol=1e-4)  # right padding changes nothing before it
+    with pytest.raises(ValueError, match="outside 0..2"):
+        lm.hidden_states(prompts, [3])
+    result = ccs.ccs_labels(lm, SINGLE, examples, [e % 2 for e in range(12)], epochs=50)
+    assert result.layer == 1 and result.n_layers == 2 and len(result.labels) == 12
+    assert set(result.labels) <= {0, 1} and result.zero_shot_agreement >= 0.5
+    np.testing.assert_array_equal(result.labels, ccs.ccs_labels(lm, SINGLE, examples, [e % 2 for e in range(12)],
+                                                                epochs=50).labels)
