@@ -44,6 +44,16 @@ PRIOR_LEAN = 0.2  # a content-free P(True) this far from 1/2 is a lean the searc
 SALIENCE_ALARM = 0.85  # a surface feature predicting the labels this well (AUROC) is a warning by itself
 SALIENCE_NEAR = 0.05  # ...and so is one within this of the model's own margin
 SALIENCE_FLOOR = 0.65  # below this a feature is too weak to mention, however weak the model is
+# Sample size. On a few examples a share gap or a feature's AUROC is mostly noise, so every warning
+# must also be unlikely by chance; one that is not reads "too few examples to tell" instead.
+ALPHA = 0.05  # the chance, under "nothing to see", that a warning fires anyway
+PERMUTATIONS = 2000  # relabelings for the salience test (seeded: a report is reproducible)
+# A salience warning also needs this many examples of each label. The permutation test asks whether
+# the labels are independent of the feature; with few of one label it cannot tell labels that follow
+# a feature from a sample in which the concept happens to go with it. Simulated (normal feature,
+# AUROC 0.7 for the concept in the population, a common, benign amount): the sample AUROC reaches the
+# 0.85 alarm in 19% of samples with 12 + 4 examples, 13% with 8 + 8, 4.5% with 16 + 16, 0.6% with 32 + 32.
+MIN_PER_LABEL = 8
 TOP_WORDS = 20
 CCS_BASELINE = "CCS probe"
 REVIEW_ROWS = 50  # rows of the review queue a report shows
@@ -119,13 +129,15 @@ class BalanceCheck:
     zero_shot_share_true: float | None  # share True of the calibrated zero-shot labels, whole dataset
     zero_shot_raw_share_true: float | None  # ...and of the uncalibrated (argmax) ones: the model's lean
     warnings: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)  # what would be a warning on more examples
 
 
 @dataclass
 class SalienceCheck:
-    features: pd.DataFrame  # feature, auroc, strength = max(auroc, 1 - auroc), sorted by strength
+    features: pd.DataFrame  # feature, auroc, strength = max(auroc, 1 - auroc), p (family-wise permutation), by strength
     model_auroc: float  # the run's own P(True) margin against its labels
     warnings: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)  # strong-looking features too few examples can't back
 
 
 @dataclass
@@ -180,6 +192,11 @@ class TrustReport:
                          f"with the model's calibrated zero-shot reading (p = {self.polarity.p_value:.2g})")
         found += self.balance.warnings + self.salience.warnings + (self.seeds.warnings if self.seeds else [])
         return found
+
+    @property
+    def inconclusive(self) -> list[str]:
+        """Checks that would warn on more examples but, on these, could be chance."""
+        return self.balance.inconclusive + self.salience.inconclusive
 
 
 # -- the checks ---------------------------------------------------------------------------
@@ -244,24 +261,51 @@ def label_share_by_iteration(flips: pd.DataFrame, n_examples: int) -> pd.DataFra
     return frame
 
 
+def discordant(labels: Mapping[int, int], other: Sequence[int]) -> tuple[int, int]:
+    """(b, c): labeled examples the run calls True and `other` False, and the reverse."""
+    b = sum(1 for e, y in labels.items() if y == 1 and int(other[e]) == 0)
+    c = sum(1 for e, y in labels.items() if y == 0 and int(other[e]) == 1)
+    return b, c
+
+
 def balance_check(flips: pd.DataFrame, labels: Mapping[int, int], n_examples: int, prior: float | None,
-                  zero_shot_odds: np.ndarray | None) -> BalanceCheck:
+                  zero_shot_odds: np.ndarray | None, alpha: float = ALPHA) -> BalanceCheck:
+    """Share of True against the zero-shot share and the content-free prior. Each warning must
+    also be unlikely by chance on this many examples (exact binomial tests: the share against 1/2;
+    the run against the zero-shot labels on the same examples, McNemar's test on the examples they
+    label differently); one that is not goes to `inconclusive` as "too few examples to tell"."""
     share = float(np.mean(list(labels.values()))) if labels else float("nan")
-    centered = raw = None
+    n, n_true = len(labels), int(sum(labels.values()))
+    centered = raw = zero_shot = None
     if zero_shot_odds is not None and len(zero_shot_odds):
-        centered = float(decide(zero_shot_odds, "centered").mean())
+        zero_shot = decide(zero_shot_odds, "centered")
+        centered = float(zero_shot.mean())
         raw = float(decide(zero_shot_odds, "argmax").mean())
-    warnings = []
+    warnings, inconclusive = [], []
+
+    def judge(message: str, p: float) -> None:
+        if p < alpha:
+            warnings.append(f"{message} (p = {p:.2g})")
+        else:
+            inconclusive.append(f"too few examples to tell: {message}, but on {n} examples that is "
+                                f"within chance (p = {p:.2g})")
+
     if labels and not 1 - ONE_SIDED <= share <= ONE_SIDED:
-        warnings.append(f"one-sided: {share:.0%} of the labels are True")
+        judge(f"one-sided: {share:.0%} of the labels are True",
+              min(1.0, 2 * binomial_cdf(min(n_true, n - n_true), n)))  # two-sided, against 1/2
+    b, c = discordant(labels, zero_shot) if zero_shot is not None else (0, 0)
     if centered is not None and labels and abs(share - centered) > BALANCE_GAP:
-        warnings.append(f"balance: {share:.0%} True in the run against {centered:.0%} in the calibrated zero-shot labels")
+        judge(f"balance: {share:.0%} True in the run against {centered:.0%} in the calibrated zero-shot labels",
+              min(1.0, 2 * binomial_cdf(min(b, c), b + c)))  # McNemar, exact, two-sided
     # the run leans the prior's way, and further than the calibrated zero-shot labels do
     further = abs(share - 0.5) > abs((0.5 if centered is None else centered) - 0.5) + 0.1
     if prior is not None and labels and abs(prior - 0.5) > PRIOR_LEAN and (share - 0.5) * (prior - 0.5) > 0 and further:
-        warnings.append(f"the labels lean the way the model's content-free prior does (P(True) = {prior:.2f} "
-                        f"for an empty input): the search may have found the model's bias, not the concept")
-    return BalanceCheck(label_share_by_iteration(flips, n_examples), share, prior, centered, raw, warnings)
+        # one-sided McNemar: the run turns zero-shot labels the prior's way more often than back
+        toward, away = (b, c) if prior > 0.5 else (c, b)
+        judge(f"the labels lean the way the model's content-free prior does (P(True) = {prior:.2f} "
+              f"for an empty input): the search may have found the model's bias, not the concept",
+              binomial_cdf(away, toward + away) if zero_shot is not None else 1.0)
+    return BalanceCheck(label_share_by_iteration(flips, n_examples), share, prior, centered, raw, warnings, inconclusive)
 
 
 def label_changes(flips: pd.DataFrame) -> pd.Series:
@@ -306,28 +350,66 @@ def surface_features(task: Task, examples: Sequence[Example], top_words: int = T
     return features
 
 
+def permutation_p_values(features: Mapping[str, np.ndarray], y: Sequence[int], strengths: Sequence[float],
+                         permutations: int = PERMUTATIONS, seed: int = 15) -> np.ndarray:
+    """Family-wise p-value of each feature's strength (max(AUROC, 1 - AUROC)): the share of random
+    relabelings (the labels shuffled, so the same count of each) under which ANY of the features
+    is at least that strong (Westfall-Young max-T). It holds for every n, ties and binary features
+    included, and for the many features tried at once. A feature's ranks do not depend on the
+    labels, so each relabeling's AUROCs are one matrix product."""
+    y = np.asarray(y, dtype=int)
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    if not features or not positives or not negatives:
+        return np.full(len(strengths), np.nan)
+    ranks = np.stack([pd.Series(v).rank(method="average").to_numpy() for v in features.values()])  # [k, n]
+    rng = np.random.default_rng([seed, len(y), positives])
+    strongest = []
+    for start in range(0, permutations, 256):  # in blocks: [block, n] relabelings at a time
+        shuffled = np.stack([rng.permutation(y) for _ in range(min(256, permutations - start))]).astype(float)
+        areas = (shuffled @ ranks.T - positives * (positives + 1) / 2) / (positives * negatives)  # [block, k]
+        strongest.append(np.maximum(areas, 1 - areas).max(axis=1))
+    strongest = np.concatenate(strongest)
+    observed = np.asarray(strengths, dtype=float)
+    p = (1 + (strongest[None, :] >= observed[:, None] - 1e-12).sum(axis=1)) / (permutations + 1)
+    return np.where(np.isnan(observed), np.nan, p)
+
+
 def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int, int],
-                   model_true_odds: Mapping[int, float]) -> SalienceCheck:
+                   model_true_odds: Mapping[int, float], alpha: float = ALPHA) -> SalienceCheck:
     """AUROC of each surface feature for the run's labels, against the AUROC of the model's own
     P(True) margin: labels that a length or a word predicts as well as the model does may follow
-    that feature rather than the task's concept."""
+    that feature rather than the task's concept. A warning also needs the feature's strength to be
+    unlikely for a random labeling of these examples (family-wise permutation p < alpha) and at
+    least MIN_PER_LABEL examples of each label; otherwise it reads "too few examples to tell"."""
     chosen = sorted(labels)
     y = [int(labels[e]) for e in chosen]
+    features = surface_features(task, [examples[e] for e in chosen])
     rows = []
-    for name, values in surface_features(task, [examples[e] for e in chosen]).items():
+    for name, values in features.items():
         area = auroc(values, y)
         rows.append((name, area, max(area, 1 - area) if not math.isnan(area) else float("nan")))
-    table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"]).sort_values("strength", ascending=False)
+    table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"])
+    table["p"] = permutation_p_values(features, y, table["strength"].to_numpy())
+    table = table.sort_values(["strength", "p"], ascending=[False, True])
     scored = [e for e in chosen if not pd.isna(model_true_odds.get(e, np.nan))]
     model = auroc([model_true_odds[e] for e in scored], [labels[e] for e in scored]) if scored else float("nan")
-    warnings = []
-    for name, _, strength in table.itertuples(index=False):
+    fewest = min(sum(y), len(y) - sum(y)) if y else 0
+    warnings, inconclusive = [], []
+    for name, _, strength, p in table.itertuples(index=False):
         if math.isnan(strength) or strength < SALIENCE_FLOOR:
             continue
         if strength >= SALIENCE_ALARM or (not math.isnan(model) and strength >= model - SALIENCE_NEAR):
-            warnings.append(f"salience: {name} predicts the labels with AUROC {strength:.2f} "
-                            f"(the model's own margin: {model:.2f})")
-    return SalienceCheck(table.reset_index(drop=True), model, warnings)
+            finding = (f"{name} predicts the labels with AUROC {strength:.2f} (the model's own margin: {model:.2f}; "
+                       f"permutation p = {p:.2g} over {len(features)} features)")
+            if p < alpha and fewest >= MIN_PER_LABEL:
+                warnings.append(f"salience: {finding}")
+            elif p >= alpha:
+                inconclusive.append(f"too few examples to tell: {finding}; random labels of these {len(y)} "
+                                    f"examples make some feature that strong too often")
+            else:
+                inconclusive.append(f"too few examples to tell: {finding}, but with {fewest} examples of one "
+                                    f"label (fewer than {MIN_PER_LABEL}) the concept itself may go with it by chance")
+    return SalienceCheck(table.reset_index(drop=True), model, warnings, inconclusive)
 
 
 def seed_runs(store: Store, run_id: int) -> list[int]:

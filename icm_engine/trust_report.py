@@ -20,6 +20,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; }
 .warn { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 0.5em 1em; }
 .ok { background: #edf7ed; border-left: 4px solid #4caf50; padding: 0.5em 1em; }
+.unsure { background: #f1f4f9; border-left: 4px solid #7a8fb5; padding: 0.5em 1em; margin-top: 0.5em; }
 .note { color: #666; }
 """
 
@@ -53,8 +54,8 @@ def balance_text(report: TrustReport) -> str:
 
 def salience_text(report: TrustReport) -> str:
     features = report.salience.features.dropna(subset=["strength"])
-    strongest = (f"{features.iloc[0]['feature']} (AUROC {features.iloc[0]['strength']:.2f})" if len(features)
-                 else "none (too few labels of each kind)")
+    strongest = (f"{features.iloc[0]['feature']} (AUROC {features.iloc[0]['strength']:.2f}, family-wise permutation "
+                 f"p = {features.iloc[0]['p']:.2g})" if len(features) else "none (too few labels of each kind)")
     return (f"strongest surface feature: {strongest}; the model's own margin: {_number(report.salience.model_auroc, 2)}. "
             f"A surface feature close to the margin, or above {SALIENCE_ALARM}, may be what the labels follow.")
 
@@ -103,6 +104,7 @@ def summary_lines(report: TrustReport) -> list[str]:
         lines.append(f"audit: {r.audit.describe()}")
     lines += [f"note: {n}" for n in r.notes]
     lines += [f"WARNING {w}" for w in r.warnings] or ["no warnings"]
+    lines += [f"inconclusive: {w}" for w in r.inconclusive]
     return lines
 
 
@@ -126,6 +128,10 @@ def to_html(report: TrustReport) -> str:
     warnings = "".join(f"<li>{e(w)}</li>" for w in r.warnings)
     head = (f'<div class="warn"><b>Warnings</b><ul>{warnings}</ul></div>' if warnings
             else '<div class="ok">No check raised a warning.</div>')
+    if r.inconclusive:
+        items = "".join(f"<li>{e(w)}</li>" for w in r.inconclusive)
+        head += (f'<div class="unsure"><b>Too few examples to tell</b> (these would be warnings if they were unlikely '
+                 f'by chance on this many examples)<ul>{items}</ul></div>')
     sections = [
         f"<h1>Can I trust these labels? Run #{r.run_id}</h1>",
         f"<p>{e(r.run_name)} on {e(r.dataset_name)}: {r.n_labeled} of {r.n_examples} examples labeled. "

@@ -97,6 +97,8 @@ def render_trust(manager: RunManager) -> None:
         st.warning(warning)
     if not report.warnings:
         st.success("No check raised a warning.")
+    for doubt in report.inconclusive:
+        st.info(doubt)
     for note in report.notes:
         st.caption(note)
 
