@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from .trust import REVIEW_ROWS, SALIENCE_ALARM, TrustReport
+from .trust import REVIEW_ROWS, SALIENCE_ALARM, TrustReport, binomial_cdf
 
 SHARE_ROWS = 25  # iterations shown in the balance table; a long run is subsampled, its last row kept
 _STYLE = """
@@ -37,8 +37,11 @@ def polarity_text(report: TrustReport) -> str:
         return "not checked (no model)"
     if not check.n:
         return "nothing to compare: the run has no labels yet"
+    agree = int(round(check.agreement * check.n))
+    chance = (f"P(agreement this high by coin flips) = {1 - binomial_cdf(agree - 1, check.n):.2g}" if check.agreement > 0.5
+              else f"P(agreement this low by coin flips) = {check.p_value:.2g}")
     return (f"{check.verdict}: {check.agreement:.0%} of {check.n} labels agree with the model's calibrated zero-shot "
-            f"reading (flag below {check.threshold:.0%}; one-sided binomial p = {check.p_value:.2g})")
+            f"reading (flag below {check.threshold:.0%}; {chance}, one-sided binomial)")
 
 
 def balance_text(report: TrustReport) -> str:

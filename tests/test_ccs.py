@@ -120,6 +120,19 @@ def test_diagnose_adds_the_ccs_baseline_and_exports_each_baselines_labels(tmp_pa
     assert "CCS" not in capsys.readouterr().out.split("review queue")[0]
 
 
+def test_a_model_the_studio_shares_between_runs_passes_hidden_states_through():
+    import threading
+
+    from icm_engine.manager import SharedBackend
+
+    examples, gold = polarity_examples(20, seed=5)
+    shared = SharedBackend(HiddenFakeLM(strength=6), threading.Lock())
+    result = ccs.ccs_labels(shared, SINGLE, examples, [gold[e] for e in range(20)], epochs=EPOCHS)
+    assert result.n_layers == 6 and np.mean(result.labels == np.array([gold[e] for e in range(20)])) == 1.0
+    with pytest.raises(HiddenStatesUnavailable, match=r"fake-polarity \(FakeLM\) gives no hidden states"):
+        ccs.ccs_labels(SharedBackend(FakeLM(), threading.Lock()), SINGLE, examples, None)
+
+
 def test_without_hidden_states_the_report_says_ccs_unavailable_and_carries_on(stub):  # noqa: F811
     store, dataset_id, gold = polarity_store()
     run_id = stored_run(store, dataset_id, dict(gold))
@@ -158,3 +171,23 @@ def test_hidden_states_of_the_tiny_model_are_batched_exactly_and_feed_the_probe(
     assert set(result.labels) <= {0, 1} and result.zero_shot_agreement >= 0.5
     np.testing.assert_array_equal(result.labels, ccs.ccs_labels(lm, SINGLE, examples, [e % 2 for e in range(12)],
                                                                 epochs=50).labels)
+
+
+def test_trust_page_shows_the_ccs_probe_and_downloads_a_baselines_labels(tmp_path):
+    from icm_engine.manager import RunManager
+    from tests.conftest import add_polarity_dataset, fake_run_config
+    from tests.test_app_pages import open_page
+
+    manager = RunManager(str(tmp_path / "icm.duckdb"), backend_factory=lambda model, progress: HiddenFakeLM(strength=6))
+    try:
+        run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=12))
+        assert manager.wait(run_id)["state"] == "finished"
+        at = open_page(manager, "trust", run_id)
+        assert not at.exception
+        assert any(m.value.startswith("CCS probe on the last token's hidden state after block 4 of 6") for m in at.markdown)
+        assert at.selectbox(key="trust.export.baseline").options == ["zero-shot (centered)", "zero-shot (argmax)",
+                                                                     "CCS probe"]
+        at.selectbox(key="trust.export.baseline").set_value("CCS probe").run()
+        assert not at.exception and not any("CCS unavailable" in c.value for c in at.caption)
+    finally:
+        manager.shutdown()
