@@ -141,6 +141,13 @@ class SalienceCheck:
 
 
 @dataclass
+class SupportCheck:
+    readings: pd.DataFrame  # reading, n, agreement, kappa, p: the model's readings made without the search
+    supported_by: list[str]  # those that agree with the run beyond chance
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SeedAgreement:
     run_ids: list[int]
     pairs: pd.DataFrame  # run_a, run_b, n_common, agreement, kappa
@@ -183,6 +190,7 @@ class TrustReport:
     baseline_p_true: dict[str, np.ndarray] = field(default_factory=dict)  # ...and its P(True), where it has one
     ccs: CCSResult | None = None
     ccs_unavailable: str | None = None  # why there is no CCS baseline, when a model was asked
+    support: SupportCheck | None = None  # does anything the search did not produce agree with its labels?
 
     @property
     def warnings(self) -> list[str]:
@@ -190,6 +198,7 @@ class TrustReport:
         if self.polarity is not None and self.polarity.verdict == "possibly inverted":
             found.append(f"possibly inverted: only {self.polarity.agreement:.0%} of {self.polarity.n} labels agree "
                          f"with the model's calibrated zero-shot reading (p = {self.polarity.p_value:.2g})")
+        found += self.support.warnings if self.support else []
         found += self.balance.warnings + self.salience.warnings + (self.seeds.warnings if self.seeds else [])
         return found
 
@@ -228,6 +237,35 @@ def polarity_check(labels: Mapping[int, int], zero_shot_odds: np.ndarray, uids: 
                           "zero_shot_centered_log_odds": [float(centered[e]) for e in contradicted]})
     table = table.reindex(table["zero_shot_centered_log_odds"].abs().sort_values(ascending=False).index)
     return PolarityCheck(n, agreement, binomial_cdf(agree, n), threshold, verdict, table.head(10).reset_index(drop=True))
+
+
+def support_check(labels: Mapping[int, int], readings: Mapping[str, Sequence[int]], alpha: float = ALPHA,
+                  inverted: bool = False) -> SupportCheck:
+    """Whether any of the model's readings made without the search (its calibrated zero-shot labels,
+    the CCS probe) agrees with the run's labels beyond chance: one-sided exact binomial p of the
+    agreement under coin flips, Bonferroni over the readings. No warning raised does not make a
+    labeling trustworthy; a coherent labeling that nothing else in the model backs may be a concept
+    other than the intended one, or none (the paper's section 4.2: chance where the concept was not
+    salient). `inverted`: polarity already flagged the run, which says more than this would."""
+    examples = sorted(labels)
+    y = [int(labels[e]) for e in examples]
+    rows = []
+    for name, other in readings.items():
+        theirs = [int(other[e]) for e in examples]
+        agree = int(np.sum(np.equal(y, theirs)))
+        n = len(examples)
+        rows.append((name, n, agree / n if n else float("nan"), cohens_kappa(y, theirs),
+                     1 - binomial_cdf(agree - 1, n) if n else float("nan")))
+    table = pd.DataFrame(rows, columns=["reading", "n", "agreement", "kappa", "p"])
+    level = alpha / max(1, len(rows))
+    supported = [r.reading for r in table.itertuples(index=False) if r.p < level]
+    warnings = []
+    if rows and examples and not supported and not inverted:
+        said = "; ".join(f"{r.reading} {r.agreement:.0%} (p = {r.p:.2g})" for r in table.itertuples(index=False))
+        warnings.append(f"unconfirmed: none of the model's readings made without the search agrees with these labels "
+                        f"beyond chance ({said}; needed p < {level:.2g}): the search may have found another concept "
+                        f"than the intended one, or none")
+    return SupportCheck(table, supported, warnings)
 
 
 def content_free_p_true(backend, task: Task) -> float:
@@ -511,7 +549,7 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     labels = {int(i): int(y) for i, y in frame["label"].dropna().items()}
     notes = []
     zero_shot_odds = prior = None
-    polarity = baselines = probe = unavailable = None
+    polarity = baselines = probe = unavailable = support = None
     p_true = {}
     if backend is None:
         notes.append("no model: polarity, the content-free prior and the zero-shot share were skipped")
@@ -536,6 +574,8 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
             else:
                 cheap[CCS_BASELINE], p_true[CCS_BASELINE] = probe.labels, probe.p_true
         baselines = baseline_agreement(labels, cheap)
+        readings = {k: cheap[k] for k in ("zero-shot (centered)", CCS_BASELINE) if k in cheap}
+        support = support_check(labels, readings, inverted=polarity.verdict == "possibly inverted")
     balance = balance_check(flips, labels, len(examples), prior, zero_shot_odds)
     odds = frame["log_odds"].astype(float)
     true_odds = {i: (odds[i] if y == 1 else -odds[i]) for i, y in labels.items()}
@@ -552,4 +592,4 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     return TrustReport(run_id, str(run["name"]), str(dataset), len(examples), len(labels), polarity, balance, review,
                        salience, seeds, audit, baselines, notes,
                        {} if backend is None else {k: np.asarray(v, dtype=int) for k, v in cheap.items()}, p_true,
-                       probe, unavailable)
+                       probe, unavailable, support)

@@ -44,6 +44,20 @@ def polarity_text(report: TrustReport) -> str:
             f"reading (flag below {check.threshold:.0%}; {chance}, one-sided binomial)")
 
 
+def support_text(report: TrustReport) -> str:
+    """Which of the model's own readings back the run's labels beyond chance."""
+    check = report.support
+    if check is None:
+        return "not checked (no model)"
+    if not len(check.readings):
+        return "no reading of the model to compare with"
+    said = ", ".join(f"{r.reading} agrees on {r.agreement:.0%} (kappa {_number(float(r.kappa), 2)}, p = {r.p:.2g})"
+                     for r in check.readings.itertuples(index=False))
+    verdict = (f"backed by {' and '.join(check.supported_by)}" if check.supported_by
+               else "nothing the model reads without the search backs these labels beyond chance")
+    return f"{verdict}: {said}"
+
+
 def balance_text(report: TrustReport) -> str:
     b = report.balance
     parts = [f"{_number(b.share_true, 2)} True in the run's labels"]
@@ -95,7 +109,7 @@ def summary_lines(report: TrustReport) -> list[str]:
     """What `icm trust` prints: one line per check, then the warnings."""
     r = report
     lines = [f"run {r.run_id} ({r.run_name}) on {r.dataset_name}: {r.n_labeled} of {r.n_examples} examples labeled",
-             f"polarity: {polarity_text(r)}", f"balance: {balance_text(r)}",
+             f"polarity: {polarity_text(r)}", f"support: {support_text(r)}", f"balance: {balance_text(r)}",
              f"salience: {salience_text(r)}",
              f"seeds: {seeds_text(r)}",
              f"baselines: {baselines_text(r)}",
@@ -140,7 +154,7 @@ def to_html(report: TrustReport) -> str:
         f"<p>{e(r.run_name)} on {e(r.dataset_name)}: {r.n_labeled} of {r.n_examples} examples labeled. "
         "Gold labels are not used by any check here.</p>", head,
         "".join(f'<p class="note">{e(n)}</p>' for n in r.notes),
-        "<h2>Polarity</h2>", f"<p>{e(polarity_text(r))}</p>",
+        "<h2>Polarity</h2>", f"<p>{e(polarity_text(r))}</p>", f"<p>Support: {e(support_text(r))}</p>",
         "<p class=\"note\">Mutual predictability rewards a labeling and its mirror image alike; the model's own "
         "zero-shot reading, centered over the dataset, tells them apart.</p>",
     ]

@@ -191,3 +191,23 @@ def test_trust_page_shows_the_ccs_probe_and_downloads_a_baselines_labels(tmp_pat
         assert not at.exception and not any("CCS unavailable" in c.value for c in at.caption)
     finally:
         manager.shutdown()
+
+
+def test_labels_that_no_reading_of_the_model_backs_are_unconfirmed():
+    store, dataset_id, gold = polarity_store(n=60)
+    coin = np.random.default_rng(8).integers(0, 2, size=60)
+    unbacked = stored_run(store, dataset_id, {e: int(coin[e]) for e in gold})
+    report = trust.diagnose(store, unbacked, HiddenFakeLM(strength=6), seed_run_ids=[])
+    assert report.polarity.verdict == "inconclusive"  # polarity alone said nothing was wrong
+    assert report.support.supported_by == [] and report.support.readings["reading"].tolist() == [
+        "zero-shot (centered)", trust.CCS_BASELINE]
+    assert any(w.startswith("unconfirmed: none of the model's readings") for w in report.warnings)
+    backed = trust.diagnose(store, stored_run(store, dataset_id, dict(gold), seed=1), HiddenFakeLM(strength=6),
+                            seed_run_ids=[])
+    assert backed.support.supported_by == ["zero-shot (centered)", trust.CCS_BASELINE]
+    assert not any(w.startswith("unconfirmed") for w in backed.warnings)
+    assert "backed by zero-shot (centered) and CCS probe" in summary_lines(backed)[2]
+    inverted = trust.diagnose(store, stored_run(store, dataset_id, {e: 1 - y for e, y in gold.items()}, seed=2),
+                              FakeLM(strength=6), seed_run_ids=[])
+    kinds = [w.split(":")[0] for w in inverted.warnings]
+    assert "possibly inverted" in kinds and "unconfirmed" not in kinds  # the stronger finding alone

@@ -7,7 +7,9 @@ from icm_engine.config import RunConfig
 from icm_engine.manager import RunManager
 from icm_engine.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, diagnose, seed_runs
 from icm_engine.baseline_export import SUFFIX, export_baseline, slug
-from icm_engine.trust_report import balance_text, ccs_text, polarity_text, salience_text, seeds_text, to_html
+from icm_engine.trust_report import (
+    balance_text, ccs_text, polarity_text, salience_text, seeds_text, support_text, to_html,
+)
 
 from ..services import run_picker
 
@@ -69,7 +71,7 @@ def _baseline_download(manager: RunManager, report) -> None:
     """One baseline's labels for every example, in a run's export formats."""
     if not report.baseline_labels:
         return
-    cols = st.columns([2, 1, 1])
+    cols = st.columns([2, 1, 1], vertical_alignment="bottom")
     name = cols[0].selectbox("Export a baseline's labels", list(report.baseline_labels), key="trust.export.baseline")
     fmt = cols[1].selectbox("Format", ("csv", "sft"), key="trust.export.format")
     data = export_baseline(manager.store, report.run_id, name, report.baseline_labels[name],
@@ -104,6 +106,7 @@ def render_trust(manager: RunManager) -> None:
 
     st.subheader("Polarity")
     st.write(polarity_text(report))
+    st.write(f"Support: {support_text(report)}")
     if report.polarity is not None and len(report.polarity.disagreements):
         st.dataframe(report.polarity.disagreements, hide_index=True, key="trust.polarity")
 
