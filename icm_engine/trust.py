@@ -388,13 +388,35 @@ def surface_features(task: Task, examples: Sequence[Example], top_words: int = T
     return features
 
 
+def group_share_auroc(groups: Sequence, y: np.ndarray) -> np.ndarray:
+    """How well an example's group predicts its label: the AUROC, one-sided (sharing, not opposing),
+    of the share of True among the OTHER examples of its group (1/2 for an example alone in its
+    group). y: [n] or [P, n] labelings; returns [P]. Leaving the example out keeps its own label
+    out of its score; that makes the statistic lean below 1/2 under chance, which the permutation
+    test accounts for."""
+    y = np.atleast_2d(np.asarray(y, dtype=float))
+    codes, _ = pd.factorize(pd.Series(list(groups), dtype=object), use_na_sentinel=False)
+    onehot = np.zeros((y.shape[1], codes.max() + 1 if len(codes) else 0))
+    onehot[np.arange(len(codes)), codes] = 1
+    sizes = onehot.sum(axis=0)[codes]
+    sums = (y @ onehot)[:, codes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(sizes > 1, (sums - y) / np.maximum(sizes - 1, 1), 0.5)
+    positives = y.sum(axis=1)
+    negatives = y.shape[1] - positives
+    ranks = pd.DataFrame(share).rank(axis=1, method="average").to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 def permutation_p_values(features: Mapping[str, np.ndarray], y: Sequence[int], strengths: Sequence[float],
-                         permutations: int = PERMUTATIONS, seed: int = 15) -> np.ndarray:
+                         permutations: int = PERMUTATIONS, seed: int = 15, groups: Sequence | None = None) -> np.ndarray:
     """Family-wise p-value of each feature's strength (max(AUROC, 1 - AUROC)): the share of random
     relabelings (the labels shuffled, so the same count of each) under which ANY of the features
     is at least that strong (Westfall-Young max-T). It holds for every n, ties and binary features
     included, and for the many features tried at once. A feature's ranks do not depend on the
-    labels, so each relabeling's AUROCs are one matrix product."""
+    labels, so each relabeling's AUROCs are one matrix product. With `groups`, the last strength is
+    group_share_auroc's, and it joins the maximum (it depends on the labels: recomputed per relabeling)."""
     y = np.asarray(y, dtype=int)
     positives, negatives = int(y.sum()), int(len(y) - y.sum())
     if not features or not positives or not negatives:
@@ -405,7 +427,10 @@ def permutation_p_values(features: Mapping[str, np.ndarray], y: Sequence[int], s
     for start in range(0, permutations, 256):  # in blocks: [block, n] relabelings at a time
         shuffled = np.stack([rng.permutation(y) for _ in range(min(256, permutations - start))]).astype(float)
         areas = (shuffled @ ranks.T - positives * (positives + 1) / 2) / (positives * negatives)  # [block, k]
-        strongest.append(np.maximum(areas, 1 - areas).max(axis=1))
+        strength = np.maximum(areas, 1 - areas).max(axis=1)
+        if groups is not None:
+            strength = np.maximum(strength, group_share_auroc(groups, shuffled))
+        strongest.append(strength)
     strongest = np.concatenate(strongest)
     observed = np.asarray(strengths, dtype=float)
     p = (1 + (strongest[None, :] >= observed[:, None] - 1e-12).sum(axis=1)) / (permutations + 1)
@@ -426,8 +451,16 @@ def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int,
     for name, values in features.items():
         area = auroc(values, y)
         rows.append((name, area, max(area, 1 - area) if not math.isnan(area) else float("nan")))
+    # Which group (TruthfulQA: which question) an example belongs to is a feature too: labels that
+    # follow the question, not the claim, are a concept more salient than the one intended. Only
+    # where no consistency rule ties a group's labels together (there it is the rule's doing).
+    groups = [examples[e].group for e in chosen]
+    grouped = task.rule == "none" and len(set(groups)) < len(groups) and None not in groups
+    if grouped and y:
+        area = float(group_share_auroc(groups, np.asarray(y))[0])
+        rows.append((f"its {task.group_field or 'group'} (the other examples' share True)", area, area))
     table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"])
-    table["p"] = permutation_p_values(features, y, table["strength"].to_numpy())
+    table["p"] = permutation_p_values(features, y, table["strength"].to_numpy(), groups=groups if grouped else None)
     table = table.sort_values(["strength", "p"], ascending=[False, True])
     scored = [e for e in chosen if not pd.isna(model_true_odds.get(e, np.nan))]
     model = auroc([model_true_odds[e] for e in scored], [labels[e] for e in scored]) if scored else float("nan")
@@ -438,7 +471,7 @@ def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int,
             continue
         if strength >= SALIENCE_ALARM or (not math.isnan(model) and strength >= model - SALIENCE_NEAR):
             finding = (f"{name} predicts the labels with AUROC {strength:.2f} (the model's own margin: {model:.2f}; "
-                       f"permutation p = {p:.2g} over {len(features)} features)")
+                       f"permutation p = {p:.2g} over {len(table)} features)")
             if p < alpha and fewest >= MIN_PER_LABEL:
                 warnings.append(f"salience: {finding}")
             elif p >= alpha:

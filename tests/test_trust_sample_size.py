@@ -96,3 +96,25 @@ def test_the_report_shows_what_was_too_few_to_tell(tmp_path):
     assert any(line.startswith("inconclusive: too few examples to tell: length") for line in summary_lines(report))
     page = to_html(report)
     assert "No check raised a warning." in page and "<b>Too few examples to tell</b>" in page
+
+
+def test_labels_that_follow_the_group_not_the_example_raise_a_salience_warning():
+    from icm_engine.tasks import Task
+
+    grouped = Task(name="claims", template="Q: {question}\nClaim: {choice}\nTrue?", fields=("question", "choice"),
+                   rule="none", group_field="question")
+    rng = np.random.default_rng(5)
+    examples = [Example(f"q{g}-c{c}", {"question": f"question {g}", "choice": " ".join(rng.choice(WORDS, size=4))},
+                        group=f"q{g}") for g in range(16) for c in range(4)]
+    by_question = {e: int(g) for e, g in enumerate(np.repeat(rng.permutation([0] * 8 + [1] * 8), 4))}
+    margins = {e: 2.0 for e in by_question}  # a model sure of each: its margin cannot tell
+    check = trust.salience_check(grouped, examples, by_question, margins)
+    assert check.features.iloc[0]["feature"] == "its question (the other examples' share True)"
+    assert check.warnings[0].startswith("salience: its question (the other examples' share True) predicts the labels "
+                                        "with AUROC 1.00")
+    assert check.features.iloc[0]["p"] < 0.01
+    mixed = {e: int(y) for e, y in enumerate(rng.permutation([0, 1] * 32))}
+    assert not trust.salience_check(grouped, examples, mixed, margins).warnings
+    # where a consistency rule ties a group's labels, the group is the rule's doing, not a feature
+    paired = Task(**{**grouped.to_dict(), "rule": "complementary"})
+    assert "its question" not in " ".join(trust.salience_check(paired, examples, by_question, margins).features["feature"])
