@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--seed", type=int, default=0, help="the probe's restarts")
+    parser.add_argument("--seeds", default=None, help="also refit the default layer's probe with these seeds (e.g. 1,2,3,4)")
     parser.add_argument("--no-sweep", action="store_true", help="only the default layer")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
@@ -77,10 +78,10 @@ def main() -> None:
 
     sweep = []
     for k, layer in enumerate(layers):
-        scores, loss = ccs.fit_ccs(negative[k], positive[k], seed=args.seed)
+        scores, loss, stability = ccs.fit_ccs(negative[k], positive[k], seed=args.seed)
         oriented, flipped, agreement = ccs.resolve_sign(scores, zero_shot["zero-shot (centered)"])
         raw = accuracy(scores > 0.5)
-        sweep.append({"layer": layer, "loss": loss, "accuracy_oriented_by_zero_shot": accuracy(oriented > 0.5),
+        sweep.append({"layer": layer, "loss": loss, "stability": stability, "accuracy_oriented_by_zero_shot": accuracy(oriented > 0.5),
                       "accuracy_best_sign": max(raw, 1 - raw), "zero_shot_agreement": agreement, "flipped": flipped,
                       "share_true": float(np.mean(oriented > 0.5))})
     default = next(row for row in sweep if row["layer"] == ccs.default_layer(n_layers))
@@ -96,13 +97,23 @@ def main() -> None:
         print(f"{name:58s} {value:.3f}")
     if len(sweep) > 1:
         print("\nCCS layer sweep (gold used to score only; the default layer was not chosen from this):")
-        print(f"{'layer':>5s} {'loss':>8s} {'oriented':>9s} {'best sign':>9s} {'zs agree':>9s} {'share True':>10s}")
+        print(f"{'layer':>5s} {'loss':>8s} {'stable':>7s} {'oriented':>9s} {'best sign':>9s} {'zs agree':>9s} {'share True':>10s}")
         for row in sweep:
-            print(f"{row['layer']:5d} {row['loss']:8.4f} {row['accuracy_oriented_by_zero_shot']:9.3f} "
+            print(f"{row['layer']:5d} {row['loss']:8.4f} {row['stability']:7.2f} {row['accuracy_oriented_by_zero_shot']:9.3f} "
                   f"{row['accuracy_best_sign']:9.3f} {row['zero_shot_agreement']:9.3f} {row['share_true']:10.2f}")
+    by_seed = {}
+    if args.seeds:
+        k = layers.index(default["layer"])
+        for seed in [int(x) for x in args.seeds.split(",")]:
+            scores = ccs.fit_ccs(negative[k], positive[k], seed=seed).scores
+            by_seed[seed] = accuracy(ccs.resolve_sign(scores, zero_shot["zero-shot (centered)"])[0] > 0.5)
+        values = [default["accuracy_oriented_by_zero_shot"], *by_seed.values()]
+        print(f"\nCCS at block {default['layer']} by probe seed: {args.seed}: {values[0]:.3f}, "
+              + ", ".join(f"{s}: {v:.3f}" for s, v in by_seed.items())
+              + f"; mean {np.mean(values):.3f}, sd {np.std(values, ddof=1):.3f}")
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"examples": where, "accuracy": rows, "sweep": sweep}, file, indent=2)
+            json.dump({"examples": where, "accuracy": rows, "sweep": sweep, "by_seed": by_seed}, file, indent=2)
 
 
 if __name__ == "__main__":

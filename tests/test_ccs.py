@@ -40,10 +40,11 @@ def contrast_pairs(truth: np.ndarray, dim: int = 32, separation: float = 2.0, se
 def test_the_probe_recovers_a_separating_direction_up_to_sign():
     truth = np.random.default_rng(1).integers(0, 2, size=80)
     negative, positive = contrast_pairs(truth)
-    scores, loss = ccs.fit_ccs(negative, positive, epochs=EPOCHS)
+    scores, loss, stability = ccs.fit_ccs(negative, positive, epochs=EPOCHS)
     accuracy = float(np.mean((scores > 0.5) == truth))
+    assert stability > 0.95  # every restart finds the same direction
     assert max(accuracy, 1 - accuracy) >= 0.97 and loss < 0.15  # 0.25: p = 1/2 everywhere
-    again, _ = ccs.fit_ccs(negative, positive, epochs=EPOCHS)
+    again = ccs.fit_ccs(negative, positive, epochs=EPOCHS).scores
     np.testing.assert_array_equal(scores, again)  # seeded
     # more restarts never end at a higher loss than fewer: the lowest is kept
     assert ccs.fit_ccs(negative, positive, restarts=10, epochs=50)[1] <= ccs.fit_ccs(negative, positive, restarts=1, epochs=50)[1]
@@ -52,10 +53,18 @@ def test_the_probe_recovers_a_separating_direction_up_to_sign():
     np.testing.assert_allclose(normalized.std(axis=0), 1, atol=1e-9)
 
 
+def test_with_more_dimensions_than_examples_and_no_concept_the_probe_is_unstable():
+    rng = np.random.default_rng(3)
+    negative, positive = rng.normal(size=(24, 200)), rng.normal(size=(24, 200))
+    fit = ccs.fit_ccs(negative, positive, epochs=EPOCHS)
+    assert fit.loss < 0.05  # consistent and confident on noise: the loss cannot tell
+    assert fit.stability < ccs.STABLE  # but the restarts disagree, and that can
+
+
 def test_the_sign_follows_the_zero_shot_labels():
     rng = np.random.default_rng(2)
     truth = rng.integers(0, 2, size=80)
-    scores, _ = ccs.fit_ccs(*contrast_pairs(truth, seed=2), epochs=EPOCHS)
+    scores = ccs.fit_ccs(*contrast_pairs(truth, seed=2), epochs=EPOCHS).scores
     noisy_zero_shot = np.where(rng.random(80) < 0.7, truth, 1 - truth)  # a weak reader, right 70% of the time
     oriented, flipped, agreement = ccs.resolve_sign(scores, noisy_zero_shot)
     assert np.mean((oriented > 0.5) == truth) >= 0.97 and 0.5 < agreement < 0.9
