@@ -610,8 +610,8 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
         readings = {k: cheap[k] for k in ("zero-shot (centered)", CCS_BASELINE) if k in cheap}
         if probe is not None and not probe.stable:  # an unidentified probe is no evidence either way
             del readings[CCS_BASELINE]
-            notes.append(f"the CCS probe is unstable (its restarts agree on {probe.stability:.0%} of labels): "
-                         f"left out of the support check")
+            notes.append(f"the CCS probe is unstable (probes from different seeds agree on {probe.stability:.0%} of "
+                         f"labels): left out of the support check")
         support = support_check(labels, readings, inverted=polarity.verdict == "possibly inverted")
     balance = balance_check(flips, labels, len(examples), prior, zero_shot_odds)
     odds = frame["log_odds"].astype(float)

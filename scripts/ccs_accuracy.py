@@ -104,13 +104,15 @@ def main() -> None:
     by_seed = {}
     if args.seeds:
         k = layers.index(default["layer"])
+        fits = [ccs.fit_ccs(negative[k], positive[k], seed=args.seed)]
         for seed in [int(x) for x in args.seeds.split(",")]:
-            scores = ccs.fit_ccs(negative[k], positive[k], seed=seed).scores
-            by_seed[seed] = accuracy(ccs.resolve_sign(scores, zero_shot["zero-shot (centered)"])[0] > 0.5)
+            fits.append(ccs.fit_ccs(negative[k], positive[k], seed=seed))
+            by_seed[seed] = accuracy(ccs.resolve_sign(fits[-1].scores, zero_shot["zero-shot (centered)"])[0] > 0.5)
         values = [default["accuracy_oriented_by_zero_shot"], *by_seed.values()]
         print(f"\nCCS at block {default['layer']} by probe seed: {args.seed}: {values[0]:.3f}, "
               + ", ".join(f"{s}: {v:.3f}" for s, v in by_seed.items())
-              + f"; mean {np.mean(values):.3f}, sd {np.std(values, ddof=1):.3f}")
+              + f"; mean {np.mean(values):.3f}, sd {np.std(values, ddof=1):.3f}; the probes agree on "
+              f"{ccs.seed_stability([f.scores for f in fits]):.0%} of labels, sign aside")
     if args.json:
         with open(args.json, "w") as file:
             json.dump({"examples": where, "accuracy": rows, "sweep": sweep, "by_seed": by_seed}, file, indent=2)

@@ -56,9 +56,12 @@ def test_the_probe_recovers_a_separating_direction_up_to_sign():
 def test_with_more_dimensions_than_examples_and_no_concept_the_probe_is_unstable():
     rng = np.random.default_rng(3)
     negative, positive = rng.normal(size=(24, 200)), rng.normal(size=(24, 200))
-    fit = ccs.fit_ccs(negative, positive, epochs=EPOCHS)
-    assert fit.loss < 0.05  # consistent and confident on noise: the loss cannot tell
-    assert fit.stability < ccs.STABLE  # but the restarts disagree, and that can
+    fits = [ccs.fit_ccs(negative, positive, epochs=EPOCHS, seed=seed) for seed in range(ccs.PROBE_SEEDS)]
+    assert all(fit.loss < 0.05 for fit in fits)  # consistent and confident on noise: the loss cannot tell
+    assert ccs.seed_stability([fit.scores for fit in fits]) < ccs.STABLE  # but probes from other seeds disagree
+    truth = np.random.default_rng(1).integers(0, 2, size=80)
+    planted = [ccs.fit_ccs(*contrast_pairs(truth), epochs=EPOCHS, seed=seed).scores for seed in range(3)]
+    assert ccs.seed_stability(planted) > 0.95
 
 
 def test_the_sign_follows_the_zero_shot_labels():
