@@ -138,6 +138,7 @@ class SalienceCheck:
     model_auroc: float  # the run's own P(True) margin against its labels
     warnings: list[str] = field(default_factory=list)
     inconclusive: list[str] = field(default_factory=list)  # strong-looking features too few examples can't back
+    group_feature: str | None = None  # the name of the group feature, when the labels follow the group (a warning)
 
 
 @dataclass
@@ -145,6 +146,7 @@ class SupportCheck:
     readings: pd.DataFrame  # reading, n, agreement, kappa, p: the model's readings made without the search
     supported_by: list[str]  # those that agree with the run beyond chance
     warnings: list[str] = field(default_factory=list)
+    confounded: dict[str, float] = field(default_factory=dict)  # readings that follow the run's group feature too
 
 
 @dataclass
@@ -240,13 +242,17 @@ def polarity_check(labels: Mapping[int, int], zero_shot_odds: np.ndarray, uids: 
 
 
 def support_check(labels: Mapping[int, int], readings: Mapping[str, Sequence[int]], alpha: float = ALPHA,
-                  inverted: bool = False) -> SupportCheck:
+                  inverted: bool = False, confounded: Mapping[str, float] | None = None) -> SupportCheck:
     """Whether any of the model's readings made without the search (its calibrated zero-shot labels,
     the CCS probe) agrees with the run's labels beyond chance: one-sided exact binomial p of the
     agreement under coin flips, Bonferroni over the readings. No warning raised does not make a
     labeling trustworthy; a coherent labeling that nothing else in the model backs may be a concept
     other than the intended one, or none (the paper's section 4.2: chance where the concept was not
-    salient). `inverted`: polarity already flagged the run, which says more than this would."""
+    salient). `inverted`: polarity already flagged the run, which says more than this would.
+    `confounded`: readings that follow the same surface feature the run was flagged for (reading ->
+    that feature's AUROC for its labels): their agreement is the shared feature's, not a confirmation,
+    so they do not count."""
+    confounded = dict(confounded or {})
     examples = sorted(labels)
     y = [int(labels[e]) for e in examples]
     rows = []
@@ -258,14 +264,17 @@ def support_check(labels: Mapping[int, int], readings: Mapping[str, Sequence[int
                      1 - binomial_cdf(agree - 1, n) if n else float("nan")))
     table = pd.DataFrame(rows, columns=["reading", "n", "agreement", "kappa", "p"])
     level = alpha / max(1, len(rows))
-    supported = [r.reading for r in table.itertuples(index=False) if r.p < level]
+    supported = [r.reading for r in table.itertuples(index=False) if r.p < level and r.reading not in confounded]
     warnings = []
     if rows and examples and not supported and not inverted:
         said = "; ".join(f"{r.reading} {r.agreement:.0%} (p = {r.p:.2g})" for r in table.itertuples(index=False))
-        warnings.append(f"unconfirmed: none of the model's readings made without the search agrees with these labels "
-                        f"beyond chance ({said}; needed p < {level:.2g}): the search may have found another concept "
-                        f"than the intended one, or none")
-    return SupportCheck(table, supported, warnings)
+        shared = (f"; those that agree follow the flagged group feature too ("
+                  + ", ".join(f"{k}: AUROC {v:.2f}" for k, v in confounded.items())
+                  + "), a shared surface feature rather than a confirmation") if confounded else ""
+        warnings.append(f"unconfirmed: none of the model's readings made without the search backs these labels "
+                        f"beyond chance ({said}; needed p < {level:.2g}{shared}): the search may have found another "
+                        f"concept than the intended one, or none")
+    return SupportCheck(table, supported, warnings, confounded)
 
 
 def content_free_p_true(backend, task: Task) -> float:
@@ -465,7 +474,7 @@ def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int,
     scored = [e for e in chosen if not pd.isna(model_true_odds.get(e, np.nan))]
     model = auroc([model_true_odds[e] for e in scored], [labels[e] for e in scored]) if scored else float("nan")
     fewest = min(sum(y), len(y) - sum(y)) if y else 0
-    warnings, inconclusive = [], []
+    warnings, inconclusive, group_feature = [], [], None
     for name, _, strength, p in table.itertuples(index=False):
         if math.isnan(strength) or strength < SALIENCE_FLOOR:
             continue
@@ -474,13 +483,15 @@ def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int,
                        f"permutation p = {p:.2g} over {len(table)} features)")
             if p < alpha and fewest >= MIN_PER_LABEL:
                 warnings.append(f"salience: {finding}")
+                if grouped and name == rows[-1][0]:
+                    group_feature = name
             elif p >= alpha:
                 inconclusive.append(f"too few examples to tell: {finding}; random labels of these {len(y)} "
                                     f"examples make some feature that strong too often")
             else:
                 inconclusive.append(f"too few examples to tell: {finding}, but with {fewest} examples of one "
                                     f"label (fewer than {MIN_PER_LABEL}) the concept itself may go with it by chance")
-    return SalienceCheck(table.reset_index(drop=True), model, warnings, inconclusive)
+    return SalienceCheck(table.reset_index(drop=True), model, warnings, inconclusive, group_feature)
 
 
 def seed_runs(store: Store, run_id: int) -> list[int]:
@@ -612,11 +623,21 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
             del readings[CCS_BASELINE]
             notes.append(f"the CCS probe is unstable (probes from different seeds agree on {probe.stability:.0%} of "
                          f"labels): left out of the support check")
-        support = support_check(labels, readings, inverted=polarity.verdict == "possibly inverted")
     balance = balance_check(flips, labels, len(examples), prior, zero_shot_odds)
     odds = frame["log_odds"].astype(float)
     true_odds = {i: (odds[i] if y == 1 else -odds[i]) for i, y in labels.items()}
     salience = salience_check(task, examples, labels, true_odds)
+    if backend is not None:
+        confounded = {}
+        if salience.group_feature is not None:  # the labels follow the group: do the readings follow it too?
+            chosen = sorted(labels)
+            groups = [examples[e].group for e in chosen]
+            for name, other in readings.items():
+                area = float(group_share_auroc(groups, np.array([int(other[e]) for e in chosen]))[0])
+                if area >= SALIENCE_ALARM:
+                    confounded[name] = area
+        support = support_check(labels, readings, inverted=polarity.verdict == "possibly inverted",
+                                confounded=confounded)
     ids = list(seed_run_ids) if seed_run_ids is not None else seed_runs(store, run_id)
     ids = [run_id] + [r for r in ids if r != run_id]
     seeds = seed_agreement(store, ids, texts) if len(ids) > 1 else None

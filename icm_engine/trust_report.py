@@ -51,7 +51,9 @@ def support_text(report: TrustReport) -> str:
         return "not checked (no model)"
     if not len(check.readings):
         return "no reading of the model to compare with"
-    said = ", ".join(f"{r.reading} agrees on {r.agreement:.0%} (kappa {_number(float(r.kappa), 2)}, p = {r.p:.2g})"
+    said = ", ".join(f"{r.reading} agrees on {r.agreement:.0%} (kappa {_number(float(r.kappa), 2)}, p = {r.p:.2g}"
+                     + (f"; follows the flagged group feature too, AUROC {check.confounded[r.reading]:.2f}"
+                        if r.reading in check.confounded else "") + ")"
                      for r in check.readings.itertuples(index=False))
     verdict = (f"backed by {' and '.join(check.supported_by)}" if check.supported_by
                else "nothing the model reads without the search backs these labels beyond chance")

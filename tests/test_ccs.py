@@ -223,3 +223,26 @@ def test_labels_that_no_reading_of_the_model_backs_are_unconfirmed():
                               FakeLM(strength=6), seed_run_ids=[])
     kinds = [w.split(":")[0] for w in inverted.warnings]
     assert "possibly inverted" in kinds and "unconfirmed" not in kinds  # the stronger finding alone
+
+
+def test_readings_that_follow_the_same_group_as_the_run_do_not_confirm_it():
+    """TruthfulQA on the bundled model: the run, zero-shot and CCS all label the question, not the claim."""
+    from icm_engine.tasks import Example, Task
+
+    grouped = Task(name="claims", template="Question: {question}\nClaim: {choice}\nTrue?", fields=("question", "choice"),
+                   rule="none", group_field="question")
+    rng = np.random.default_rng(6)
+    words = ["good", "great", "bad", "awful"]  # the question carries the polarity the fake model reads
+    examples = [Example(f"q{g}-c{c}", {"question": f"is it {words[g % 4]} {g}", "choice": f"answer {c} {g}"},
+                        group=f"q{g}") for g in range(16) for c in range(4)]
+    store = Store(":memory:")
+    dataset_id = store.add_dataset("claims", grouped.to_dict(), examples, None)
+    by_question = {e: int(examples[e].fields["question"].split()[2] in ("good", "great")) for e in range(64)}
+    report = trust.diagnose(store, stored_run(store, dataset_id, by_question, margins={e: 2.0 for e in range(64)}),
+                            FakeLM(strength=6), seed_run_ids=[], ccs=False)
+    assert report.salience.group_feature == "its question (the other examples' share True)"
+    assert report.polarity.verdict == "agrees"  # the model reads the question as the run does
+    assert report.support.supported_by == [] and report.support.confounded["zero-shot (centered)"] == 1.0
+    unconfirmed = [w for w in report.warnings if w.startswith("unconfirmed")]
+    assert len(unconfirmed) == 1 and "follow the flagged group feature too (zero-shot (centered): AUROC 1.00)" in unconfirmed[0]
+    assert "follows the flagged group feature too, AUROC 1.00" in summary_lines(report)[2]
