@@ -52,7 +52,7 @@ STATE_BATCH = 64  # contrast prompts per backend call (progress is logged betwee
 # block 12 of the bundled model over 5 seeds: 70% (32 sentiment sentences), 67% (64 sentences), 80%
 # (32 TruthfulQA claims), 69% (96 claims), where 24 pairs of pure noise in 200 dimensions give ~60%
 # and a planted direction ~100%; the 5 probes' accuracies on the 32 sentences were 0.34 to 0.88, and
-# on 400 sentences 0.45 to 0.89. Below STABLE the probe is reported unstable and does not count as
+# on 400 sentences 0.45 to 0.89 (agreeing on 70%). Below STABLE the probe is reported unstable and does not count as
 # support for a run.
 PROBE_SEEDS = 3
 STABLE = 0.8

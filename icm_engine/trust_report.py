@@ -177,6 +177,9 @@ def to_html(report: TrustReport) -> str:
     if r.audit is not None:
         sections += ["<h2>Accuracy from a human audit</h2>", f"<p>{e(r.audit.describe())}</p>"]
     sections += ["<h2>Salience</h2>", f"<p>{e(salience_text(r))}</p>",
+                 "<p class=\"note\">p: the share of random relabelings of these examples under which any feature is "
+                 "at least as strong (family-wise permutation test); a warning needs p &lt; 0.05 and enough examples "
+                 "of each label.</p>",
                  _table(r.salience.features), "<h2>Seed agreement</h2>", f"<p>{e(seeds_text(r))}</p>"]
     if r.seeds is not None:
         sections += [_table(r.seeds.pairs), _table(r.seeds.final_u), "<h3>Examples the seeds disagree on</h3>",

@@ -4,7 +4,9 @@ The labelers see inputs only (as in `icm trust`); gold is read afterwards, to sc
 the examples are that run's dataset and its labels are scored too; without it, --data/--task/--limit
 choose the examples. The layer sweep scores a probe at every layer twice: with its sign oriented by
 the calibrated zero-shot labels (what `icm trust` does) and at the better of its two signs (what the
-ICM paper's appendix E.2 reports, which needs gold).
+ICM paper's appendix E.2 reports, which needs gold); `restarts` is how much the other restarts of
+that fit agree with the kept probe, sign aside. --seeds refits the default layer's probe from other
+seeds: `icm trust` calls the probe unstable when such refits agree on less than ccs.STABLE.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python scripts/ccs_accuracy.py --db runs/trust15.duckdb --run 1
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python scripts/ccs_accuracy.py --data shared:sentiment --task sentiment_single --limit 64
@@ -97,9 +99,9 @@ def main() -> None:
         print(f"{name:58s} {value:.3f}")
     if len(sweep) > 1:
         print("\nCCS layer sweep (gold used to score only; the default layer was not chosen from this):")
-        print(f"{'layer':>5s} {'loss':>8s} {'stable':>7s} {'oriented':>9s} {'best sign':>9s} {'zs agree':>9s} {'share True':>10s}")
+        print(f"{'layer':>5s} {'loss':>8s} {'restarts':>8s} {'oriented':>9s} {'best sign':>9s} {'zs agree':>9s} {'share True':>10s}")
         for row in sweep:
-            print(f"{row['layer']:5d} {row['loss']:8.4f} {row['stability']:7.2f} {row['accuracy_oriented_by_zero_shot']:9.3f} "
+            print(f"{row['layer']:5d} {row['loss']:8.4f} {row['stability']:8.2f} {row['accuracy_oriented_by_zero_shot']:9.3f} "
                   f"{row['accuracy_best_sign']:9.3f} {row['zero_shot_agreement']:9.3f} {row['share_true']:10.2f}")
     by_seed = {}
     if args.seeds:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -19,6 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy, choose_run, go_to, settle  # noqa: E402
+
+
+def small_png(path: Path) -> None:
+    """Re-save with a 256-colour palette: the studio's flat UI loses nothing visible, the file ~4x less."""
+    from PIL import Image
+
+    Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def whole_page(page, path: Path, width: int = 1400) -> None:
@@ -42,7 +50,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     port = args.port or _free_port()
     env = dict(os.environ, ICM_STUDIO_DB=str(Path(args.db).resolve()), PYTHONPATH=str(ROOT))
-    log = open(out / "trust_screenshots_server.log", "w")
+    log = open(Path(tempfile.gettempdir()) / "trust_screenshots_server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
                                "--server.headless", "true", "--browser.gatherUsageStats", "false"],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -61,12 +69,19 @@ def main() -> None:
             for item in args.runs.split(","):
                 run_id, name = item.split(":")
                 choose_run(page, "Run", int(run_id))
-                # the report is drawn when its last section's download button shows
+                page.get_by_text(f"Run #{run_id} is").wait_for(timeout=60_000)
+                # drawn: no spinner, no element left over from the previous run (Streamlit marks those
+                # stale), and the last section's download button is there
+                page.wait_for_function("""() => !document.body.innerText.includes('Checking the labels')
+                    && !document.body.innerText.includes('Loading gemma')
+                    && !document.querySelector('[data-stale="true"]')""", timeout=args.wait * 1000, polling=1000)
                 page.get_by_role("button", name="Download this report (HTML)").wait_for(timeout=args.wait * 1000)
                 settle(page, timeout=args.wait * 1000)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=out / f"trust_{name}_top.png")
                 whole_page(page, out / f"trust_{name}_full.png")
+                for part in ("top", "full"):
+                    small_png(out / f"trust_{name}_{part}.png")
                 print(f"saved {out}/trust_{name}_top.png and trust_{name}_full.png")
             browser.close()
     finally:

@@ -108,6 +108,7 @@ def render_trust(manager: RunManager) -> None:
     st.write(polarity_text(report))
     st.write(f"Support: {support_text(report)}")
     if report.polarity is not None and len(report.polarity.disagreements):
+        st.caption("The most confident zero-shot readings the run contradicts:")
         st.dataframe(report.polarity.disagreements, hide_index=True, key="trust.polarity")
 
     st.subheader("Label balance")
@@ -124,6 +125,8 @@ def render_trust(manager: RunManager) -> None:
 
     st.subheader("Salience")
     st.write(salience_text(report))
+    st.caption("p: the share of random relabelings of these examples under which any feature is at least as strong "
+               "(family-wise permutation test); a warning needs p < 0.05 and enough examples of each label.")
     st.dataframe(report.salience.features, hide_index=True, key="trust.salience")
 
     if report.baselines is not None:
