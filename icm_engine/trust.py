@@ -54,6 +54,11 @@ PERMUTATIONS = 2000  # relabelings for the salience test (seeded: a report is re
 # AUROC 0.7 for the concept in the population, a common, benign amount): the sample AUROC reaches the
 # 0.85 alarm in 19% of samples with 12 + 4 examples, 13% with 8 + 8, 4.5% with 16 + 16, 0.6% with 32 + 32.
 MIN_PER_LABEL = 8
+# "Unconfirmed" needs the data to rule support out: every reading's 95% Wilson interval for its
+# agreement with the run must end below this. A reading of the concept as good as the calibrated
+# zero-shot one on the sentiment sentences (65% accurate) agrees with a 90%-correct run on ~62%, so
+# a bound under 0.7 excludes such a reading; an interval reaching above it is "too few to tell".
+SUPPORT_PLAUSIBLE = 0.7
 TOP_WORDS = 20
 CCS_BASELINE = "CCS probe"
 REVIEW_ROWS = 50  # rows of the review queue a report shows
@@ -147,6 +152,7 @@ class SupportCheck:
     supported_by: list[str]  # those that agree with the run beyond chance
     warnings: list[str] = field(default_factory=list)
     confounded: dict[str, float] = field(default_factory=dict)  # readings that follow the run's group feature too
+    inconclusive: list[str] = field(default_factory=list)  # unsupported, but too few examples to rule support out
 
 
 @dataclass
@@ -207,7 +213,7 @@ class TrustReport:
     @property
     def inconclusive(self) -> list[str]:
         """Checks that would warn on more examples but, on these, could be chance."""
-        return self.balance.inconclusive + self.salience.inconclusive
+        return (self.support.inconclusive if self.support else []) + self.balance.inconclusive + self.salience.inconclusive
 
 
 # -- the checks ---------------------------------------------------------------------------
@@ -265,16 +271,24 @@ def support_check(labels: Mapping[int, int], readings: Mapping[str, Sequence[int
     table = pd.DataFrame(rows, columns=["reading", "n", "agreement", "kappa", "p"])
     level = alpha / max(1, len(rows))
     supported = [r.reading for r in table.itertuples(index=False) if r.p < level and r.reading not in confounded]
-    warnings = []
+    warnings, inconclusive = [], []
     if rows and examples and not supported and not inverted:
         said = "; ".join(f"{r.reading} {r.agreement:.0%} (p = {r.p:.2g})" for r in table.itertuples(index=False))
         shared = (f"; those that agree follow the flagged group feature too ("
                   + ", ".join(f"{k}: AUROC {v:.2f}" for k, v in confounded.items())
                   + "), a shared surface feature rather than a confirmation") if confounded else ""
-        warnings.append(f"unconfirmed: none of the model's readings made without the search backs these labels "
-                        f"beyond chance ({said}; needed p < {level:.2g}{shared}): the search may have found another "
-                        f"concept than the intended one, or none")
-    return SupportCheck(table, supported, warnings, confounded)
+        message = (f"none of the model's readings made without the search backs these labels beyond chance ({said}; "
+                   f"needed p < {level:.2g}{shared})")
+        # upper end of each unconfounded reading's 95% interval for its agreement with the run
+        highest = max((wilson_interval(int(round(r.agreement * r.n)), r.n)[1] for r in table.itertuples(index=False)
+                       if r.reading not in confounded), default=0.0)
+        if highest < SUPPORT_PLAUSIBLE:
+            warnings.append(f"unconfirmed: {message}: the search may have found another concept than the intended "
+                            f"one, or none")
+        else:
+            inconclusive.append(f"too few examples to tell: {message}, but on {len(examples)} examples agreement up to "
+                                f"{highest:.0%} is within the interval, as a reading of the intended concept could give")
+    return SupportCheck(table, supported, warnings, confounded, inconclusive)
 
 
 def content_free_p_true(backend, task: Task) -> float:
@@ -386,7 +400,9 @@ def surface_features(task: Task, examples: Sequence[Example], top_words: int = T
     features = {"length (characters)": np.array([len(t) for t in texts], dtype=float)}
     words = [set(_WORD.findall(t.lower())) for t in texts]
     counts = Counter(w for found in words for w in found)
-    common = [w for w, c in counts.most_common() if c < len(texts)][:top_words]  # a word in every input says nothing
+    # most frequent first, ties alphabetical (most_common keeps the order words were met in, which for
+    # words out of a set changes with each process's string hashing); a word in every input says nothing
+    common = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])) if c < len(texts)][:top_words]
     for word in common:
         features[f"contains '{word}'"] = np.array([word in found for found in words], dtype=float)
     if task.pairwise_fields is not None:
@@ -470,7 +486,7 @@ def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int,
         rows.append((f"its {task.group_field or 'group'} (the other examples' share True)", area, area))
     table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"])
     table["p"] = permutation_p_values(features, y, table["strength"].to_numpy(), groups=groups if grouped else None)
-    table = table.sort_values(["strength", "p"], ascending=[False, True])
+    table = table.sort_values(["strength", "p", "feature"], ascending=[False, True, True], kind="stable")
     scored = [e for e in chosen if not pd.isna(model_true_odds.get(e, np.nan))]
     model = auroc([model_true_odds[e] for e in scored], [labels[e] for e in scored]) if scored else float("nan")
     fewest = min(sum(y), len(y) - sum(y)) if y else 0

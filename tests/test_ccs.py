@@ -207,8 +207,8 @@ def test_trust_page_shows_the_ccs_probe_and_downloads_a_baselines_labels(tmp_pat
 
 def test_labels_that_no_reading_of_the_model_backs_are_unconfirmed():
     store, dataset_id, gold = polarity_store(n=60)
-    coin = np.random.default_rng(8).integers(0, 2, size=60)
-    unbacked = stored_run(store, dataset_id, {e: int(coin[e]) for e in gold})
+    half = {e: y if e % 4 < 2 else 1 - y for e, y in gold.items()}  # agrees with the concept on exactly half
+    unbacked = stored_run(store, dataset_id, half)
     report = trust.diagnose(store, unbacked, HiddenFakeLM(strength=6), seed_run_ids=[])
     assert report.polarity.verdict == "inconclusive"  # polarity alone said nothing was wrong
     assert report.support.supported_by == [] and report.support.readings["reading"].tolist() == [
@@ -219,6 +219,10 @@ def test_labels_that_no_reading_of_the_model_backs_are_unconfirmed():
     assert backed.support.supported_by == ["zero-shot (centered)", trust.CCS_BASELINE]
     assert not any(w.startswith("unconfirmed") for w in backed.warnings)
     assert "backed by zero-shot (centered) and CCS probe" in summary_lines(backed)[2]
+    # on 16 examples, 9 agreeing rule nothing out: too few to tell, not a warning
+    few = {e: y if e < 9 else 1 - y for e, y in gold.items() if e < 16}
+    check = trust.support_check(few, {"zero-shot (centered)": [gold[e] for e in range(60)]})
+    assert not check.warnings and check.inconclusive[0].startswith("too few examples to tell: none of the model's")
     inverted = trust.diagnose(store, stored_run(store, dataset_id, {e: 1 - y for e, y in gold.items()}, seed=2),
                               FakeLM(strength=6), seed_run_ids=[])
     kinds = [w.split(":")[0] for w in inverted.warnings]

@@ -118,3 +118,10 @@ def test_labels_that_follow_the_group_not_the_example_raise_a_salience_warning()
     # where a consistency rule ties a group's labels, the group is the rule's doing, not a feature
     paired = Task(**{**grouped.to_dict(), "rule": "complementary"})
     assert "its question" not in " ".join(trust.salience_check(paired, examples, by_question, margins).features["feature"])
+
+
+def test_frequent_word_features_break_ties_alphabetically():
+    """A report must not change with the process's string hashing (ties used to come out in set order)."""
+    examples = [Example("a", {"text": "zeta beta"}), Example("b", {"text": "alpha gamma"}), Example("c", {"text": "delta"})]
+    assert list(trust.surface_features(SINGLE, examples, top_words=3)) == [
+        "length (characters)", "contains 'alpha'", "contains 'beta'", "contains 'delta'"]
