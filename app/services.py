@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from icm_engine.core.tasks import Example, Task
+from icm_engine.evaluation.baseline_export import export_baseline
 from icm_engine.evaluation.trust import TrustReport, diagnose
 from icm_engine.evaluation.trust import seed_runs as trust_seed_runs
 from icm_engine.runs.export import export
@@ -147,6 +148,12 @@ def seed_runs(manager: RunManager, run_id: int) -> list[int]:
 def trust_report(manager: RunManager, run_id: int, backend, seed_run_ids: list[int]) -> TrustReport:
     """Every trust check of one run (the Trust page keeps it per event number and choice)."""
     return diagnose(manager.store, run_id, backend, seed_run_ids=seed_run_ids)
+
+
+def baseline_file(manager: RunManager, report: TrustReport, name: str, fmt: str) -> bytes:
+    """One baseline's labels of a trust report, in a run's export format (csv or sft)."""
+    return export_baseline(manager.store, report.run_id, name, report.baseline_labels[name],
+                           report.baseline_p_true.get(name), fmt)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

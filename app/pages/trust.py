@@ -4,8 +4,11 @@ from __future__ import annotations
 import streamlit as st
 
 from icm_engine.core.config import RunConfig
+from icm_engine.evaluation.baseline_export import SUFFIX, slug
 from icm_engine.evaluation.trust import REVIEW_ROWS, accuracy_estimate, audit_sample
-from icm_engine.evaluation.trust_report import balance_text, polarity_text, salience_text, seeds_text, to_html
+from icm_engine.evaluation.trust_report import (
+    balance_text, ccs_text, polarity_text, salience_text, seeds_text, support_text, to_html,
+)
 from icm_engine.runs.manager import RunManager
 
 from .. import services
@@ -65,6 +68,18 @@ def _audit(report, run_id: int) -> None:
     st.caption(estimate.describe())
 
 
+def _baseline_download(manager: RunManager, report) -> None:
+    """One baseline's labels for every example, in a run's export formats."""
+    if not report.baseline_labels:
+        return
+    cols = st.columns([2, 1, 1], vertical_alignment="bottom")
+    name = cols[0].selectbox("Export a baseline's labels", list(report.baseline_labels), key="trust.export.baseline")
+    fmt = cols[1].selectbox("Format", ("csv", "sft"), key="trust.export.format")
+    data = services.baseline_file(manager, report, name, fmt)
+    cols[2].download_button("Download labels", data, file_name=f"run-{report.run_id}-{slug(name)}{SUFFIX[fmt]}",
+                            mime="text/csv" if fmt == "csv" else "application/jsonl", key="trust.export.download")
+
+
 def render_trust(manager: RunManager) -> None:
     st.title("Trust")
     st.caption("Can I trust these labels? A coherent labeling can be the mirror image of the intended one, or follow "
@@ -75,7 +90,7 @@ def render_trust(manager: RunManager) -> None:
     candidates = services.seed_runs(manager, run_id)
     others = [int(r) for r in services.runs(manager)["run_id"] if int(r) != run_id]
     cols = st.columns([1, 2])
-    with_model = cols[0].checkbox("Ask the model (polarity, prior)", value=True, key="trust.model",
+    with_model = cols[0].checkbox("Ask the model (polarity, prior, baselines)", value=True, key="trust.model",
                                   help="loads the run's model if no run has it loaded; each example is asked once")
     seeds = cols[1].multiselect("Compare with runs (other seeds)", others,
                                 default=[r for r in candidates if r != run_id], key=f"trust.seeds.{run_id}")
@@ -84,12 +99,16 @@ def render_trust(manager: RunManager) -> None:
         st.warning(warning)
     if not report.warnings:
         st.success("No check raised a warning.")
+    for doubt in report.inconclusive:
+        st.info(doubt)
     for note in report.notes:
         st.caption(note)
 
     st.subheader("Polarity")
     st.write(polarity_text(report))
+    st.write(f"Support: {support_text(report)}")
     if report.polarity is not None and len(report.polarity.disagreements):
+        st.caption("The most confident zero-shot readings the run contradicts:")
         st.dataframe(report.polarity.disagreements, hide_index=True, key="trust.polarity")
 
     st.subheader("Label balance")
@@ -106,6 +125,8 @@ def render_trust(manager: RunManager) -> None:
 
     st.subheader("Salience")
     st.write(salience_text(report))
+    st.caption("p: the share of random relabelings of these examples under which any feature is at least as strong "
+               "(family-wise permutation test); a warning needs p < 0.05 and enough examples of each label.")
     st.dataframe(report.salience.features, hide_index=True, key="trust.salience")
 
     if report.baselines is not None:
@@ -113,6 +134,9 @@ def render_trust(manager: RunManager) -> None:
         st.caption("Share of the run's labeled examples on which two labelings agree: a cheap labeler close to the "
                    "run recovers most of what the search found.")
         st.dataframe(report.baselines, hide_index=True, key="trust.baselines")
+        if ccs_text(report) is not None:
+            st.write(ccs_text(report))
+        _baseline_download(manager, report)
 
     st.subheader("Seed agreement")
     st.write(seeds_text(report))

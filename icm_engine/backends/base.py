@@ -23,6 +23,11 @@ class LabelQuery:
     label_words: tuple[str, ...]
 
 
+class HiddenStatesUnavailable(RuntimeError):
+    """This backend cannot give hidden states (an inference server's API, a stand-in model); the
+    message says why. Whatever needs them (the CCS probe) reports itself unavailable instead."""
+
+
 @dataclass
 class BackendStats:
     """Counters a backend keeps so each search step can report its cost."""
@@ -83,6 +88,17 @@ class LanguageModel(ABC):
         """
         queries = [LabelQuery(tuple(segments[: k + 1]), label_words) for k in read_after]
         return self.label_logprobs(queries)
+
+    @property
+    def hidden_layer_count(self) -> int:
+        """Transformer blocks whose outputs hidden_states() can read (layer 1..this)."""
+        raise HiddenStatesUnavailable(f"{self.name} ({type(self).__name__}) gives no hidden states")
+
+    def hidden_states(self, prompts: Sequence[tuple[str, ...]], layers: Sequence[int]) -> np.ndarray:
+        """float32 [len(layers), len(prompts), d]: the residual stream at the last token of each prompt
+        (segments tokenized as for label queries), after block `layer` for each layer (0: the token
+        embeddings). Backends without access to activations raise HiddenStatesUnavailable."""
+        raise HiddenStatesUnavailable(f"{self.name} ({type(self).__name__}) gives no hidden states")
 
     def naive(self) -> "LanguageModel":
         """The reference view of this model: one independent forward per prompt, nothing cached."""

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from . import server_protocol as protocol
-from .base import BackendStats, LabelQuery, LanguageModel, ModelInfo
+from .base import BackendStats, HiddenStatesUnavailable, LabelQuery, LanguageModel, ModelInfo
 
 # Settings a user may change without a code edit (documented in the README); none of them changes a
 # number the server computes, so they are recorded in the run's model info, not its config.
@@ -150,6 +150,14 @@ class ServerLM(LanguageModel):
             return np.zeros((0, 0), dtype=np.float64)
         with self._lock:
             return self._label_logprobs(queries)
+
+    @property
+    def hidden_layer_count(self) -> int:
+        raise HiddenStatesUnavailable(f"{self.name} is an inference server: its API returns token "
+                                      "log-probabilities, not hidden states")
+
+    def hidden_states(self, prompts, layers):
+        return self.hidden_layer_count  # raises
 
     def label_token_ids(self, label_words: tuple[str, ...]) -> tuple[int, ...]:
         with self._lock:

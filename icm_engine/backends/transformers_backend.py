@@ -231,6 +231,54 @@ class TransformersLM(LanguageModel):
                 best = min(best, time.perf_counter() - start)
             return n_tokens / best
 
+    @property
+    def hidden_layer_count(self) -> int:
+        return int(self._text_config.num_hidden_layers)
+
+    def hidden_states(self, prompts: Sequence[tuple[str, ...]], layers: Sequence[int]) -> np.ndarray:
+        """Residual stream at each prompt's last token after each block in `layers` (0: embeddings;
+        the last block's entry is after the final norm, as transformers returns it), float32
+        [len(layers), len(prompts), d]. Uncached right-padded batches of similar lengths: a right
+        pad never changes the positions before it in a causal model, so each row equals its own
+        unpadded forward (to float rounding)."""
+        layers = [int(layer) for layer in layers]
+        count = self.hidden_layer_count
+        for layer in layers:
+            if not 0 <= layer <= count:
+                raise ValueError(f"layer {layer} is outside 0..{count} (0: embeddings, {count}: the last block)")
+        prompts = [self._prompt_tokens(p) for p in prompts]
+        width_of = self._text_config.hidden_size
+        out = np.zeros((len(layers), len(prompts), width_of), dtype=np.float32)
+        budget = GPU_BATCH_BYTES if self.device.type == "cuda" else CPU_BATCH_BYTES
+        element = max(2, next(self.model.parameters()).element_size())
+        per_token = (count + 1) * width_of * element  # every layer's states are returned
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        with self._lock, torch.inference_mode(), self._attention_kernels():
+            begin = 0
+            while begin < len(order):
+                end = begin + 1  # grow the batch while the longest row's states fit the budget
+                while (end < len(order) and end - begin < MAX_BATCH_ROWS
+                       and (end + 1 - begin) * len(prompts[order[end]]) * per_token <= budget):
+                    end += 1
+                rows = order[begin:end]
+                width = max(len(prompts[i]) for i in rows)
+                ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for row, i in enumerate(rows):
+                    ids[row, : len(prompts[i])] = torch.as_tensor(prompts[i])
+                    mask[row, : len(prompts[i])] = 1
+                start = time.perf_counter()
+                states = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                               output_hidden_states=True, use_cache=False).hidden_states
+                last = torch.as_tensor([len(prompts[i]) - 1 for i in rows], device=self.device)
+                picked = torch.arange(len(rows), device=self.device)
+                for k, layer in enumerate(layers):
+                    out[k, rows] = states[layer][picked, last].float().cpu().numpy()
+                self._count(sum(len(prompts[i]) for i in rows), start)
+                begin = end
+        return out
+
     # ----- tokens -----
 
     @property

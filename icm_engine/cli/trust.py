@@ -18,11 +18,18 @@ def add_parser(subparsers) -> None:
                        help="do not load the run's model: skip polarity, the content-free prior and the zero-shot share")
     trust.add_argument("--self-labeling", action="store_true",
                        help="also compare with iterated self-labeling (costs a few evaluations of the whole dataset)")
+    trust.add_argument("--no-ccs", action="store_true",
+                       help="skip the CCS probe baseline (hidden states of each example's two contrast prompts)")
     trust.add_argument("--out", default=None, help="also write a self-contained HTML report here")
+    trust.add_argument("--export-baselines", default=None, metavar="DIR",
+                       help="write each baseline's labels into this folder, one file per baseline, like `icm export`")
+    trust.add_argument("--baseline-format", default="csv", choices=["csv", "sft"],
+                       help="format of --export-baselines files (default csv)")
 
 
 def run(args) -> int:
     from ..core.config import RunConfig
+    from ..evaluation.baseline_export import report_exports
     from ..evaluation.trust import diagnose
     from ..evaluation.trust_report import summary_lines, to_html
     from ..store.database import Store
@@ -33,8 +40,20 @@ def run(args) -> int:
         raise SystemExit(f"icm trust: --runs takes run ids separated by commas, got {args.runs!r}") from None
     with Store.existing(args.db) as store:
         backend = None if args.no_model else load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
-        report = diagnose(store, args.run, backend, seed_run_ids=seeds, self_labeling=args.self_labeling, log=print)
+        report = diagnose(store, args.run, backend, seed_run_ids=seeds, self_labeling=args.self_labeling, log=print,
+                          ccs=not args.no_ccs)
+        files = report_exports(store, report, args.baseline_format) if args.export_baselines else {}
     print("\n".join(summary_lines(report)))
+    if args.export_baselines:
+        if not files:
+            print("no baselines to export (they need the model: drop --no-model)")
+        for name, data in files.items():
+            target = Path(args.export_baselines) / name
+            try:
+                write_atomically(target, data)
+            except OSError as error:
+                raise SystemExit(f"icm trust: cannot write {target}: {error.strerror or error}") from None
+            print(f"wrote {target} ({len(data)} bytes)")
     if args.out:
         try:
             write_atomically(Path(args.out), to_html(report).encode("utf-8"))

@@ -11,7 +11,9 @@ labels with something independent of the search:
 - review queue: each example's margin under the run's calibration, its flips, and whether seeds agree;
 - audit: a Wilson interval for accuracy from a person's verdicts on a seeded random sample;
 - salience: how well trivial surface features (length, frequent words, order) predict the labels;
-- seeds: agreement and Cohen's kappa between runs that differ only by seed.
+- seeds: agreement and Cohen's kappa between runs that differ only by seed;
+- baselines: cheap labelers from the same model (zero-shot, self-labeling, a CCS probe on hidden
+  states, icm_engine.ccs), each one's agreement with the run and the others, and its labels.
 
 `diagnose` runs them all; the CLI (`icm trust`) and the studio's Trust page both call it.
 Gold labels are never read here.
@@ -27,11 +29,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..backends.base import HiddenStatesUnavailable
 from ..core.tasks import Example, Task
 from ..runs.export import labeled_frame
 from ..store.database import Store
 from ..store.run_loader import load_run
 from .baselines import Log, decide, label_log_odds, self_labels
+from .ccs import CCSResult, ccs_labels
 
 POLARITY_SDS = 2.0  # agreement this many binomial sds below 1/2 flags a labeling as possibly inverted
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # contextual calibration (Zhao et al. 2021): inputs that say nothing
@@ -41,7 +45,23 @@ PRIOR_LEAN = 0.2  # a content-free P(True) this far from 1/2 is a lean the searc
 SALIENCE_ALARM = 0.85  # a surface feature predicting the labels this well (AUROC) is a warning by itself
 SALIENCE_NEAR = 0.05  # ...and so is one within this of the model's own margin
 SALIENCE_FLOOR = 0.65  # below this a feature is too weak to mention, however weak the model is
+# Sample size. On a few examples a share gap or a feature's AUROC is mostly noise, so every warning
+# must also be unlikely by chance; one that is not reads "too few examples to tell" instead.
+ALPHA = 0.05  # the chance, under "nothing to see", that a warning fires anyway
+PERMUTATIONS = 2000  # relabelings for the salience test (seeded: a report is reproducible)
+# A salience warning also needs this many examples of each label. The permutation test asks whether
+# the labels are independent of the feature; with few of one label it cannot tell labels that follow
+# a feature from a sample in which the concept happens to go with it. Simulated (normal feature,
+# AUROC 0.7 for the concept in the population, a common, benign amount): the sample AUROC reaches the
+# 0.85 alarm in 19% of samples with 12 + 4 examples, 13% with 8 + 8, 4.5% with 16 + 16, 0.6% with 32 + 32.
+MIN_PER_LABEL = 8
+# "Unconfirmed" needs the data to rule support out: every reading's 95% Wilson interval for its
+# agreement with the run must end below this. A reading of the concept as good as the calibrated
+# zero-shot one on the sentiment sentences (65% accurate) agrees with a 90%-correct run on ~62%, so
+# a bound under 0.7 excludes such a reading; an interval reaching above it is "too few to tell".
+SUPPORT_PLAUSIBLE = 0.7
 TOP_WORDS = 20
+CCS_BASELINE = "CCS probe"
 REVIEW_ROWS = 50  # rows of the review queue a report shows
 PREVIEW_CHARS = 200  # of an example's text in tables
 _WORD = re.compile(r"[a-z0-9']+")
@@ -115,13 +135,25 @@ class BalanceCheck:
     zero_shot_share_true: float | None  # share True of the calibrated zero-shot labels, whole dataset
     zero_shot_raw_share_true: float | None  # ...and of the uncalibrated (argmax) ones: the model's lean
     warnings: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)  # what would be a warning on more examples
 
 
 @dataclass
 class SalienceCheck:
-    features: pd.DataFrame  # feature, auroc, strength = max(auroc, 1 - auroc), sorted by strength
+    features: pd.DataFrame  # feature, auroc, strength = max(auroc, 1 - auroc), p (family-wise permutation), by strength
     model_auroc: float  # the run's own P(True) margin against its labels
     warnings: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)  # strong-looking features too few examples can't back
+    group_feature: str | None = None  # the name of the group feature, when the labels follow the group (a warning)
+
+
+@dataclass
+class SupportCheck:
+    readings: pd.DataFrame  # reading, n, agreement, kappa, p: the model's readings made without the search
+    supported_by: list[str]  # those that agree with the run beyond chance
+    warnings: list[str] = field(default_factory=list)
+    confounded: dict[str, float] = field(default_factory=dict)  # readings that follow the run's group feature too
+    inconclusive: list[str] = field(default_factory=list)  # unsupported, but too few examples to rule support out
 
 
 @dataclass
@@ -163,6 +195,11 @@ class TrustReport:
     audit: AccuracyEstimate | None
     baselines: pd.DataFrame | None = None  # agreement matrix of the run and cheap labelers, on the run's labeled examples
     notes: list[str] = field(default_factory=list)  # what was skipped and why
+    baseline_labels: dict[str, np.ndarray] = field(default_factory=dict)  # each cheap labeler's 0/1, whole dataset
+    baseline_p_true: dict[str, np.ndarray] = field(default_factory=dict)  # ...and its P(True), where it has one
+    ccs: CCSResult | None = None
+    ccs_unavailable: str | None = None  # why there is no CCS baseline, when a model was asked
+    support: SupportCheck | None = None  # does anything the search did not produce agree with its labels?
 
     @property
     def warnings(self) -> list[str]:
@@ -170,8 +207,14 @@ class TrustReport:
         if self.polarity is not None and self.polarity.verdict == "possibly inverted":
             found.append(f"possibly inverted: only {self.polarity.agreement:.0%} of {self.polarity.n} labels agree "
                          f"with the model's calibrated zero-shot reading (p = {self.polarity.p_value:.2g})")
+        found += self.support.warnings if self.support else []
         found += self.balance.warnings + self.salience.warnings + (self.seeds.warnings if self.seeds else [])
         return found
+
+    @property
+    def inconclusive(self) -> list[str]:
+        """Checks that would warn on more examples but, on these, could be chance."""
+        return (self.support.inconclusive if self.support else []) + self.balance.inconclusive + self.salience.inconclusive
 
 
 # -- the checks ---------------------------------------------------------------------------
@@ -205,6 +248,50 @@ def polarity_check(labels: Mapping[int, int], zero_shot_odds: np.ndarray, uids: 
     return PolarityCheck(n, agreement, binomial_cdf(agree, n), threshold, verdict, table.head(10).reset_index(drop=True))
 
 
+def support_check(labels: Mapping[int, int], readings: Mapping[str, Sequence[int]], alpha: float = ALPHA,
+                  inverted: bool = False, confounded: Mapping[str, float] | None = None) -> SupportCheck:
+    """Whether any of the model's readings made without the search (its calibrated zero-shot labels,
+    the CCS probe) agrees with the run's labels beyond chance: one-sided exact binomial p of the
+    agreement under coin flips, Bonferroni over the readings. No warning raised does not make a
+    labeling trustworthy; a coherent labeling that nothing else in the model backs may be a concept
+    other than the intended one, or none (the paper's section 4.2: chance where the concept was not
+    salient). `inverted`: polarity already flagged the run, which says more than this would.
+    `confounded`: readings that follow the same surface feature the run was flagged for (reading ->
+    that feature's AUROC for its labels): their agreement is the shared feature's, not a confirmation,
+    so they do not count."""
+    confounded = dict(confounded or {})
+    examples = sorted(labels)
+    y = [int(labels[e]) for e in examples]
+    rows = []
+    for name, other in readings.items():
+        theirs = [int(other[e]) for e in examples]
+        agree = int(np.sum(np.equal(y, theirs)))
+        n = len(examples)
+        rows.append((name, n, agree / n if n else float("nan"), cohens_kappa(y, theirs),
+                     1 - binomial_cdf(agree - 1, n) if n else float("nan")))
+    table = pd.DataFrame(rows, columns=["reading", "n", "agreement", "kappa", "p"])
+    level = alpha / max(1, len(rows))
+    supported = [r.reading for r in table.itertuples(index=False) if r.p < level and r.reading not in confounded]
+    warnings, inconclusive = [], []
+    if rows and examples and not supported and not inverted:
+        said = "; ".join(f"{r.reading} {r.agreement:.0%} (p = {r.p:.2g})" for r in table.itertuples(index=False))
+        shared = (f"; those that agree follow the flagged group feature too ("
+                  + ", ".join(f"{k}: AUROC {v:.2f}" for k, v in confounded.items())
+                  + "), a shared surface feature rather than a confirmation") if confounded else ""
+        message = (f"none of the model's readings made without the search backs these labels beyond chance ({said}; "
+                   f"needed p < {level:.2g}{shared})")
+        # upper end of each unconfounded reading's 95% interval for its agreement with the run
+        highest = max((wilson_interval(int(round(r.agreement * r.n)), r.n)[1] for r in table.itertuples(index=False)
+                       if r.reading not in confounded), default=0.0)
+        if highest < SUPPORT_PLAUSIBLE:
+            warnings.append(f"unconfirmed: {message}: the search may have found another concept than the intended "
+                            f"one, or none")
+        else:
+            inconclusive.append(f"too few examples to tell: {message}, but on {len(examples)} examples agreement up to "
+                                f"{highest:.0%} is within the interval, as a reading of the intended concept could give")
+    return SupportCheck(table, supported, warnings, confounded, inconclusive)
+
+
 def content_free_p_true(backend, task: Task) -> float:
     """The model's P(True) (over the two label words) with every task field set to an input that
     says nothing, averaged over CONTENT_FREE_INPUTS: its prior, whatever the example."""
@@ -236,24 +323,51 @@ def label_share_by_iteration(flips: pd.DataFrame, n_examples: int) -> pd.DataFra
     return frame
 
 
+def discordant(labels: Mapping[int, int], other: Sequence[int]) -> tuple[int, int]:
+    """(b, c): labeled examples the run calls True and `other` False, and the reverse."""
+    b = sum(1 for e, y in labels.items() if y == 1 and int(other[e]) == 0)
+    c = sum(1 for e, y in labels.items() if y == 0 and int(other[e]) == 1)
+    return b, c
+
+
 def balance_check(flips: pd.DataFrame, labels: Mapping[int, int], n_examples: int, prior: float | None,
-                  zero_shot_odds: np.ndarray | None) -> BalanceCheck:
+                  zero_shot_odds: np.ndarray | None, alpha: float = ALPHA) -> BalanceCheck:
+    """Share of True against the zero-shot share and the content-free prior. Each warning must
+    also be unlikely by chance on this many examples (exact binomial tests: the share against 1/2;
+    the run against the zero-shot labels on the same examples, McNemar's test on the examples they
+    label differently); one that is not goes to `inconclusive` as "too few examples to tell"."""
     share = float(np.mean(list(labels.values()))) if labels else float("nan")
-    centered = raw = None
+    n, n_true = len(labels), int(sum(labels.values()))
+    centered = raw = zero_shot = None
     if zero_shot_odds is not None and len(zero_shot_odds):
-        centered = float(decide(zero_shot_odds, "centered").mean())
+        zero_shot = decide(zero_shot_odds, "centered")
+        centered = float(zero_shot.mean())
         raw = float(decide(zero_shot_odds, "argmax").mean())
-    warnings = []
+    warnings, inconclusive = [], []
+
+    def judge(message: str, p: float) -> None:
+        if p < alpha:
+            warnings.append(f"{message} (p = {p:.2g})")
+        else:
+            inconclusive.append(f"too few examples to tell: {message}, but on {n} examples that is "
+                                f"within chance (p = {p:.2g})")
+
     if labels and not 1 - ONE_SIDED <= share <= ONE_SIDED:
-        warnings.append(f"one-sided: {share:.0%} of the labels are True")
+        judge(f"one-sided: {share:.0%} of the labels are True",
+              min(1.0, 2 * binomial_cdf(min(n_true, n - n_true), n)))  # two-sided, against 1/2
+    b, c = discordant(labels, zero_shot) if zero_shot is not None else (0, 0)
     if centered is not None and labels and abs(share - centered) > BALANCE_GAP:
-        warnings.append(f"balance: {share:.0%} True in the run against {centered:.0%} in the calibrated zero-shot labels")
+        judge(f"balance: {share:.0%} True in the run against {centered:.0%} in the calibrated zero-shot labels",
+              min(1.0, 2 * binomial_cdf(min(b, c), b + c)))  # McNemar, exact, two-sided
     # the run leans the prior's way, and further than the calibrated zero-shot labels do
     further = abs(share - 0.5) > abs((0.5 if centered is None else centered) - 0.5) + 0.1
     if prior is not None and labels and abs(prior - 0.5) > PRIOR_LEAN and (share - 0.5) * (prior - 0.5) > 0 and further:
-        warnings.append(f"the labels lean the way the model's content-free prior does (P(True) = {prior:.2f} "
-                        f"for an empty input): the search may have found the model's bias, not the concept")
-    return BalanceCheck(label_share_by_iteration(flips, n_examples), share, prior, centered, raw, warnings)
+        # one-sided McNemar: the run turns zero-shot labels the prior's way more often than back
+        toward, away = (b, c) if prior > 0.5 else (c, b)
+        judge(f"the labels lean the way the model's content-free prior does (P(True) = {prior:.2f} "
+              f"for an empty input): the search may have found the model's bias, not the concept",
+              binomial_cdf(away, toward + away) if zero_shot is not None else 1.0)
+    return BalanceCheck(label_share_by_iteration(flips, n_examples), share, prior, centered, raw, warnings, inconclusive)
 
 
 def label_changes(flips: pd.DataFrame) -> pd.Series:
@@ -287,7 +401,9 @@ def surface_features(task: Task, examples: Sequence[Example], top_words: int = T
     features = {"length (characters)": np.array([len(t) for t in texts], dtype=float)}
     words = [set(_WORD.findall(t.lower())) for t in texts]
     counts = Counter(w for found in words for w in found)
-    common = [w for w, c in counts.most_common() if c < len(texts)][:top_words]  # a word in every input says nothing
+    # most frequent first, ties alphabetical (most_common keeps the order words were met in, which for
+    # words out of a set changes with each process's string hashing); a word in every input says nothing
+    common = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])) if c < len(texts)][:top_words]
     for word in common:
         features[f"contains '{word}'"] = np.array([word in found for found in words], dtype=float)
     if task.pairwise_fields is not None:
@@ -298,28 +414,101 @@ def surface_features(task: Task, examples: Sequence[Example], top_words: int = T
     return features
 
 
+def group_share_auroc(groups: Sequence, y: np.ndarray) -> np.ndarray:
+    """How well an example's group predicts its label: the AUROC, one-sided (sharing, not opposing),
+    of the share of True among the OTHER examples of its group (1/2 for an example alone in its
+    group). y: [n] or [P, n] labelings; returns [P]. Leaving the example out keeps its own label
+    out of its score; that makes the statistic lean below 1/2 under chance, which the permutation
+    test accounts for."""
+    y = np.atleast_2d(np.asarray(y, dtype=float))
+    codes, _ = pd.factorize(pd.Series(list(groups), dtype=object), use_na_sentinel=False)
+    onehot = np.zeros((y.shape[1], codes.max() + 1 if len(codes) else 0))
+    onehot[np.arange(len(codes)), codes] = 1
+    sizes = onehot.sum(axis=0)[codes]
+    sums = (y @ onehot)[:, codes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(sizes > 1, (sums - y) / np.maximum(sizes - 1, 1), 0.5)
+    positives = y.sum(axis=1)
+    negatives = y.shape[1] - positives
+    ranks = pd.DataFrame(share).rank(axis=1, method="average").to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def permutation_p_values(features: Mapping[str, np.ndarray], y: Sequence[int], strengths: Sequence[float],
+                         permutations: int = PERMUTATIONS, seed: int = 15, groups: Sequence | None = None) -> np.ndarray:
+    """Family-wise p-value of each feature's strength (max(AUROC, 1 - AUROC)): the share of random
+    relabelings (the labels shuffled, so the same count of each) under which ANY of the features
+    is at least that strong (Westfall-Young max-T). It holds for every n, ties and binary features
+    included, and for the many features tried at once. A feature's ranks do not depend on the
+    labels, so each relabeling's AUROCs are one matrix product. With `groups`, the last strength is
+    group_share_auroc's, and it joins the maximum (it depends on the labels: recomputed per relabeling)."""
+    y = np.asarray(y, dtype=int)
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    if not features or not positives or not negatives:
+        return np.full(len(strengths), np.nan)
+    ranks = np.stack([pd.Series(v).rank(method="average").to_numpy() for v in features.values()])  # [k, n]
+    rng = np.random.default_rng([seed, len(y), positives])
+    strongest = []
+    for start in range(0, permutations, 256):  # in blocks: [block, n] relabelings at a time
+        shuffled = np.stack([rng.permutation(y) for _ in range(min(256, permutations - start))]).astype(float)
+        areas = (shuffled @ ranks.T - positives * (positives + 1) / 2) / (positives * negatives)  # [block, k]
+        strength = np.maximum(areas, 1 - areas).max(axis=1)
+        if groups is not None:
+            strength = np.maximum(strength, group_share_auroc(groups, shuffled))
+        strongest.append(strength)
+    strongest = np.concatenate(strongest)
+    observed = np.asarray(strengths, dtype=float)
+    p = (1 + (strongest[None, :] >= observed[:, None] - 1e-12).sum(axis=1)) / (permutations + 1)
+    return np.where(np.isnan(observed), np.nan, p)
+
+
 def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int, int],
-                   model_true_odds: Mapping[int, float]) -> SalienceCheck:
+                   model_true_odds: Mapping[int, float], alpha: float = ALPHA) -> SalienceCheck:
     """AUROC of each surface feature for the run's labels, against the AUROC of the model's own
     P(True) margin: labels that a length or a word predicts as well as the model does may follow
-    that feature rather than the task's concept."""
+    that feature rather than the task's concept. A warning also needs the feature's strength to be
+    unlikely for a random labeling of these examples (family-wise permutation p < alpha) and at
+    least MIN_PER_LABEL examples of each label; otherwise it reads "too few examples to tell"."""
     chosen = sorted(labels)
     y = [int(labels[e]) for e in chosen]
+    features = surface_features(task, [examples[e] for e in chosen])
     rows = []
-    for name, values in surface_features(task, [examples[e] for e in chosen]).items():
+    for name, values in features.items():
         area = auroc(values, y)
         rows.append((name, area, max(area, 1 - area) if not math.isnan(area) else float("nan")))
-    table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"]).sort_values("strength", ascending=False)
+    # Which group (TruthfulQA: which question) an example belongs to is a feature too: labels that
+    # follow the question, not the claim, are a concept more salient than the one intended. Only
+    # where no consistency rule ties a group's labels together (there it is the rule's doing).
+    groups = [examples[e].group for e in chosen]
+    grouped = task.rule == "none" and len(set(groups)) < len(groups) and None not in groups
+    if grouped and y:
+        area = float(group_share_auroc(groups, np.asarray(y))[0])
+        rows.append((f"its {task.group_field or 'group'} (the other examples' share True)", area, area))
+    table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"])
+    table["p"] = permutation_p_values(features, y, table["strength"].to_numpy(), groups=groups if grouped else None)
+    table = table.sort_values(["strength", "p", "feature"], ascending=[False, True, True], kind="stable")
     scored = [e for e in chosen if not pd.isna(model_true_odds.get(e, np.nan))]
     model = auroc([model_true_odds[e] for e in scored], [labels[e] for e in scored]) if scored else float("nan")
-    warnings = []
-    for name, _, strength in table.itertuples(index=False):
+    fewest = min(sum(y), len(y) - sum(y)) if y else 0
+    warnings, inconclusive, group_feature = [], [], None
+    for name, _, strength, p in table.itertuples(index=False):
         if math.isnan(strength) or strength < SALIENCE_FLOOR:
             continue
         if strength >= SALIENCE_ALARM or (not math.isnan(model) and strength >= model - SALIENCE_NEAR):
-            warnings.append(f"salience: {name} predicts the labels with AUROC {strength:.2f} "
-                            f"(the model's own margin: {model:.2f})")
-    return SalienceCheck(table.reset_index(drop=True), model, warnings)
+            finding = (f"{name} predicts the labels with AUROC {strength:.2f} (the model's own margin: {model:.2f}; "
+                       f"permutation p = {p:.2g} over {len(table)} features)")
+            if p < alpha and fewest >= MIN_PER_LABEL:
+                warnings.append(f"salience: {finding}")
+                if grouped and name == rows[-1][0]:
+                    group_feature = name
+            elif p >= alpha:
+                inconclusive.append(f"too few examples to tell: {finding}; random labels of these {len(y)} "
+                                    f"examples make some feature that strong too often")
+            else:
+                inconclusive.append(f"too few examples to tell: {finding}, but with {fewest} examples of one "
+                                    f"label (fewer than {MIN_PER_LABEL}) the concept itself may go with it by chance")
+    return SalienceCheck(table.reset_index(drop=True), model, warnings, inconclusive, group_feature)
 
 
 def seed_runs(store: Store, run_id: int) -> list[int]:
@@ -406,11 +595,12 @@ def baseline_agreement(labels: Mapping[int, int], baselines: Mapping[str, Sequen
 
 def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int] | None = None,
              verdicts: Mapping[int, bool] | None = None, self_labeling: bool = False,
-             log: Log | None = None) -> TrustReport:
+             log: Log | None = None, ccs: bool = True) -> TrustReport:
     """Every check of one run. Without a backend the model-based parts (polarity, the content-free
     prior, the zero-shot share) are skipped with a note; seed_run_ids=None compares the run with
     seed_runs() (its finished siblings that differ only by seed). self_labeling adds iterated
-    self-labeling to the baselines, at the cost of a few ICM evaluations of the whole dataset."""
+    self-labeling to the baselines, at the cost of a few ICM evaluations of the whole dataset; ccs
+    adds the CCS probe (two forwards per example and a small training), or says why it could not."""
     stored = load_run(store, run_id)  # inputs only: gold is never read here
     run, task, examples = stored.run, stored.task, stored.examples
     texts = [example_text(task, e) for e in examples]
@@ -419,7 +609,8 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     labels = {int(i): int(y) for i, y in frame["label"].dropna().items()}
     notes = []
     zero_shot_odds = prior = None
-    polarity = baselines = None
+    polarity = baselines = probe = unavailable = support = None
+    p_true = {}
     if backend is None:
         notes.append("no model: polarity, the content-free prior and the zero-shot share were skipped")
     else:
@@ -430,13 +621,39 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
         polarity = polarity_check(labels, zero_shot_odds, [e.uid for e in examples])
         cheap = {"zero-shot (centered)": decide(zero_shot_odds, "centered"),
                  "zero-shot (argmax)": decide(zero_shot_odds, "argmax")}
+        p_true = {"zero-shot (centered)": 1 / (1 + np.exp(-(zero_shot_odds - zero_shot_odds.mean()))),
+                  "zero-shot (argmax)": 1 / (1 + np.exp(-zero_shot_odds))}
         if self_labeling:
-            cheap["self-labeling (centered)"] = self_labels(backend, task, examples, "centered", log=log)[0]
+            cheap["self-labeling (centered)"] = np.asarray(self_labels(backend, task, examples, "centered", log=log)[0])
+        if ccs:
+            try:
+                probe = ccs_labels(backend, task, examples, cheap["zero-shot (centered)"], log=log)
+            except HiddenStatesUnavailable as error:
+                unavailable = str(error)
+                notes.append(f"CCS unavailable: {unavailable}")
+            else:
+                cheap[CCS_BASELINE], p_true[CCS_BASELINE] = probe.labels, probe.p_true
         baselines = baseline_agreement(labels, cheap)
+        readings = {k: cheap[k] for k in ("zero-shot (centered)", CCS_BASELINE) if k in cheap}
+        if probe is not None and not probe.stable:  # an unidentified probe is no evidence either way
+            del readings[CCS_BASELINE]
+            notes.append(f"the CCS probe is unstable (probes from different seeds agree on {probe.stability:.0%} of "
+                         f"labels): left out of the support check")
     balance = balance_check(flips, labels, len(examples), prior, zero_shot_odds)
     odds = frame["log_odds"].astype(float)
     true_odds = {i: (odds[i] if y == 1 else -odds[i]) for i, y in labels.items()}
     salience = salience_check(task, examples, labels, true_odds)
+    if backend is not None:
+        confounded = {}
+        if salience.group_feature is not None:  # the labels follow the group: do the readings follow it too?
+            chosen = sorted(labels)
+            groups = [examples[e].group for e in chosen]
+            for name, other in readings.items():
+                area = float(group_share_auroc(groups, np.array([int(other[e]) for e in chosen]))[0])
+                if area >= SALIENCE_ALARM:
+                    confounded[name] = area
+        support = support_check(labels, readings, inverted=polarity.verdict == "possibly inverted",
+                                confounded=confounded)
     ids = list(seed_run_ids) if seed_run_ids is not None else seed_runs(store, run_id)
     ids = [run_id] + [r for r in ids if r != run_id]
     seeds = seed_agreement(store, ids, texts) if len(ids) > 1 else None
@@ -447,4 +664,6 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     audit = accuracy_estimate(verdicts) if verdicts else None
     dataset = store.datasets().set_index("dataset_id").loc[int(run["dataset_id"]), "name"]
     return TrustReport(run_id, str(run["name"]), str(dataset), len(examples), len(labels), polarity, balance, review,
-                       salience, seeds, audit, baselines, notes)
+                       salience, seeds, audit, baselines, notes,
+                       {} if backend is None else {k: np.asarray(v, dtype=int) for k, v in cheap.items()}, p_true,
+                       probe, unavailable, support)

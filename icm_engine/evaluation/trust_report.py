@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from .trust import REVIEW_ROWS, SALIENCE_ALARM, TrustReport
+from .trust import REVIEW_ROWS, SALIENCE_ALARM, TrustReport, binomial_cdf
 
 SHARE_ROWS = 25  # iterations shown in the balance table; a long run is subsampled, its last row kept
 _STYLE = """
@@ -20,6 +20,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; }
 .warn { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 0.5em 1em; }
 .ok { background: #edf7ed; border-left: 4px solid #4caf50; padding: 0.5em 1em; }
+.unsure { background: #f1f4f9; border-left: 4px solid #7a8fb5; padding: 0.5em 1em; margin-top: 0.5em; }
 .note { color: #666; }
 """
 
@@ -36,8 +37,27 @@ def polarity_text(report: TrustReport) -> str:
         return "not checked (no model)"
     if not check.n:
         return "nothing to compare: the run has no labels yet"
+    agree = int(round(check.agreement * check.n))
+    chance = (f"P(agreement this high by coin flips) = {1 - binomial_cdf(agree - 1, check.n):.2g}" if check.agreement > 0.5
+              else f"P(agreement this low by coin flips) = {check.p_value:.2g}")
     return (f"{check.verdict}: {check.agreement:.0%} of {check.n} labels agree with the model's calibrated zero-shot "
-            f"reading (flag below {check.threshold:.0%}; one-sided binomial p = {check.p_value:.2g})")
+            f"reading (flag below {check.threshold:.0%}; {chance}, one-sided binomial)")
+
+
+def support_text(report: TrustReport) -> str:
+    """Which of the model's own readings back the run's labels beyond chance."""
+    check = report.support
+    if check is None:
+        return "not checked (no model)"
+    if not len(check.readings):
+        return "no reading of the model to compare with"
+    said = ", ".join(f"{r.reading} agrees on {r.agreement:.0%} (kappa {_number(float(r.kappa), 2)}, p = {r.p:.2g}"
+                     + (f"; follows the flagged group feature too, AUROC {check.confounded[r.reading]:.2f}"
+                        if r.reading in check.confounded else "") + ")"
+                     for r in check.readings.itertuples(index=False))
+    verdict = (f"backed by {' and '.join(check.supported_by)}" if check.supported_by
+               else "nothing the model reads without the search backs these labels beyond chance")
+    return f"{verdict}: {said}"
 
 
 def balance_text(report: TrustReport) -> str:
@@ -53,8 +73,8 @@ def balance_text(report: TrustReport) -> str:
 
 def salience_text(report: TrustReport) -> str:
     features = report.salience.features.dropna(subset=["strength"])
-    strongest = (f"{features.iloc[0]['feature']} (AUROC {features.iloc[0]['strength']:.2f})" if len(features)
-                 else "none (too few labels of each kind)")
+    strongest = (f"{features.iloc[0]['feature']} (AUROC {features.iloc[0]['strength']:.2f}, family-wise permutation "
+                 f"p = {features.iloc[0]['p']:.2g})" if len(features) else "none (too few labels of each kind)")
     return (f"strongest surface feature: {strongest}; the model's own margin: {_number(report.salience.model_auroc, 2)}. "
             f"A surface feature close to the margin, or above {SALIENCE_ALARM}, may be what the labels follow.")
 
@@ -70,13 +90,32 @@ def seeds_text(report: TrustReport) -> str:
             f"{len(s.disagreements)} examples disputed")
 
 
+def baselines_text(report: TrustReport) -> str:
+    """How often each cheap labeler agrees with the run, on the run's labeled examples."""
+    if report.baselines is None:
+        return "not compared (no model)"
+    row = report.baselines.set_index("labeling").loc["run"].drop("run")
+    return "agreement with the run: " + ", ".join(f"{name} {_number(float(v), 2)}" for name, v in row.items())
+
+
+def ccs_text(report: TrustReport) -> str | None:
+    """The CCS probe in a sentence, or why there is none; None when no model was asked."""
+    if report.ccs is not None:
+        return report.ccs.describe()
+    if report.ccs_unavailable is not None:
+        return f"CCS unavailable: {report.ccs_unavailable}"
+    return None
+
+
 def summary_lines(report: TrustReport) -> list[str]:
     """What `icm trust` prints: one line per check, then the warnings."""
     r = report
     lines = [f"run {r.run_id} ({r.run_name}) on {r.dataset_name}: {r.n_labeled} of {r.n_examples} examples labeled",
-             f"polarity: {polarity_text(r)}", f"balance: {balance_text(r)}",
+             f"polarity: {polarity_text(r)}", f"support: {support_text(r)}", f"balance: {balance_text(r)}",
              f"salience: {salience_text(r)}",
              f"seeds: {seeds_text(r)}",
+             f"baselines: {baselines_text(r)}",
+             *([f"CCS: {ccs_text(r)}"] if r.ccs is not None else []),
              f"review queue: {len(r.review)} labeled examples, most doubtful first; the top ones:"]
     lines += [f"  {q.uid} ({q.label}, margin {_number(q.margin, 2)}, {q.flips} flips"
               f"{', seeds disagree' if q.seeds_disagree else ''}): {q.text[:80]}" for q in r.review.head(5).itertuples()]
@@ -84,6 +123,7 @@ def summary_lines(report: TrustReport) -> list[str]:
         lines.append(f"audit: {r.audit.describe()}")
     lines += [f"note: {n}" for n in r.notes]
     lines += [f"WARNING {w}" for w in r.warnings] or ["no warnings"]
+    lines += [f"inconclusive: {w}" for w in r.inconclusive]
     return lines
 
 
@@ -107,12 +147,16 @@ def to_html(report: TrustReport) -> str:
     warnings = "".join(f"<li>{e(w)}</li>" for w in r.warnings)
     head = (f'<div class="warn"><b>Warnings</b><ul>{warnings}</ul></div>' if warnings
             else '<div class="ok">No check raised a warning.</div>')
+    if r.inconclusive:
+        items = "".join(f"<li>{e(w)}</li>" for w in r.inconclusive)
+        head += (f'<div class="unsure"><b>Too few examples to tell</b> (these would be warnings if they were unlikely '
+                 f'by chance on this many examples)<ul>{items}</ul></div>')
     sections = [
         f"<h1>Can I trust these labels? Run #{r.run_id}</h1>",
         f"<p>{e(r.run_name)} on {e(r.dataset_name)}: {r.n_labeled} of {r.n_examples} examples labeled. "
         "Gold labels are not used by any check here.</p>", head,
         "".join(f'<p class="note">{e(n)}</p>' for n in r.notes),
-        "<h2>Polarity</h2>", f"<p>{e(polarity_text(r))}</p>",
+        "<h2>Polarity</h2>", f"<p>{e(polarity_text(r))}</p>", f"<p>Support: {e(support_text(r))}</p>",
         "<p class=\"note\">Mutual predictability rewards a labeling and its mirror image alike; the model's own "
         "zero-shot reading, centered over the dataset, tells them apart.</p>",
     ]
@@ -125,11 +169,17 @@ def to_html(report: TrustReport) -> str:
                  "</p>", _table(r.review, REVIEW_ROWS)]
     if r.baselines is not None:
         sections += ["<h2>Baselines</h2>", "<p class=\"note\">Share of the run's labeled examples on which two "
-                     "labelings agree: a cheap labeler close to the run recovers most of what the search found.</p>",
-                     _table(r.baselines)]
+                     "labelings agree: a cheap labeler close to the run recovers most of what the search found. "
+                     "Each baseline's labels can be exported (<code>icm trust --export-baselines DIR</code>, or the "
+                     "Trust page).</p>", _table(r.baselines)]
+        if ccs_text(r) is not None:
+            sections.append(f"<p>{e(ccs_text(r))}</p>")
     if r.audit is not None:
         sections += ["<h2>Accuracy from a human audit</h2>", f"<p>{e(r.audit.describe())}</p>"]
     sections += ["<h2>Salience</h2>", f"<p>{e(salience_text(r))}</p>",
+                 "<p class=\"note\">p: the share of random relabelings of these examples under which any feature is "
+                 "at least as strong (family-wise permutation test); a warning needs p &lt; 0.05 and enough examples "
+                 "of each label.</p>",
                  _table(r.salience.features), "<h2>Seed agreement</h2>", f"<p>{e(seeds_text(r))}</p>"]
     if r.seeds is not None:
         sections += [_table(r.seeds.pairs), _table(r.seeds.final_u), "<h3>Examples the seeds disagree on</h3>",

@@ -107,6 +107,13 @@ class SharedBackend(LanguageModel):
     def context_window(self) -> int:
         return self.inner.context_window
 
+    @property
+    def hidden_layer_count(self) -> int:
+        return self.inner.hidden_layer_count
+
+    def hidden_states(self, prompts, layers) -> np.ndarray:
+        return self._counted(self.inner.hidden_states, prompts, layers)
+
     def naive(self) -> LanguageModel:
         view = self.inner.naive()
         return self if view is self.inner else SharedBackend(view, self._lock)
