@@ -44,7 +44,8 @@ def main() -> None:
                            config["size_unit"])
     examples = [data.examples[i] for i in split.search]
     gold = np.array([int(data.gold[i]) for i in split.search])
-    scorer = Scorer(load_model(ModelConfig(args.model)), data.task, examples, calibration=args.calibration,
+    backend = load_model(ModelConfig(args.model))
+    scorer = Scorer(backend, data.task, examples, calibration=args.calibration,
                     use_consistency=False, objective=args.objective)
     raw_scorer = Scorer(backend, data.task, examples, calibration="none", use_consistency=False)
     order = list(range(len(examples)))

@@ -11,7 +11,7 @@ from icm_engine.cli import trust as trust_command
 from icm_engine.backends.fake import FakeLM
 from icm_engine.core.records import Flip, LabelState, SearchSnapshot, StepRecord
 from icm_engine.core.tasks import Example
-from icm_engine.evaluation import trust
+from icm_engine.evaluation import statistics, trust
 from icm_engine.store.database import Store
 from tests.conftest import add_polarity_dataset, fake_run_config
 from tests.fakes import SINGLE, polarity_examples
@@ -53,22 +53,22 @@ def test_the_95_percent_wilson_interval_covers_the_true_accuracy_in_simulated_au
 
 
 def test_wilson_interval_stays_in_range_and_narrows_with_more_verdicts():
-    assert trust.wilson_interval(0, 0) == (0.0, 1.0)
-    low, high = trust.wilson_interval(10, 10)
+    assert statistics.wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = statistics.wilson_interval(10, 10)
     assert 0.6 < low < 1.0 and high == pytest.approx(1.0)
-    assert np.diff(trust.wilson_interval(80, 100)) < np.diff(trust.wilson_interval(8, 10))
+    assert np.diff(statistics.wilson_interval(80, 100)) < np.diff(statistics.wilson_interval(8, 10))
     assert trust.accuracy_estimate({3: True, 5: False}).describe().startswith("1 of 2 judged correct")
 
 
 def test_auroc_by_ranks_and_kappa_match_hand_computed_values():
-    assert trust.auroc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
-    assert trust.auroc([4, 3, 2, 1], [0, 0, 1, 1]) == 0.0
-    assert trust.auroc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5  # ties: average ranks
-    assert trust.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
-    assert np.isnan(trust.auroc([1, 2], [1, 1]))
-    assert trust.cohens_kappa([0, 1, 0, 1], [0, 1, 0, 1]) == 1.0
-    assert trust.cohens_kappa([0, 1, 0, 1], [1, 0, 1, 0]) == -1.0
-    assert abs(trust.binomial_cdf(2, 10) - 56 / 1024) < 1e-12
+    assert statistics.auroc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
+    assert statistics.auroc([4, 3, 2, 1], [0, 0, 1, 1]) == 0.0
+    assert statistics.auroc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5  # ties: average ranks
+    assert statistics.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert np.isnan(statistics.auroc([1, 2], [1, 1]))
+    assert statistics.cohens_kappa([0, 1, 0, 1], [0, 1, 0, 1]) == 1.0
+    assert statistics.cohens_kappa([0, 1, 0, 1], [1, 0, 1, 0]) == -1.0
+    assert abs(statistics.binomial_cdf(2, 10) - 56 / 1024) < 1e-12
 
 
 def test_an_audit_sample_is_seeded_without_repeats_and_drawn_from_the_labeled_examples():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from icm_engine.evaluation import trust
+from icm_engine.evaluation import salience, trust
 from icm_engine.store.database import Store
 from icm_engine.core.tasks import Example
 from tests.fakes import SINGLE
@@ -26,7 +26,7 @@ def test_random_labels_of_16_examples_rarely_warn_while_labels_by_length_on_64_s
         examples = random_texts(16, rng)
         labels = {e: int(y) for e, y in enumerate(rng.permutation([0] * 8 + [1] * 8))}
         margins = {e: float(rng.normal()) for e in labels}  # a model that sees nothing either
-        check = trust.salience_check(SINGLE, examples, labels, margins)
+        check = salience.salience_check(SINGLE, examples, labels, margins)
         warned += bool(check.warnings)
         flagged_before += bool(check.warnings or check.inconclusive)  # what the strength rule alone said
         assert all(w.startswith("too few examples to tell") for w in check.inconclusive)
@@ -35,7 +35,7 @@ def test_random_labels_of_16_examples_rarely_warn_while_labels_by_length_on_64_s
     lengths = np.array([len(e.fields["text"]) for e in examples])
     by_length = {e: int(lengths[e] > np.median(lengths)) for e in range(64)}
     margins = {e: float(rng.normal(0.3 * (2 * y - 1), 1.0)) for e, y in by_length.items()}
-    check = trust.salience_check(SINGLE, examples, by_length, margins)
+    check = salience.salience_check(SINGLE, examples, by_length, margins)
     assert check.warnings[0].startswith("salience: length (characters) predicts the labels with AUROC 1.00")
     assert check.features.iloc[0]["p"] < 0.01
 
@@ -46,7 +46,7 @@ def test_a_perfect_feature_on_few_examples_of_one_label_is_too_few_to_tell():
     lengths = np.array([len(e.fields["text"]) for e in examples])
     longest = set(np.argsort(lengths)[-4:].tolist())  # 4 False, 12 True: length separates them perfectly
     labels = {e: int(e not in longest) for e in range(16)}
-    check = trust.salience_check(SINGLE, examples, labels, {e: 0.0 for e in labels})
+    check = salience.salience_check(SINGLE, examples, labels, {e: 0.0 for e in labels})
     assert check.features.iloc[0]["strength"] == 1.0 and check.features.iloc[0]["p"] < 0.05
     assert not check.warnings
     assert any("with 4 examples of one label (fewer than 8)" in w for w in check.inconclusive)
@@ -56,11 +56,11 @@ def test_permutation_p_values_are_family_wise_and_match_an_exact_count():
     y = [0, 0, 1, 1]
     features = {"a": np.array([1.0, 2, 3, 4])}
     # 2 of the 6 arrangements of two 1s among four reach strength 1 (both orders): p -> 1/3
-    p = trust.permutation_p_values(features, y, [1.0], permutations=20000)
+    p = salience.permutation_p_values(features, y, [1.0], permutations=20000)
     assert abs(p[0] - 1 / 3) < 0.02
     more = dict(features, b=np.array([1.0, 3, 2, 4]), c=np.array([2.0, 1, 4, 3]))
-    assert trust.permutation_p_values(more, y, [1.0, 1.0, 1.0], permutations=20000)[0] > p[0]  # more features tried
-    assert np.isnan(trust.permutation_p_values(features, [1, 1, 1, 1], [np.nan])).all()
+    assert salience.permutation_p_values(more, y, [1.0, 1.0, 1.0], permutations=20000)[0] > p[0]  # more features tried
+    assert np.isnan(salience.permutation_p_values(features, [1, 1, 1, 1], [np.nan])).all()
 
 
 def test_balance_gaps_on_16_examples_are_inconclusive_and_on_64_they_warn():
@@ -108,20 +108,20 @@ def test_labels_that_follow_the_group_not_the_example_raise_a_salience_warning()
                         group=f"q{g}") for g in range(16) for c in range(4)]
     by_question = {e: int(g) for e, g in enumerate(np.repeat(rng.permutation([0] * 8 + [1] * 8), 4))}
     margins = {e: 2.0 for e in by_question}  # a model sure of each: its margin cannot tell
-    check = trust.salience_check(grouped, examples, by_question, margins)
+    check = salience.salience_check(grouped, examples, by_question, margins)
     assert check.features.iloc[0]["feature"] == "its question (the other examples' share True)"
     assert check.warnings[0].startswith("salience: its question (the other examples' share True) predicts the labels "
                                         "with AUROC 1.00")
     assert check.features.iloc[0]["p"] < 0.01
     mixed = {e: int(y) for e, y in enumerate(rng.permutation([0, 1] * 32))}
-    assert not trust.salience_check(grouped, examples, mixed, margins).warnings
+    assert not salience.salience_check(grouped, examples, mixed, margins).warnings
     # where a consistency rule ties a group's labels, the group is the rule's doing, not a feature
     paired = Task(**{**grouped.to_dict(), "rule": "complementary"})
-    assert "its question" not in " ".join(trust.salience_check(paired, examples, by_question, margins).features["feature"])
+    assert "its question" not in " ".join(salience.salience_check(paired, examples, by_question, margins).features["feature"])
 
 
 def test_frequent_word_features_break_ties_alphabetically():
     """A report must not change with the process's string hashing (ties used to come out in set order)."""
     examples = [Example("a", {"text": "zeta beta"}), Example("b", {"text": "alpha gamma"}), Example("c", {"text": "delta"})]
-    assert list(trust.surface_features(SINGLE, examples, top_words=3)) == [
+    assert list(salience.surface_features(SINGLE, examples, top_words=3)) == [
         "length (characters)", "contains 'alpha'", "contains 'beta'", "contains 'delta'"]

@@ -21,8 +21,6 @@ Gold labels are never read here.
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -36,83 +34,22 @@ from ..store.database import Store
 from ..store.run_loader import load_run
 from .baselines import Log, decide, label_log_odds, self_labels
 from .ccs import CCSResult, ccs_labels
+from .salience import SALIENCE_ALARM, SalienceCheck, example_text, group_share_auroc, salience_check
+from .statistics import ALPHA, binomial_cdf, cohens_kappa, wilson_interval
 
 POLARITY_SDS = 2.0  # agreement this many binomial sds below 1/2 flags a labeling as possibly inverted
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # contextual calibration (Zhao et al. 2021): inputs that say nothing
 ONE_SIDED = 0.8  # a share of True above this (or below 1 - this) makes a labeling one-sided
 BALANCE_GAP = 0.25  # share of True this far from the zero-shot share is worth a look
 PRIOR_LEAN = 0.2  # a content-free P(True) this far from 1/2 is a lean the search could follow
-SALIENCE_ALARM = 0.85  # a surface feature predicting the labels this well (AUROC) is a warning by itself
-SALIENCE_NEAR = 0.05  # ...and so is one within this of the model's own margin
-SALIENCE_FLOOR = 0.65  # below this a feature is too weak to mention, however weak the model is
-# Sample size. On a few examples a share gap or a feature's AUROC is mostly noise, so every warning
-# must also be unlikely by chance; one that is not reads "too few examples to tell" instead.
-ALPHA = 0.05  # the chance, under "nothing to see", that a warning fires anyway
-PERMUTATIONS = 2000  # relabelings for the salience test (seeded: a report is reproducible)
-# A salience warning also needs this many examples of each label. The permutation test asks whether
-# the labels are independent of the feature; with few of one label it cannot tell labels that follow
-# a feature from a sample in which the concept happens to go with it. Simulated (normal feature,
-# AUROC 0.7 for the concept in the population, a common, benign amount): the sample AUROC reaches the
-# 0.85 alarm in 19% of samples with 12 + 4 examples, 13% with 8 + 8, 4.5% with 16 + 16, 0.6% with 32 + 32.
-MIN_PER_LABEL = 8
 # "Unconfirmed" needs the data to rule support out: every reading's 95% Wilson interval for its
 # agreement with the run must end below this. A reading of the concept as good as the calibrated
 # zero-shot one on the sentiment sentences (65% accurate) agrees with a 90%-correct run on ~62%, so
 # a bound under 0.7 excludes such a reading; an interval reaching above it is "too few to tell".
 SUPPORT_PLAUSIBLE = 0.7
-TOP_WORDS = 20
 CCS_BASELINE = "CCS probe"
 REVIEW_ROWS = 50  # rows of the review queue a report shows
 PREVIEW_CHARS = 200  # of an example's text in tables
-_WORD = re.compile(r"[a-z0-9']+")
-
-
-# -- statistics ---------------------------------------------------------------------------
-
-def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a proportion; (0, 1) when nothing was judged. Unlike p +- z*se
-    it stays inside [0, 1] and keeps its coverage near 0 or 1 and for small n."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = correct / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def binomial_cdf(k: int, n: int, p: float = 0.5) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), exact (summed in log space; no scipy)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
-             for i in range(k + 1)]
-    peak = max(terms)
-    return min(1.0, math.exp(peak) * sum(math.exp(t - peak) for t in terms))
-
-
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """Area under the ROC curve of `scores` for labels 1 vs 0, by the rank-sum formula (ties get
-    their average rank, so a constant score gives 0.5); NaN when one class is missing."""
-    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
-    positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
-    if not positives or not negatives:
-        return float("nan")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def cohens_kappa(a: Sequence[int], b: Sequence[int]) -> float:
-    """Agreement beyond what two labelings with these shares of True would reach by chance:
-    1 identical, 0 chance, -1 mirror images. NaN when both are constant and chance explains all."""
-    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
-    if not len(a):
-        return float("nan")
-    observed = float((a == b).mean())
-    expected = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
-    return float("nan") if expected >= 1 else (observed - expected) / (1 - expected)
 
 
 # -- results ------------------------------------------------------------------------------
@@ -136,15 +73,6 @@ class BalanceCheck:
     zero_shot_raw_share_true: float | None  # ...and of the uncalibrated (argmax) ones: the model's lean
     warnings: list[str] = field(default_factory=list)
     inconclusive: list[str] = field(default_factory=list)  # what would be a warning on more examples
-
-
-@dataclass
-class SalienceCheck:
-    features: pd.DataFrame  # feature, auroc, strength = max(auroc, 1 - auroc), p (family-wise permutation), by strength
-    model_auroc: float  # the run's own P(True) margin against its labels
-    warnings: list[str] = field(default_factory=list)
-    inconclusive: list[str] = field(default_factory=list)  # strong-looking features too few examples can't back
-    group_feature: str | None = None  # the name of the group feature, when the labels follow the group (a warning)
 
 
 @dataclass
@@ -219,11 +147,6 @@ class TrustReport:
 
 # -- the checks ---------------------------------------------------------------------------
 
-def example_text(task: Task, example: Example) -> str:
-    """The example's task fields, joined: what surface features and previews are read from."""
-    return " | ".join(str(example.fields[name]) for name in task.fields)
-
-
 def polarity_check(labels: Mapping[int, int], zero_shot_odds: np.ndarray, uids: Sequence[str],
                    sds: float = POLARITY_SDS) -> PolarityCheck:
     """Agreement of the run's labels with the zero-shot labels centered over the whole dataset
@@ -275,7 +198,7 @@ def support_check(labels: Mapping[int, int], readings: Mapping[str, Sequence[int
     warnings, inconclusive = [], []
     if rows and examples and not supported and not inverted:
         said = "; ".join(f"{r.reading} {r.agreement:.0%} (p = {r.p:.2g})" for r in table.itertuples(index=False))
-        shared = (f"; those that agree follow the flagged group feature too ("
+        shared = ("; those that agree follow the flagged group feature too ("
                   + ", ".join(f"{k}: AUROC {v:.2f}" for k, v in confounded.items())
                   + "), a shared surface feature rather than a confirmation") if confounded else ""
         message = (f"none of the model's readings made without the search backs these labels beyond chance ({said}; "
@@ -392,123 +315,6 @@ def review_queue(frame: pd.DataFrame, texts: Sequence[str], changes: pd.Series,
         "seeds_disagree": [int(i) in seed_disputed for i in labeled.index], "source": labeled["source"].to_numpy()})
     queue = queue.sort_values(["seeds_disagree", "margin", "flips"], ascending=[False, True, False], na_position="first")
     return queue.reset_index(drop=True)
-
-
-def surface_features(task: Task, examples: Sequence[Example], top_words: int = TOP_WORDS) -> dict[str, np.ndarray]:
-    """Trivial features of each input: its length, whether it holds each of the most frequent
-    words, and for pairwise tasks its order and which response is longer."""
-    texts = [example_text(task, e) for e in examples]
-    features = {"length (characters)": np.array([len(t) for t in texts], dtype=float)}
-    words = [set(_WORD.findall(t.lower())) for t in texts]
-    counts = Counter(w for found in words for w in found)
-    # most frequent first, ties alphabetical (most_common keeps the order words were met in, which for
-    # words out of a set changes with each process's string hashing); a word in every input says nothing
-    common = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])) if c < len(texts)][:top_words]
-    for word in common:
-        features[f"contains '{word}'"] = np.array([word in found for found in words], dtype=float)
-    if task.pairwise_fields is not None:
-        first, second = task.pairwise_fields
-        features["order (key 'ab')"] = np.array([e.key == "ab" for e in examples], dtype=float)
-        features[f"{first} longer than {second} (characters)"] = np.array(
-            [len(str(e.fields[first])) - len(str(e.fields[second])) for e in examples], dtype=float)
-    return features
-
-
-def group_share_auroc(groups: Sequence, y: np.ndarray) -> np.ndarray:
-    """How well an example's group predicts its label: the AUROC, one-sided (sharing, not opposing),
-    of the share of True among the OTHER examples of its group (1/2 for an example alone in its
-    group). y: [n] or [P, n] labelings; returns [P]. Leaving the example out keeps its own label
-    out of its score; that makes the statistic lean below 1/2 under chance, which the permutation
-    test accounts for."""
-    y = np.atleast_2d(np.asarray(y, dtype=float))
-    codes, _ = pd.factorize(pd.Series(list(groups), dtype=object), use_na_sentinel=False)
-    onehot = np.zeros((y.shape[1], codes.max() + 1 if len(codes) else 0))
-    onehot[np.arange(len(codes)), codes] = 1
-    sizes = onehot.sum(axis=0)[codes]
-    sums = (y @ onehot)[:, codes]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(sizes > 1, (sums - y) / np.maximum(sizes - 1, 1), 0.5)
-    positives = y.sum(axis=1)
-    negatives = y.shape[1] - positives
-    ranks = pd.DataFrame(share).rank(axis=1, method="average").to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-def permutation_p_values(features: Mapping[str, np.ndarray], y: Sequence[int], strengths: Sequence[float],
-                         permutations: int = PERMUTATIONS, seed: int = 15, groups: Sequence | None = None) -> np.ndarray:
-    """Family-wise p-value of each feature's strength (max(AUROC, 1 - AUROC)): the share of random
-    relabelings (the labels shuffled, so the same count of each) under which ANY of the features
-    is at least that strong (Westfall-Young max-T). It holds for every n, ties and binary features
-    included, and for the many features tried at once. A feature's ranks do not depend on the
-    labels, so each relabeling's AUROCs are one matrix product. With `groups`, the last strength is
-    group_share_auroc's, and it joins the maximum (it depends on the labels: recomputed per relabeling)."""
-    y = np.asarray(y, dtype=int)
-    positives, negatives = int(y.sum()), int(len(y) - y.sum())
-    if not features or not positives or not negatives:
-        return np.full(len(strengths), np.nan)
-    ranks = np.stack([pd.Series(v).rank(method="average").to_numpy() for v in features.values()])  # [k, n]
-    rng = np.random.default_rng([seed, len(y), positives])
-    strongest = []
-    for start in range(0, permutations, 256):  # in blocks: [block, n] relabelings at a time
-        shuffled = np.stack([rng.permutation(y) for _ in range(min(256, permutations - start))]).astype(float)
-        areas = (shuffled @ ranks.T - positives * (positives + 1) / 2) / (positives * negatives)  # [block, k]
-        strength = np.maximum(areas, 1 - areas).max(axis=1)
-        if groups is not None:
-            strength = np.maximum(strength, group_share_auroc(groups, shuffled))
-        strongest.append(strength)
-    strongest = np.concatenate(strongest)
-    observed = np.asarray(strengths, dtype=float)
-    p = (1 + (strongest[None, :] >= observed[:, None] - 1e-12).sum(axis=1)) / (permutations + 1)
-    return np.where(np.isnan(observed), np.nan, p)
-
-
-def salience_check(task: Task, examples: Sequence[Example], labels: Mapping[int, int],
-                   model_true_odds: Mapping[int, float], alpha: float = ALPHA) -> SalienceCheck:
-    """AUROC of each surface feature for the run's labels, against the AUROC of the model's own
-    P(True) margin: labels that a length or a word predicts as well as the model does may follow
-    that feature rather than the task's concept. A warning also needs the feature's strength to be
-    unlikely for a random labeling of these examples (family-wise permutation p < alpha) and at
-    least MIN_PER_LABEL examples of each label; otherwise it reads "too few examples to tell"."""
-    chosen = sorted(labels)
-    y = [int(labels[e]) for e in chosen]
-    features = surface_features(task, [examples[e] for e in chosen])
-    rows = []
-    for name, values in features.items():
-        area = auroc(values, y)
-        rows.append((name, area, max(area, 1 - area) if not math.isnan(area) else float("nan")))
-    # Which group (TruthfulQA: which question) an example belongs to is a feature too: labels that
-    # follow the question, not the claim, are a concept more salient than the one intended. Only
-    # where no consistency rule ties a group's labels together (there it is the rule's doing).
-    groups = [examples[e].group for e in chosen]
-    grouped = task.rule == "none" and len(set(groups)) < len(groups) and None not in groups
-    if grouped and y:
-        area = float(group_share_auroc(groups, np.asarray(y))[0])
-        rows.append((f"its {task.group_field or 'group'} (the other examples' share True)", area, area))
-    table = pd.DataFrame(rows, columns=["feature", "auroc", "strength"])
-    table["p"] = permutation_p_values(features, y, table["strength"].to_numpy(), groups=groups if grouped else None)
-    table = table.sort_values(["strength", "p", "feature"], ascending=[False, True, True], kind="stable")
-    scored = [e for e in chosen if not pd.isna(model_true_odds.get(e, np.nan))]
-    model = auroc([model_true_odds[e] for e in scored], [labels[e] for e in scored]) if scored else float("nan")
-    fewest = min(sum(y), len(y) - sum(y)) if y else 0
-    warnings, inconclusive, group_feature = [], [], None
-    for name, _, strength, p in table.itertuples(index=False):
-        if math.isnan(strength) or strength < SALIENCE_FLOOR:
-            continue
-        if strength >= SALIENCE_ALARM or (not math.isnan(model) and strength >= model - SALIENCE_NEAR):
-            finding = (f"{name} predicts the labels with AUROC {strength:.2f} (the model's own margin: {model:.2f}; "
-                       f"permutation p = {p:.2g} over {len(table)} features)")
-            if p < alpha and fewest >= MIN_PER_LABEL:
-                warnings.append(f"salience: {finding}")
-                if grouped and name == rows[-1][0]:
-                    group_feature = name
-            elif p >= alpha:
-                inconclusive.append(f"too few examples to tell: {finding}; random labels of these {len(y)} "
-                                    f"examples make some feature that strong too often")
-            else:
-                inconclusive.append(f"too few examples to tell: {finding}, but with {fewest} examples of one "
-                                    f"label (fewer than {MIN_PER_LABEL}) the concept itself may go with it by chance")
-    return SalienceCheck(table.reset_index(drop=True), model, warnings, inconclusive, group_feature)
 
 
 def seed_runs(store: Store, run_id: int) -> list[int]:

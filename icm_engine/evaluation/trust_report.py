@@ -10,7 +10,9 @@ import math
 
 import pandas as pd
 
-from .trust import REVIEW_ROWS, SALIENCE_ALARM, TrustReport, binomial_cdf
+from .salience import SALIENCE_ALARM
+from .statistics import binomial_cdf
+from .trust import REVIEW_ROWS, TrustReport
 
 SHARE_ROWS = 25  # iterations shown in the balance table; a long run is subsampled, its last row kept
 _STYLE = """
