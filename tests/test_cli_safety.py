@@ -31,6 +31,15 @@ def test_an_interrupted_export_leaves_the_old_file_whole(tmp_path, monkeypatch):
     assert out.read_bytes() == b"new\n"
 
 
+def test_an_export_is_readable_as_any_new_file_is_not_private_like_a_temporary(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        options.write_atomically(tmp_path / "labels.csv", b"a\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "labels.csv").stat().st_mode & 0o777 == 0o644  # mkstemp alone gave 0600
+
+
 def test_export_to_a_folder_is_refused_in_one_line(tmp_path, capsys):
     db = tmp_path / "icm.duckdb"
     from icm_engine.store.database import Store
