@@ -193,3 +193,36 @@ def test_trust_page_shows_each_check_and_updates_the_interval_from_verdicts(mana
     assert at.metric[0].value == "2 of 12" and at.metric[1].value == "50%"
     assert any(f"runs {run_id}, {other_seed}: mean agreement" in m.value for m in at.markdown)
     assert at.multiselect(key=f"trust.seeds.{run_id}").value == [other_seed]
+
+
+def test_verdicts_are_read_back_from_the_pins_that_record_them():
+    events = pd.DataFrame({
+        "seq": [1, 2, 3, 4, 5], "kind": ["propose", "pin", "pin", "pin", "pin"], "example": [0, 1, 2, 3, 1],
+        "old_label": [None, 1, 0, None, 0], "proposed_label": [1, 1, 1, 0, 1]})
+    # 1 pinned as it was: right (its later re-pin is not a new verdict); 2 pinned to the other: wrong;
+    # 3 had no label, so its pin is a label, not a verdict
+    assert trust.recorded_verdicts(events) == {1: True, 2: False}
+    assert trust.recorded_verdicts(events.iloc[:0]) == {}
+
+
+def test_verdicts_recorded_on_the_audit_and_trust_pages_become_pins_and_count_in_the_estimate(manager):
+    run_id = manager.start_run(add_polarity_dataset(manager), fake_run_config(steps=12))
+    assert manager.wait(run_id).state == "finished"
+    audit = open_page(manager, "audit", run_id)
+    example = audit.selectbox(key="audit.example").value
+    label = int(manager.store.labels(run_id).set_index("example").loc[example, "label"])
+    wrong = [b for b in audit.button if b.label.startswith("Wrong: pin")][0]
+    wrong.click().run()
+    assert not audit.exception
+    assert any("the search's label was wrong (recorded as a pin)" in c.value for c in audit.caption)
+    pins = manager.store.events(run_id).query("kind == 'pin'")
+    assert pins[["example", "old_label", "proposed_label"]].values.tolist() == [[example, label, 1 - label]]
+
+    at = open_page(manager, "trust", run_id)
+    assert not at.exception and at.metric[0].value == "1 of 12"  # the Audit page's verdict, read back
+    at.radio[0].set_value("correct").run()
+    at.button(key="trust.record").click().run()
+    assert manager.wait(run_id).state == "finished"
+    again = open_page(manager, "trust", run_id)  # a new session: the verdicts are in the run, not the browser
+    assert again.metric[0].value == "2 of 12" and again.metric[1].value == "50%"
+    assert len(manager.store.events(run_id).query("kind == 'pin'")) == 2

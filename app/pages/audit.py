@@ -5,12 +5,15 @@ import pandas as pd
 import streamlit as st
 
 from icm_engine.core.scoring import normalize
+from icm_engine.core.tasks import LABEL_NAMES
+from icm_engine.evaluation.trust import recorded_verdicts
 from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers, services
 from ..services import run_picker, run_view
 
 SORTS = {"example": True, "flips": False, "confidence": True, "uid": True}
+VERDICT_WAIT_S = 2.0  # a pin lands between two steps; wait this long before saying it is queued
 
 
 def _filtered(table: pd.DataFrame) -> pd.DataFrame:
@@ -32,9 +35,41 @@ def _filtered(table: pd.DataFrame) -> pd.DataFrame:
     return shown.sort_values(sort, ascending=SORTS[sort], na_position="last")
 
 
+def _verdict(manager: RunManager, view, example: int) -> None:
+    """A person's verdict on the search's label, recorded as a human label: right pins the label,
+    wrong pins the other one. The Trust page reads verdicts back from these pins."""
+    current = view.labels[view.labels["example"] == example]
+    if not len(current) or example in view.excluded:
+        return
+    said = recorded_verdicts(view.events).get(example)
+    if said is not None:
+        st.caption(f"Your verdict: the search's label was {'right' if said else 'wrong'} (recorded as a pin).")
+        return
+    label = int(current.iloc[0]["label"])
+    cols = st.columns([1, 1, 2])
+    pin = None
+    if cols[0].button(f"Right: pin {LABEL_NAMES[label]}", key=f"audit.right.{example}"):
+        pin = label
+    if cols[1].button(f"Wrong: pin {LABEL_NAMES[1 - label]}", key=f"audit.wrong.{example}"):
+        pin = 1 - label
+    cols[2].caption("Your verdict on this label, kept as a human label; the Trust page's audit counts it.")
+    if pin is not None:
+        future = manager.pin(int(view.run["run_id"]), example, pin)
+        try:
+            future.result(timeout=VERDICT_WAIT_S)
+        except Exception:  # still queued behind a step, or refused: say which
+            if future.done():
+                st.error(f"The pin was refused: {future.exception()}")
+            else:
+                st.info("Verdict queued: the pin applies when the step in flight ends (or once the model has loaded).")
+            return
+        st.rerun()
+
+
 def _detail(manager: RunManager, view, example: int) -> None:
     uid = view.uids[example]
     st.subheader(f"Example {uid}")
+    _verdict(manager, view, example)
     st.json(dict(view.examples[example].fields), expanded=True)
     history = readers.label_reasons(services.label_history(manager, view, example), view.uids)
     if len(history):

@@ -5,7 +5,8 @@ import streamlit as st
 
 from icm_engine.core.config import RunConfig
 from icm_engine.evaluation.baseline_export import SUFFIX, slug
-from icm_engine.evaluation.trust import REVIEW_ROWS, accuracy_estimate, audit_sample
+from icm_engine.core.tasks import LABEL_NAMES
+from icm_engine.evaluation.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, recorded_verdicts
 from icm_engine.evaluation.trust_report import (
     balance_text, ccs_text, polarity_text, salience_text, seeds_text, support_text, to_html,
 )
@@ -43,10 +44,12 @@ def _report(manager: RunManager, run_id: int, with_model: bool, seeds: tuple[int
     return cached[1]
 
 
-def _audit(report, run_id: int) -> None:
+def _audit(manager: RunManager, report, run_id: int) -> None:
     st.subheader("Accuracy from a human audit")
     st.caption("Judge a random sample of the labels; a Wilson interval for the accuracy of all of them updates "
-               "as you go. Verdicts stay in this browser session.")
+               "as you go. Record your verdicts to keep them: each becomes a human label (a pin), as the Audit "
+               "page's Right/Wrong buttons make them, and they are read back here.")
+    recorded = recorded_verdicts(services.run_view(manager, run_id).events)
     cols = st.columns(2)
     size = cols[0].number_input("Sample size", 5, 200, 30, key="trust.audit.size")
     seed = cols[1].number_input("Sample seed", 0, 1_000_000, 0, key="trust.audit.seed")
@@ -56,10 +59,21 @@ def _audit(report, run_id: int) -> None:
     verdicts = {}
     for example in sample:
         row = rows.loc[example]
+        if example in recorded:  # a recorded verdict is a pin: change it on the Steer page
+            verdicts[example] = recorded[example]
+            st.markdown(f"{row['uid']} · {row['text']} · recorded: the search's label was "
+                        f"**{'right' if recorded[example] else 'wrong'}**")
+            continue
         said = st.radio(f"{row['uid']} · labeled **{row['label']}** · {row['text']}", VERDICTS, horizontal=True,
                         key=f"trust.verdict.{run_id}.{example}")
         if said != "not judged":
             verdicts[example] = said == "correct"
+    unrecorded = {e: right for e, right in verdicts.items() if e not in recorded}
+    if unrecorded and st.button(f"Record {len(unrecorded)} verdicts as human labels (pins)", key="trust.record"):
+        for example, right in unrecorded.items():
+            label = LABEL_NAMES.index(rows.loc[example]["label"])
+            manager.pin(run_id, example, label if right else 1 - label)
+        st.success(f"{len(unrecorded)} pins queued: they apply between two steps of the run.")
     estimate = accuracy_estimate(verdicts)
     cols = st.columns(3)
     cols[0].metric("Judged", f"{estimate.n} of {len(sample)}")
@@ -121,7 +135,7 @@ def render_trust(manager: RunManager) -> None:
                "prefers the other label), then the number of flips.")
     st.dataframe(report.review.head(REVIEW_ROWS), hide_index=True, key="trust.review")
 
-    _audit(report, run_id)
+    _audit(manager, report, run_id)
 
     st.subheader("Salience")
     st.write(salience_text(report))

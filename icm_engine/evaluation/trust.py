@@ -385,6 +385,17 @@ def accuracy_estimate(verdicts: Mapping[int, bool] | Sequence[bool]) -> Accuracy
     return AccuracyEstimate(correct, n, correct / n if n else None, low, high)
 
 
+def recorded_verdicts(events: pd.DataFrame) -> dict[int, bool]:
+    """A person's verdicts on the search's labels, read back from the pins that record them: the
+    first pin of an example that had a label says whether that label was right (pinned as it was)
+    or wrong (pinned to the other label). A pin of an unlabeled example is a label, not a verdict."""
+    if not len(events):
+        return {}
+    pins = events[(events["kind"] == "pin") & events["old_label"].notna()].sort_values("seq")
+    first = pins.drop_duplicates("example", keep="first")
+    return {int(r.example): int(r.old_label) == int(r.proposed_label) for r in first.itertuples()}
+
+
 def baseline_agreement(labels: Mapping[int, int], baselines: Mapping[str, Sequence[int]]) -> pd.DataFrame:
     """Share of the run's labeled examples on which each two labelings agree ("run" first, then
     each baseline's labels over the whole dataset): how much of the search a cheap labeler recovers."""
