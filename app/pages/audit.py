@@ -9,11 +9,10 @@ from icm_engine.core.tasks import LABEL_NAMES
 from icm_engine.evaluation.trust import recorded_verdicts
 from icm_engine.runs.manager import RunManager
 
-from .. import charts, readers, services
+from .. import actions, charts, readers, services
 from ..services import run_picker, run_view
 
 SORTS = {"example": True, "flips": False, "confidence": True, "uid": True}
-VERDICT_WAIT_S = 2.0  # a pin lands between two steps; wait this long before saying it is queued
 
 
 def _filtered(table: pd.DataFrame) -> pd.DataFrame:
@@ -53,17 +52,13 @@ def _verdict(manager: RunManager, view, example: int) -> None:
     if cols[1].button(f"Wrong: pin {LABEL_NAMES[1 - label]}", key=f"audit.wrong.{example}"):
         pin = 1 - label
     cols[2].caption("Your verdict on this label, kept as a human label; the Trust page's audit counts it.")
+    run_id, key = int(view.run["run_id"]), f"audit.pending.{int(view.run['run_id'])}"
     if pin is not None:
-        future = manager.pin(int(view.run["run_id"]), example, pin)
-        try:
-            future.result(timeout=VERDICT_WAIT_S)
-        except Exception:  # still queued behind a step, or refused: say which
-            if future.done():
-                st.error(f"The pin was refused: {future.exception()}")
-            else:
-                st.info("Verdict queued: the pin applies when the step in flight ends (or once the model has loaded).")
-            return
-        st.rerun()
+        future = manager.pin(run_id, example, pin)
+        actions.submit(key, future, f"Verdict on {view.uids[example]}")
+        if future.done():  # landed at once: draw the page with it (a queued one redraws when it lands)
+            st.rerun()
+    actions.outcomes(key)
 
 
 def _detail(manager: RunManager, view, example: int) -> None:

@@ -1,54 +1,15 @@
 """Steer: a person's actions on a run (pin, unpin, exclude, include, alpha and T_0), each recorded as an event."""
 from __future__ import annotations
 
-import concurrent.futures
-
 import streamlit as st
 
 from icm_engine.core.tasks import LABEL_NAMES
 from icm_engine.runs.manager import RunManager
 
-from .. import readers
+from .. import actions, readers
 from ..services import run_picker, run_view
 
-ANSWER_WAIT_S = 0.5  # how long the page waits for the worker before saying "queued"
-POLL_SECONDS = 0.5  # then how often it looks again
 ACTIONS = ("Pin True", "Pin False", "Unpin", "Exclude", "Include")
-
-
-def _outcome(future: concurrent.futures.Future, what: str) -> None:
-    """Say what became of one action: applied (with its event), refused, or still waiting for the worker."""
-    if not future.done():
-        st.info(f"{what}: queued; it applies when the step in flight ends (or once the model has loaded).")
-    elif future.exception() is not None:  # refused by the search, e.g. pinning an excluded example
-        st.error(f"{what} was refused: {future.exception()}")
-    else:
-        record = future.result()
-        st.success(f"{what}: recorded as a '{record.kind}' event at iteration {record.iteration}.")
-
-
-def _submit(run_id: int, future: concurrent.futures.Future, what: str) -> None:
-    """Wait briefly (most actions land at once), then leave the rest to the polling fragment below."""
-    try:
-        future.result(timeout=ANSWER_WAIT_S)
-    except Exception:  # timeout or refusal: _outcome tells which
-        pass
-    st.session_state[f"steer.pending.{run_id}"] = [(future, what)]
-
-
-def _outcomes(run_id: int) -> None:
-    pending = st.session_state.get(f"steer.pending.{run_id}", [])
-    waiting = any(not f.done() for f, _ in pending)
-
-    # A model step can take seconds: poll until the worker has answered, then redraw the page once.
-    @st.fragment(run_every=POLL_SECONDS if waiting else None)
-    def poll() -> None:
-        for future, what in pending:
-            _outcome(future, what)
-        if waiting and all(f.done() for f, _ in pending):
-            st.rerun(scope="app")
-
-    poll()
 
 
 def _act(manager: RunManager, run_id: int, action: str, example: int):
@@ -85,7 +46,8 @@ def render_steer(manager: RunManager) -> None:
                           help="Pin: a person's label the search may not change. Exclude: out of the search.")
         apply_example = st.form_submit_button("Apply", type="primary")
     if apply_example:
-        _submit(run_id, _act(manager, run_id, action, int(example)), f"{action} {view.uids[int(example)]}")
+        actions.submit(f"steer.pending.{run_id}", _act(manager, run_id, action, int(example)),
+                       f"{action} {view.uids[int(example)]}")
 
     st.subheader("Search parameters")
     alpha_now, t0_now = view.alpha, view.t0
@@ -98,11 +60,12 @@ def render_steer(manager: RunManager) -> None:
     if apply_params:
         changed = {k: v for k, v, now in (("alpha", alpha, alpha_now), ("t0", t0, t0_now)) if v != now}
         if changed:
-            _submit(run_id, manager.set_params(run_id, **changed), ", ".join(f"{k}={v:g}" for k, v in changed.items()))
+            actions.submit(f"steer.pending.{run_id}", manager.set_params(run_id, **changed),
+                           ", ".join(f"{k}={v:g}" for k, v in changed.items()))
         else:
             st.info("Nothing changed.")
 
-    _outcomes(run_id)
+    actions.outcomes(f"steer.pending.{run_id}")
     st.subheader("Steering so far")
     marks = readers.steering_marks(run_view(manager, run_id).events, view.uids)
     if len(marks):
