@@ -115,7 +115,7 @@ def test_diagnose_adds_the_ccs_baseline_and_exports_each_baselines_labels(tmp_pa
         assert "after block 4 of 6" in to_html(report)
         files = report_exports(store, report)
         assert sorted(files) == [f"run-{run_id}-ccs-probe.csv", f"run-{run_id}-zero-shot-argmax.csv",
-                                 f"run-{run_id}-zero-shot-centered.csv"]
+                                 f"run-{run_id}-zero-shot-centered.csv", f"run-{run_id}-zero-shot-contextual.csv"]
         rows = list(csv.DictReader(io.StringIO(files[f"run-{run_id}-ccs-probe.csv"].decode())))
         assert len(rows) == 40 and [int(r["label"]) for r in rows] == [gold[e] for e in range(40)]
         assert {r["source"] for r in rows} == {"CCS probe"} and all(0.5 < float(r["confidence"]) <= 1 for r in rows)
@@ -128,7 +128,8 @@ def test_diagnose_adds_the_ccs_baseline_and_exports_each_baselines_labels(tmp_pa
                      "--baseline-format", "sft"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"run-{run_id}-ccs-probe.sft.jsonl",
                                                      f"run-{run_id}-zero-shot-argmax.sft.jsonl",
-                                                     f"run-{run_id}-zero-shot-centered.sft.jsonl"]
+                                                     f"run-{run_id}-zero-shot-centered.sft.jsonl",
+                                                     f"run-{run_id}-zero-shot-contextual.sft.jsonl"]
     assert "CCS: CCS probe" in capsys.readouterr().out
     assert cli.main(["trust", "--run", str(run_id), "--db", str(db), "--no-ccs"]) == 0
     assert "CCS" not in capsys.readouterr().out.split("review queue")[0]
@@ -199,8 +200,8 @@ def test_trust_page_shows_the_ccs_probe_and_downloads_a_baselines_labels(tmp_pat
         at = open_page(manager, "trust", run_id)
         assert not at.exception
         assert any(m.value.startswith("CCS probe on the last token's hidden state after block 4 of 6") for m in at.markdown)
-        assert at.selectbox(key="trust.export.baseline").options == ["zero-shot (centered)", "zero-shot (argmax)",
-                                                                     "CCS probe"]
+        assert at.selectbox(key="trust.export.baseline").options == [
+            "zero-shot (centered)", "zero-shot (contextual)", "zero-shot (argmax)", "CCS probe"]
         at.selectbox(key="trust.export.baseline").set_value("CCS probe").run()
         assert not at.exception and not any("CCS unavailable" in c.value for c in at.caption)
     finally:

@@ -226,3 +226,20 @@ def test_verdicts_recorded_on_the_audit_and_trust_pages_become_pins_and_count_in
     again = open_page(manager, "trust", run_id)  # a new session: the verdicts are in the run, not the browser
     assert again.metric[0].value == "2 of 12" and again.metric[1].value == "50%"
     assert len(manager.store.events(run_id).query("kind == 'pin'")) == 2
+
+
+def test_the_contextual_baseline_decides_against_the_models_content_free_lean(tmp_path):
+    """Zhao et al.'s contextual calibration: True where the zero-shot log-odds beat those of an input
+    that says nothing; batch calibration (centered) beats their mean over the dataset instead."""
+    with Store(str(tmp_path / "icm.duckdb")) as store:
+        examples, gold = polarity_examples(24, seed=5)
+        dataset_id = store.add_dataset("polarity", SINGLE.to_dict(), examples, gold)
+        run_id = stored_run(store, dataset_id, dict(gold))
+        backend = FakeLM(strength=6)
+        report = trust.diagnose(store, run_id, backend, seed_run_ids=[])
+        odds = trust.label_log_odds(backend, SINGLE, (), store.load_examples(dataset_id))
+        prior = report.balance.content_free_p_true
+        contextual = (odds - np.log(prior / (1 - prior)) > 0).astype(int)
+        np.testing.assert_array_equal(report.baseline_labels["zero-shot (contextual)"], contextual)
+        np.testing.assert_array_equal(report.baseline_labels["zero-shot (centered)"], (odds > odds.mean()).astype(int))
+        assert list(report.baseline_labels)[:3] == ["zero-shot (centered)", "zero-shot (contextual)", "zero-shot (argmax)"]

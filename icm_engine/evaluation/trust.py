@@ -436,10 +436,14 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
         zero_shot_odds = label_log_odds(backend, task, (), examples, log, "zero-shot")
         prior = content_free_p_true(backend, task)
         polarity = polarity_check(labels, zero_shot_odds, [e.uid for e in examples])
-        cheap = {"zero-shot (centered)": decide(zero_shot_odds, "centered"),
-                 "zero-shot (argmax)": decide(zero_shot_odds, "argmax")}
-        p_true = {"zero-shot (centered)": 1 / (1 + np.exp(-(zero_shot_odds - zero_shot_odds.mean()))),
-                  "zero-shot (argmax)": 1 / (1 + np.exp(-zero_shot_odds))}
+        # three decision rules over the same zero-shot log-odds: batch calibration (centered over the
+        # dataset), contextual calibration (Zhao et al. 2021: less the content-free log-odds), none
+        prior_odds = math.log(min(max(prior, 1e-6), 1 - 1e-6) / (1 - min(max(prior, 1e-6), 1 - 1e-6)))
+        readings_odds = {"zero-shot (centered)": zero_shot_odds - zero_shot_odds.mean(),
+                         "zero-shot (contextual)": zero_shot_odds - prior_odds,
+                         "zero-shot (argmax)": zero_shot_odds}
+        cheap = {name: decide(odds, "argmax") for name, odds in readings_odds.items()}
+        p_true = {name: 1 / (1 + np.exp(-odds)) for name, odds in readings_odds.items()}
         if self_labeling:
             cheap["self-labeling (centered)"] = np.asarray(self_labels(backend, task, examples, "centered", log=log)[0])
         if ccs:
