@@ -424,7 +424,13 @@ def test_two_runs_every_picker_keeps_the_earlier_run_and_its_controls_act_on_it(
         settle(page)  # the rerun that enables Pause
         page.get_by_role("button", name="Pause").click()
         timed("pause_s", wait_metric, page, "State", r"^paused$")  # it went to the newest run before the option text was made stable
+        # read the iteration from a settled page, twice alike: during a rerun the old metric (one step
+        # behind, from before the pause landed) can still be the first one on the page
+        settle(page)
         now = int(metric(page, "Iteration").split("/")[0])
+        page.wait_for_timeout(500)
+        settle(page)
+        assert int(metric(page, "Iteration").split("/")[0]) == now, "a paused run's iteration moved"
         fill_number(page, "More steps", 7)
         settle(page)
         page.get_by_role("button", name="Run 7 more steps").click()
