@@ -18,9 +18,9 @@ import duckdb
 import numpy as np
 
 from icm_engine.core.config import ModelConfig
-from icm_engine.core.scoring import Scorer, normalize
+from icm_engine.core.scoring import Scorer
 from icm_engine.data.datasets import load_any
-from icm_engine.evaluation.baselines import decide
+from icm_engine.evaluation.baselines import relabel_round
 from icm_engine.evaluation.comparison import split_by_group
 from icm_engine.runs.models import load_model
 
@@ -53,12 +53,6 @@ def main() -> None:
     def predictability(labels) -> float:
         return scorer.evaluate(order, dict(enumerate(int(y) for y in labels))).predictability
 
-    def relabeled(labels) -> np.ndarray:
-        """One self-labeling round, as label_baselines.self_labels runs it."""
-        evaluation = raw_scorer.evaluate(order, dict(enumerate(int(y) for y in labels)))
-        logp = normalize(np.stack([evaluation.raw[i] for i in order]), "none")
-        return decide(logp[:, 1] - logp[:, 0], "centered")
-
     print(f"P(D) under {args.objective}/{args.calibration} on {len(examples)} search examples of {args.data}")
     print(f"gold: P={predictability(gold):.3f}", flush=True)
     for method, seed, extra in rows:
@@ -69,7 +63,7 @@ def main() -> None:
         line = f"{method} seed {seed}: accuracy {np.mean(labels == gold):.3f}, P={predictability(labels):.3f}"
         accuracies = []
         for _ in range(args.relabel_rounds):
-            labels = relabeled(labels)
+            labels = np.array(relabel_round(raw_scorer, labels, "centered"))
             accuracies.append(f"{np.mean(labels == gold):.3f}")
         print(line + (f"; relabeled: {' -> '.join(accuracies)}" if accuracies else ""), flush=True)
 

@@ -57,6 +57,15 @@ def zero_shot_labels(backend: LanguageModel, task: Task, examples: Sequence[Exam
     return decide(odds, decision).tolist(), odds
 
 
+def relabel_round(scorer: Scorer, labels: Sequence[int], decision: str) -> list[int]:
+    """One self-labeling round: each example's label decided from its query with all the others,
+    carrying `labels`, as demonstrations. `scorer` holds the examples, uncalibrated, no consistency."""
+    order = list(range(len(labels)))
+    evaluation = scorer.evaluate(order, {i: int(y) for i, y in enumerate(labels)})
+    logp = normalize(np.stack([evaluation.raw[i] for i in order]), "none")
+    return decide(logp[:, 1] - logp[:, 0], decision).tolist()
+
+
 def self_labels(backend: LanguageModel, task: Task, examples: Sequence[Example], decision: str,
                 rounds: int = SELF_LABEL_ROUNDS, log: Log | None = None) -> tuple[list[int], int]:
     """Iterated self-labeling; returns (labels, rounds run). Stops early when a round changes nothing.
@@ -67,12 +76,9 @@ def self_labels(backend: LanguageModel, task: Task, examples: Sequence[Example],
     """
     labels, _ = zero_shot_labels(backend, task, examples, decision, log)
     scorer = Scorer(backend, task, list(examples), calibration="none", use_consistency=False)
-    order = list(range(len(examples)))
     done = 0
     for done in range(1, rounds + 1):
-        evaluation = scorer.evaluate(order, dict(enumerate(labels)))
-        logp = normalize(np.stack([evaluation.raw[i] for i in order]), "none")
-        relabeled = decide(logp[:, 1] - logp[:, 0], decision).tolist()
+        relabeled = relabel_round(scorer, labels, decision)
         changed = sum(a != b for a, b in zip(labels, relabeled))
         if log is not None:
             log(f"  self-labeling round {done}: {changed} of {len(labels)} labels changed")
