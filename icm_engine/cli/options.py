@@ -118,19 +118,17 @@ def read_dataset(spec: str, task: str | None, limit: int | None):
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename over it: an interrupted export leaves
     the old file whole (a rename within a folder is atomic), never a truncated one."""
-    import tempfile
+    import secrets
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp makes it 0600)
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        # mkstemp makes the file private (0600); an export gets the mode any new file gets here
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -438,7 +438,8 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
         polarity = polarity_check(labels, zero_shot_odds, [e.uid for e in examples])
         # three decision rules over the same zero-shot log-odds: batch calibration (centered over the
         # dataset), contextual calibration (Zhao et al. 2021: less the content-free log-odds), none
-        prior_odds = math.log(min(max(prior, 1e-6), 1 - 1e-6) / (1 - min(max(prior, 1e-6), 1 - 1e-6)))
+        bounded = min(max(prior, 1e-6), 1 - 1e-6)  # a prior of exactly 0 or 1 has no finite log-odds
+        prior_odds = math.log(bounded / (1 - bounded))
         readings_odds = {"zero-shot (centered)": zero_shot_odds - zero_shot_odds.mean(),
                          "zero-shot (contextual)": zero_shot_odds - prior_odds,
                          "zero-shot (argmax)": zero_shot_odds}
