@@ -1,5 +1,9 @@
-"""A run SIGKILLed again and again, at random moments, decides exactly as an uninterrupted one: every
-event row, flip, label and resume state equal, model scores equal to float32 rounding.
+"""A run SIGKILLed again and again, at random moments, ends exactly as an uninterrupted one.
+
+Resumed with --replay (the run's stored steps redone first, so the model's prefix cache is what it
+was), every event row, flip, label and resume state is identical, bit for bit. Resumed plainly
+(from the stored state, the cache cold), every decision is identical and the model scores agree to
+float32 rounding.
 
 The tiny test-built Llama and the complementary sentiment task (so consistency fixes happen) keep
 it quick; the kills land during initialization, between steps and inside steps.
@@ -33,8 +37,8 @@ def tiny_model(tmp_path_factory):
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
 
 
-def _command(db: Path, model: Path, resume: bool) -> list[str]:
-    start = ["--resume", "1"] if resume else ["--data", "sample:sentiment_yelp", "--limit", "8", "--steps", "40",
+def _command(db: Path, model: Path, resume: bool, replay: bool = False) -> list[str]:
+    start = ["--resume", "1", *(["--replay"] if replay else [])] if resume else ["--data", "sample:sentiment_yelp", "--limit", "8", "--steps", "40",
                                              "--seed", "5", "--k-init", "4", "--stop", "steps", "--alpha", "5"]
     return [sys.executable, "-m", "icm_engine.cli", "run", *start, "--db", str(db), "--model", str(model), "--print-steps"]
 
@@ -61,19 +65,24 @@ def _has_run(db: Path) -> bool:
         return len(store.runs()) > 0
 
 
-def test_twenty_random_sigkills_change_nothing_a_run_decides(tmp_path, tiny_model):
-    reference = tmp_path / "reference.duckdb"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model) -> dict[str, list]:
+    reference = tmp_path_factory.mktemp("reference") / "reference.duckdb"
     done = subprocess.run(_command(reference, tiny_model, False), cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     expected = _history(reference)
     assert expected["status"] == ["finished", 40]
     assert any(kind == "propose" for kind in (row[3] for row in expected["events"]))
+    return expected
 
-    rng = random.Random(2026)
-    killed_db, kills = tmp_path / "killed.duckdb", 0
-    while kills < KILLS:
-        process = subprocess.Popen(_command(killed_db, tiny_model, _has_run(killed_db)), cwd=ROOT, env=ENV,
+
+def _killed_again_and_again(db: Path, model: Path, kills_wanted: int, replay: bool, seed: int) -> dict[str, list]:
+    rng = random.Random(seed)
+    kills = 0
+    while kills < kills_wanted:
+        resume = _has_run(db)
+        process = subprocess.Popen(_command(db, model, resume, replay and resume), cwd=ROOT, env=ENV,
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         # after the header (model loaded, run opened) plus 0-2 committed steps, then a random few ms:
         # some kills land in initialization, some between steps, most inside a step
@@ -88,18 +97,29 @@ def test_twenty_random_sigkills_change_nothing_a_run_decides(tmp_path, tiny_mode
             kills += process.wait(timeout=60) == -signal.SIGKILL
         else:
             process.wait(timeout=60)
-            if _history(killed_db)["status"][0] == "finished":  # finished before we struck: start over
-                killed_db.unlink()
+            if _history(db)["status"][0] == "finished":  # finished before we struck: start over
+                db.unlink()
     # then let it finish
-    finish = subprocess.run(_command(killed_db, tiny_model, True), cwd=ROOT, env=ENV, capture_output=True, text=True,
+    finish = subprocess.run(_command(db, model, True, replay), cwd=ROOT, env=ENV, capture_output=True, text=True,
                             timeout=300)
     assert finish.returncode == 0, finish.stderr[-2000:]
-    got = _history(killed_db)
-    assert kills >= 20
+    if replay:
+        assert "every decision and every score identical, bit for bit" in finish.stdout
+    return _history(db)
+
+
+def test_twenty_random_sigkills_with_replay_change_no_event_row(tmp_path, tiny_model, uninterrupted):
+    got = _killed_again_and_again(tmp_path / "killed.duckdb", tiny_model, KILLS, replay=True, seed=2026)
+    for part in ("events", "flips", "labels", "state", "status"):
+        assert got[part] == uninterrupted[part], part
+
+
+def test_random_sigkills_with_a_plain_resume_change_no_decision(tmp_path, tiny_model, uninterrupted):
+    got = _killed_again_and_again(tmp_path / "killed.duckdb", tiny_model, 8, replay=False, seed=7)
     for part in ("flips", "status"):
-        assert got[part] == expected[part], part
-    deviation = max(_float_deviation(got[part], expected[part]) for part in ("events", "labels", "state"))
-    print(f"largest difference of a stored score: {deviation:.3g}")
+        assert got[part] == uninterrupted[part], part
+    deviation = max(_float_deviation(got[part], uninterrupted[part]) for part in ("events", "labels", "state"))
+    print(f"largest difference of a stored score after plain resumes: {deviation:.3g}")
     assert deviation < 1e-5  # float32 rounding summed into U; a decision would need a draw this close to its odds
 
 

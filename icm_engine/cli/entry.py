@@ -9,11 +9,11 @@ import argparse
 import os
 import sys
 
-from . import app, bench, eval, evals, export, finalize, models, report, run, runs, trust
+from . import app, bench, eval, evals, export, finalize, models, replay, report, run, runs, trust
 from .options import apply_server_options
 
 # In the order `icm --help` lists them.
-COMMANDS = {"run": run, "export": export, "finalize": finalize, "runs": runs, "report": report, "trust": trust,
+COMMANDS = {"run": run, "export": export, "finalize": finalize, "replay": replay, "runs": runs, "report": report, "trust": trust,
             "models": models, "bench": bench, "eval": eval, "evals": evals, "app": app}
 
 

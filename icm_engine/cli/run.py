@@ -23,6 +23,9 @@ def add_parser(subparsers) -> None:
     add_db_option(run)
     run.add_argument("--name", default="")
     run.add_argument("--resume", type=int, default=None, metavar="RUN_ID", help="continue this run from its last step")
+    run.add_argument("--replay", action="store_true",
+                     help="with --resume: redo the run's stored steps first (as long as they took), checking each, so "
+                          "that the scores after the restart are bit-identical to an uninterrupted run's")
     run.add_argument("--print-steps", action="store_true", help="print one JSON line per committed step on stdout (for scripts)")
     add_search_options(run)
     add_model_options(run)
@@ -57,6 +60,8 @@ def run(args) -> int:
     from ..runs.runner import advance, create_run, extend, open_search
     from ..store.database import Store
 
+    if args.replay and args.resume is None:
+        raise SystemExit("icm run: --replay redoes a stored run's steps; give it with --resume RUN_ID")
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     with Store(args.db) as store:
         if args.resume is not None:
@@ -73,7 +78,11 @@ def run(args) -> int:
             _check_fits(backend, loaded, config, args.data)
             dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
-        search = open_search(store, run_id, backend, steps=args.steps if args.resume is not None else None)
+        steps = args.steps if args.resume is not None else None
+        if args.replay:
+            search = replay_with_progress(store, run_id, backend, steps)
+        else:
+            search = open_search(store, run_id, backend, steps=steps)
         if args.resume is not None and args.steps is not None and search.stopped and args.steps > search.iteration:
             # the run had stopped by its own rule: --steps asks for more, so continue to that total
             extend(store, run_id, search, args.steps - search.iteration)
@@ -93,6 +102,22 @@ def run(args) -> int:
         if agreement and agreement["accuracy"] is not None:
             print(f"audit only (gold never used by the search): agreement with gold {agreement['accuracy']:.3f} on {agreement['n']} labeled")
     return 0
+
+
+def replay_with_progress(store, run_id: int, backend, steps: int | None = None):
+    """The run's search rebuilt by replay (runs.replay), with a progress bar and its verdict printed."""
+    from tqdm import tqdm
+
+    from ..runs.replay import ReplayDiverged, replay
+
+    total = len(store.events(run_id))
+    with tqdm(total=total, unit="event", desc=f"replaying run {run_id}", dynamic_ncols=True) as bar:
+        try:
+            search, report = replay(store, run_id, backend, steps=steps, on_event=lambda done, _: bar.update(1))
+        except ReplayDiverged as error:
+            raise SystemExit(f"icm: run {run_id} does not reproduce: {error}") from None
+    print(f"replayed run {run_id}: {report.summary()}")
+    return search
 
 
 def _refuse_changed_settings(args, config) -> None:

@@ -7,6 +7,7 @@ object never reads gold labels: it is only ever given the examples' inputs.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import replace
 from typing import Sequence
@@ -399,12 +400,12 @@ class Search:
         notes = []
         if alpha is not None:
             self.alpha = float(alpha)
-            notes.append(f"alpha={self.alpha:g}")
+            notes.append(f"alpha={_exact(self.alpha)}")
         if t0 is not None:
             if t0 <= 0:
                 raise ValueError("t0 must be positive")
             self.t0 = float(t0)
-            notes.append(f"t0={self.t0:g}")
+            notes.append(f"t0={_exact(self.t0)}")
         record = self._steer("set_param", None, None, None, [], dirty=False)
         record.note = ", ".join(notes)
         return record
@@ -445,3 +446,21 @@ class Search:
             record.ap_after = self.alpha * self._current.predictability
             record.i_after = self._current.inconsistencies
         return record
+
+
+def _exact(value: float) -> str:
+    """A float as short as it reads and exactly as it is: a replay sets the very same value."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def set_param_arguments(note: str) -> tuple[str, dict]:
+    """What a "set_param" event did, read back from its note (written by set_params or extend):
+    ("extend", {"steps": n}) or ("set_params", {"alpha": a, "t0": t}) with the values given."""
+    extended = re.fullmatch(r"steps=\d+ \(extended by (\d+)\)", note)
+    if extended:
+        return "extend", {"steps": int(extended.group(1))}
+    values = dict(part.split("=", 1) for part in note.split(", ") if "=" in part)
+    if set(values) - {"alpha", "t0"} or len(values) != len([part for part in note.split(", ") if part]):
+        raise ValueError(f"not a set_param note: {note!r}")
+    return "set_params", {name: float(value) for name, value in values.items()}
