@@ -110,10 +110,13 @@ def replay_with_progress(store, run_id: int, backend, steps: int | None = None):
 
     from ..runs.replay import ReplayDiverged, replay
 
-    total = len(store.events(run_id))
-    with tqdm(total=total, unit="event", desc=f"replaying run {run_id}", dynamic_ncols=True) as bar:
+    with tqdm(unit="event", desc=f"replaying run {run_id}", dynamic_ncols=True) as bar:
+        def count(done: int, total: int) -> None:  # the replay reads the events once and says how many
+            bar.total = total
+            bar.update(1)
+
         try:
-            search, report = replay(store, run_id, backend, steps=steps, on_event=lambda done, _: bar.update(1))
+            search, report = replay(store, run_id, backend, steps=steps, on_event=count)
         except ReplayDiverged as error:
             raise SystemExit(f"icm: run {run_id} does not reproduce: {error}") from None
     print(f"replayed run {run_id}: {report.summary()}")

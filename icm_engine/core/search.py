@@ -460,7 +460,8 @@ def set_param_arguments(note: str) -> tuple[str, dict]:
     extended = re.fullmatch(r"steps=\d+ \(extended by (\d+)\)", note)
     if extended:
         return "extend", {"steps": int(extended.group(1))}
-    values = dict(part.split("=", 1) for part in note.split(", ") if "=" in part)
-    if set(values) - {"alpha", "t0"} or len(values) != len([part for part in note.split(", ") if part]):
+    parts = [part for part in note.split(", ") if part]
+    values = dict(part.split("=", 1) for part in parts if "=" in part)
+    if len(values) != len(parts) or set(values) - {"alpha", "t0"}:
         raise ValueError(f"not a set_param note: {note!r}")
     return "set_params", {name: float(value) for name, value in values.items()}

@@ -23,13 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..backends.base import LanguageModel
-from ..core.config import RunConfig
 from ..core.records import StepRecord
 from ..core.search import Search, set_param_arguments
 from ..store.database import Store
 from ..store.json_values import to_json
-from ..store.run_loader import load_run
-from .runner import make_scorer
+from .runner import open_search
 
 # Columns holding model scores (and what follows from them): compared to the last bit, but a
 # difference is measured, not a divergence. Every other column is a decision and must be equal.
@@ -61,13 +59,9 @@ def replay(store: Store, run_id: int, backend: LanguageModel, steps: int | None 
     """The run's search after its last stored event, rebuilt by redoing every event from the
     first; `steps` may then extend its step budget (as open_search's does). on_event(done, total)
     reports progress."""
-    stored = load_run(store, run_id)
-    config = RunConfig.from_dict(stored.run["config"])
-    scorer = make_scorer(backend, stored.task, stored.examples, config)
-    scorer.check_fits()
-    # The stored config holds the step cap after every extension; replaying under it never stops
-    # the search earlier than the original stopped (each event says what to redo anyway).
-    search = Search(scorer, config.search, None)
+    # Under the stored config, which holds the step cap after every extension, the replayed search
+    # never stops earlier than the original did (each event says what to redo anyway).
+    search = open_search(store, run_id, backend, from_start=True)
     events = [_plain_row(row) for row in store.events(run_id).to_dict("records")]
     flips: dict[int, list] = {}
     for row in store.flips(run_id).to_dict("records"):

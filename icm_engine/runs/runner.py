@@ -35,15 +35,17 @@ def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Sc
     )
 
 
-def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | None = None) -> Search:
-    """The run's search at its last committed step; `steps` may extend the run's step budget."""
+def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | None = None,
+                from_start: bool = False) -> Search:
+    """The run's search at its last committed step (from_start: as before its first event, for a
+    replay); `steps` may extend the run's step budget."""
     stored = load_run(store, run_id)  # inputs only: gold stays in its own table and never reaches the search
     config = RunConfig.from_dict(stored.run["config"])
     if steps is not None:
         config = replace(config, search=replace(config.search, steps=steps))
     scorer = make_scorer(backend, stored.task, stored.examples, config)
     scorer.check_fits()  # an example no prompt can hold: say which, before any step
-    return Search(scorer, config.search, store.load_snapshot(run_id))
+    return Search(scorer, config.search, None if from_start else store.load_snapshot(run_id))
 
 
 def advance(
