@@ -28,7 +28,7 @@ from icm_engine.evaluation.comparison import (
 )
 from icm_engine.core.search import Search
 from icm_engine.runs.runner import make_scorer
-from icm_engine.store.database import Store
+from icm_engine.store.database import Store, StoreError
 from tests.fakes import PAIRED, SINGLE, polarity_examples
 
 
@@ -384,6 +384,45 @@ def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path, capsys):
     assert evals_cli.run(show.parse_args(["evals", "--db", str(tmp_path / "cut.duckdb"), "--eval", "1"])) == 0
     printed = capsys.readouterr().out
     assert "cut short" in printed and "label table" in printed and "self_labels" in printed and "gold" in printed
+
+
+def test_evals_combine_pools_seeds_run_apart_and_refuses_what_does_not_fit(tmp_path, capsys):
+    """Seeds run in separate processes land in separate files (DuckDB: one writer a file); pooled,
+    they give the tables one run over all seeds gives, and nothing else may differ."""
+    examples, gold = polarity_examples(24, seed=2)
+    table = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": [f"{e.fields['text']} item {k}" for k, e in enumerate(examples)],
+                  "gold": [gold[k] for k in range(len(examples))]}).to_csv(table, index=False)
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers(dest="command")
+    eval_cli.add_parser(subparsers)
+    evals_cli.add_parser(subparsers)
+
+    def evaluate_into(name: str, seeds: str, *more: str) -> str:
+        db = str(tmp_path / f"{name}.duckdb")
+        argv = ["eval", "--task", "sentiment", "--data", str(table), "--search-size", "6", "--test-size", "8",
+                "--steps", "12", "--seeds", seeds, "--db", db, "--out", str(tmp_path / f"{name}.html"), *more]
+        assert eval_cli.run(parser.parse_args(argv), backend=FakeLM(strength=6)) == 0
+        return db
+
+    together, first, second = evaluate_into("both", "0,1"), evaluate_into("s0", "0,"), evaluate_into("s1", "1,")
+    capsys.readouterr()
+    assert evals_cli.run(parser.parse_args(["evals", "--db", together, "--eval", "1"])) == 0
+    whole = capsys.readouterr().out
+    assert evals_cli.run(parser.parse_args(["evals", "--combine", first, second])) == 0
+    pooled = capsys.readouterr().out
+    assert "2 evaluations from 2 files" in pooled and "seeds [0, 1]" in pooled
+    assert pooled.split("label table", 1)[1] == whole.split("label table", 1)[1]  # the same tables, line for line
+
+    other = evaluate_into("other", "2,", "--alpha", "3")
+    for files, said in (([first, other], f"{other} evaluation 1 differs from {first} evaluation 1 in search"),
+                        ([first, together], f"{together} evaluation 1: icm (labels table) seed 0 is also in {first}")):
+        with pytest.raises(SystemExit) as refused:
+            evals_cli.run(parser.parse_args(["evals", "--combine", *files]))
+        assert str(refused.value).startswith(said)
+    with pytest.raises(StoreError, match="typo.duckdb: no such database"):  # the entry point prints it in one line
+        evals_cli.run(parser.parse_args(["evals", "--combine", first, str(tmp_path / "typo.duckdb")]))
+    assert not (tmp_path / "typo.duckdb").exists()
 
 
 def test_cli_rejects_unknown_methods():
