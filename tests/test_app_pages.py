@@ -65,7 +65,7 @@ def test_data_page_loads_a_bundled_sample_with_a_limit(manager):
     assert not at.exception and not at.error
     assert "Loaded dataset #1" in at.success[0].value
     stored = manager.store.datasets()
-    assert stored["n_examples"].tolist() == [10]  # 5 sentences, two claims each
+    assert stored["n_examples"].tolist() == [5]  # 5 sentences, one claim each: the sample opens as single claims
     assert stored["has_gold"].tolist() == [True]
 
 

@@ -186,7 +186,14 @@ def test_load_run_watch_pin_and_export(studio, shots):
         snap(page, shots / "00_home_empty.png")
         go_to(page, "Data")
 
-        # Data: a bundled sample, a few sentences of it
+        # Data: a bundled sample, a few sentences of it, as complementary claims (two a sentence,
+        # so the run has consistency groups); the sample opens as single claims
+        page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("Task", exact=True)).wait_for()
+        settle(page)
+        assert picked(page, "Task") == "sentiment_single", picked(page, "Task")
+        choose(page, "Task", "sentiment")
+        settle(page)
+        page.get_by_text(re.compile("rule complementary: exactly one holds")).wait_for()  # the task's description
         fill_number(page, "Use the first N groups (sentences, questions, pairs); 0 = all", SAMPLE_LIMIT)
         settle(page)
         page.get_by_role("button", name="Load sample").click()

@@ -26,7 +26,7 @@ def tiny_dirs(tmp_path_factory):
 def sentiment():
     from icm_engine.data.datasets import load_sample
 
-    return load_sample("sentiment_yelp")
+    return load_sample("sentiment_yelp", task="sentiment")
 
 
 def _step_sets(rng):

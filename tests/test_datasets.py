@@ -230,18 +230,21 @@ def test_uploaded_sentences_expand_for_the_complementary_task():
 
 
 def test_samples_load_and_match_their_tasks():
-    sizes = {"sentiment_yelp": (400, 200), "truthfulqa": (256, 64), "gsm8k_verification": (192, 48),
+    sizes = {"sentiment_yelp": (200, 200), "truthfulqa": (256, 64), "gsm8k_verification": (192, 48),
              "hh_rlhf_harmless": (128, 64)}
     assert ds.list_samples() == sorted(sizes)
     for name, (examples, groups) in sizes.items():
         data = ds.load_sample(name)
-        assert data.task.name == ds.SAMPLES[name][1] and (len(data), len(_groups(data))) == (examples, groups)
+        group_count = len(_groups(data)) if data.task.group_field else len(data)  # ungrouped: each its own group
+        assert data.task.name == ds.SAMPLES[name][1] and (len(data), group_count) == (examples, groups)
         assert data.attribution and (ds.SAMPLE_DIR / ds.SAMPLES[name][0]).stat().st_size < 300_000
         if data.task.rule != "none":
             assert ConsistencyIndex(data.task.rule, data.examples).inconsistent_pairs(data.gold) == []
         _assert_neutral(data)
-    single = ds.load_sample("sentiment_yelp", task="sentiment_single")
-    assert len(single) == 200 and sum(single.gold.values()) == 100
+    assert sum(ds.load_sample("sentiment_yelp").gold.values()) == 100
+    claims = ds.load_sample("sentiment_yelp", task="sentiment")  # two complementary claims a sentence
+    assert (len(claims), len(_groups(claims)), sum(claims.gold.values())) == (400, 200, 200)
+    assert ConsistencyIndex(claims.task.rule, claims.examples).inconsistent_pairs(claims.gold) == []
     for license_file in ("gsm8k_verification.LICENSE", "hh_rlhf_harmless.LICENSE", "README.md"):
         assert (ds.SAMPLE_DIR / license_file).is_file()
 

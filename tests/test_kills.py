@@ -38,8 +38,10 @@ def tiny_model(tmp_path_factory):
 
 
 def _command(db: Path, model: Path, resume: bool, replay: bool = False) -> list[str]:
-    start = ["--resume", "1", *(["--replay"] if replay else [])] if resume else ["--data", "sample:sentiment_yelp", "--limit", "8", "--steps", "40",
-                                             "--seed", "5", "--k-init", "4", "--stop", "steps", "--alpha", "5"]
+    # complementary claims, so that consistency fixes happen between kills
+    fresh = ["--data", "sample:sentiment_yelp", "--task", "sentiment", "--limit", "8", "--steps", "40",
+             "--seed", "5", "--k-init", "4", "--stop", "steps", "--alpha", "5"]
+    start = ["--resume", "1", *(["--replay"] if replay else [])] if resume else fresh
     return [sys.executable, "-m", "icm_engine.cli", "run", *start, "--db", str(db), "--model", str(model), "--print-steps"]
 
 

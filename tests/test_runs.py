@@ -111,7 +111,7 @@ def test_prompting_baselines_use_gold_demos_from_other_groups_only():
 def test_cli_finalize_labels_the_rest_and_resume_refuses_new_settings(tmp_path, tiny_model):
     db = tmp_path / "final.duckdb"
     started = subprocess.run(
-        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(db), "--model", str(tiny_model),
+        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "12", "--db", str(db), "--model", str(tiny_model),
              "--steps", "3", "--seed", "1", "--k-init", "2", "--stop", "steps", "--no-final-pass"),
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert started.returncode == 0, started.stderr[-2000:]
@@ -139,7 +139,7 @@ def test_cli_finalize_labels_the_rest_and_resume_refuses_new_settings(tmp_path, 
 def test_cli_resume_with_more_steps_continues_a_run_its_own_rule_had_stopped(tmp_path, tiny_model):
     db = tmp_path / "more.duckdb"
     first = subprocess.run(
-        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "3", "--db", str(db), "--model", str(tiny_model),
+        _icm("run", "--data", "sample:sentiment_yelp", "--limit", "6", "--db", str(db), "--model", str(tiny_model),
              "--seed", "1", "--k-init", "2", "--patience-sweeps", "0.5"),
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -25,7 +25,7 @@ def tiny_backend(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sentiment():
-    return load_sample("sentiment_yelp")
+    return load_sample("sentiment_yelp", task="sentiment")
 
 
 def _scorers(backend, dataset):

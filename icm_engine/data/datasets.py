@@ -282,8 +282,12 @@ def dataset_from_table(df: pd.DataFrame, task: Task | str, name="uploaded", sour
     )
 
 
-SAMPLES = {  # name -> (file, default task, attribution)
-    "sentiment_yelp": ("sentiment_yelp.csv", "sentiment", ATTRIBUTION["sentiment"]),
+# name -> (file, default task, attribution). The Yelp sample opens as single claims: the bundled
+# 270M model cannot read "This review is negative." in context (with gold demonstrations its
+# P(True) on those claims ranks the sentences backwards), so on complementary claims the search
+# lands on the right or the inverted labeling by seed; `task="sentiment"` still gives those.
+SAMPLES = {
+    "sentiment_yelp": ("sentiment_yelp.csv", "sentiment_single", ATTRIBUTION["sentiment"]),
     "truthfulqa": ("truthfulqa.jsonl", "truthfulqa", ATTRIBUTION["truthfulqa"]),
     "gsm8k_verification": ("gsm8k_verification.jsonl", "gsm8k_verification", ATTRIBUTION["gsm8k"]),
     "hh_rlhf_harmless": ("hh_rlhf_harmless.jsonl", "hh_rlhf_harmless", ATTRIBUTION["hh_rlhf"]),
@@ -295,7 +299,7 @@ def list_samples() -> list[str]:
 
 
 def load_sample(name: str, task: Task | str | None = None) -> LoadedDataset:
-    """A bundled sample, read like an upload; `task` may override (sentiment_yelp + sentiment_single)."""
+    """A bundled sample, read like an upload; `task` may override (sentiment_yelp + sentiment, two claims a sentence)."""
     if name not in SAMPLES:
         raise KeyError(f"unknown sample {name!r}; samples: {', '.join(list_samples())}")
     file, default_task, attribution = SAMPLES[name]
