@@ -57,7 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "results in the database and write a chart.",
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--task", default="sentiment", help=f"task name ({', '.join(DEFAULT_DATA)} or a custom one)")
+    # single claims by default, as the Yelp sample: the task the bundled model has something to find in
+    data.add_argument("--task", default="sentiment_single", help=f"task name, default %(default)s ({', '.join(DEFAULT_DATA)} or a custom one)")
     data.add_argument("--data", default=None, help="shared:NAME, sample:NAME or a CSV/JSONL/Parquet file with a gold column "
                                                    "(default: the task's shared data set)")
     data.add_argument("--search-size", type=int, default=32, help="groups (sentences, questions, pairs) in the search split")
