@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import pytest
 
 from icm_engine import cli
 from icm_engine.cli import app, options
+from icm_engine.store.database import Store
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_an_interrupted_export_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -87,9 +91,37 @@ def test_the_app_serves_localhost_only_when_started_outside_the_checkout(tmp_pat
         studio.wait(timeout=30)
 
 
+@pytest.mark.skipif(os.name != "posix" or not Path("/proc/net/tcp").exists(), reason="signals; reads /proc")
+def test_stopping_icm_app_with_sigterm_stops_the_server_and_frees_the_database(tmp_path):
+    """`icm app` started streamlit as a child: a SIGTERM to it left the server running, holding
+    the database's write lock, so every later `icm` command on that file was refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = tmp_path / "icm.duckdb"
+    studio = subprocess.Popen([sys.executable, "-m", "icm_engine.cli", "app", "--db", str(db), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not _listening(port) and time.time() < deadline and studio.poll() is None:
+            time.sleep(0.5)
+        assert _listening(port), "the app did not start listening"
+        studio.send_signal(signal.SIGTERM)
+        studio.wait(timeout=30)
+        deadline = time.time() + 10
+        while _listening(port) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _listening(port), "the server outlived `icm app`"
+    finally:
+        if studio.poll() is None:
+            studio.kill()
+    with Store(str(db)) as store:  # the write lock is free
+        assert store.runs() is not None
+
+
 def test_serving_beyond_localhost_warns(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(app.subprocess, "call", lambda command, **kw: calls.append(command) or 0)
+    monkeypatch.setattr(app, "serve", lambda command, env, cwd: calls.append(command) or 0)
     assert cli.main(["app", "--host", "0.0.0.0", "--port", "9999"]) == 0
     assert "there is no login" in capsys.readouterr().err
     assert calls[0][calls[0].index("--server.address") + 1] == "0.0.0.0"

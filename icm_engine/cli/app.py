@@ -29,7 +29,17 @@ def run(args) -> int:
     if args.host not in LOCAL_HOSTS:
         print(f"warning: serving ICM Studio on {args.host}:{args.port}: anyone who can reach it can start runs "
               f"and change the database (there is no login)", file=sys.stderr)
-    return subprocess.call(app_command(HOME, args.host, args.port), env=env, cwd=str(HOME.parent.parent))
+    return serve(app_command(HOME, args.host, args.port), env, str(HOME.parent.parent))
+
+
+def serve(command: list[str], env: dict, cwd: str) -> int:
+    """Run the server. On POSIX `icm app` becomes the server rather than its parent: a stop signal
+    sent to it (a service manager's SIGTERM, a kill) then stops the server itself, which holds the
+    database's write lock; a child left running would lock every later command out of the file."""
+    if os.name == "posix":
+        os.chdir(cwd)
+        os.execve(command[0], command, env)
+    return subprocess.call(command, env=env, cwd=cwd)
 
 
 def app_command(home: Path, host: str, port: int) -> list[str]:
