@@ -21,6 +21,7 @@ from icm_engine.data.base import LoadedDataset
 from icm_engine.evaluation.comparison_tables import (
     accuracy_figure, format_label_table, format_table, summarize, summarize_labels, table_rows, write_figure,
 )
+from icm_engine.evaluation.combine import comparable
 from icm_engine.evaluation.comparison import (
     DECISION_RULE, DEFAULT_METHODS, GOLD, ICM, LABEL_TABLE, NO_CONSISTENCY, PERTURBED, RANDOM_LABELS, SELF_LABELS,
     TEST_TABLE, ZERO_SHOT, ZERO_SHOT_LABELS, EvalConfig, all_methods, decide, evaluate, fit_demo_count,
@@ -414,6 +415,10 @@ def test_evals_combine_pools_seeds_run_apart_and_refuses_what_does_not_fit(tmp_p
     assert "2 evaluations from 2 files" in pooled and "seeds [0, 1]" in pooled
     assert pooled.split("label table", 1)[1] == whole.split("label table", 1)[1]  # the same tables, line for line
 
+    config = {"dataset": {"task": {"template": "{text}", "description": "old words"}}, "search": {"seed": 0}}
+    reworded = {"dataset": {"task": {"template": "{text}", "description": "new words"}}, "search": {"seed": 1}}
+    assert comparable(config) == comparable(reworded)  # a reworded description or another seed still pools
+    assert comparable(config) != comparable({**reworded, "dataset": {"task": {"template": "Review: {text}"}}})
     other = evaluate_into("other", "2,", "--alpha", "3")
     for files, said in (([first, other], f"{other} evaluation 1 differs from {first} evaluation 1 in search"),
                         ([first, together], f"{together} evaluation 1: icm (labels table) seed 0 is also in {first}")):

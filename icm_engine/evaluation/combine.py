@@ -31,7 +31,10 @@ def comparable(config: dict) -> dict:
     backend = config.get("backend") or {}
     view["model"] = backend.get("revision") or config.get("model")
     view["split"] = config.get("split")
-    view["dataset"] = {k: v for k, v in (config.get("dataset") or {}).items() if k != "source"}
+    dataset = {k: v for k, v in (config.get("dataset") or {}).items() if k != "source"}
+    if isinstance(dataset.get("task"), dict):  # a task's description is prose: reworded, it changes no number
+        dataset["task"] = {k: v for k, v in dataset["task"].items() if k != "description"}
+    view["dataset"] = dataset
     return view
 
 
