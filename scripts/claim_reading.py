@@ -18,8 +18,9 @@ import dataclasses
 import numpy as np
 
 from icm_engine.core.config import ModelConfig
-from icm_engine.core.scoring import Scorer, normalize
+from icm_engine.core.scoring import Scorer, normalize, predictability
 from icm_engine.data.datasets import load_any
+from icm_engine.evaluation.statistics import auroc
 from icm_engine.runs.models import load_model
 
 STANDARD = {"positive": "This review is positive.", "negative": "This review is negative."}
@@ -31,12 +32,6 @@ WORDINGS = {  # name -> (template, label words, claim texts); "task" is the sent
     "liked": ("Review: {text}\nClaim: {claim}\nI think this Claim is", (" False", " True"), LIKED),
     "question": ("{claim} Review: {text}\nTrue or false?", (" False", " True"), STANDARD),
 }
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """P(a true claim outscores a false one), ties half."""
-    high, low = scores[labels == 1][:, None], scores[labels == 0][None, :]
-    return float(np.mean((high > low) + 0.5 * (high == low)))
 
 
 def main() -> None:
@@ -61,9 +56,9 @@ def main() -> None:
         for labeling, labels in (("gold", gold), ("inverted", 1 - gold)):
             evaluation = scorer.evaluate(order, dict(enumerate(labels.tolist())))
             logp = normalize(np.stack([evaluation.raw[i] for i in order]), "centered")
-            chance = float(np.mean(logp[np.arange(len(labels)), labels] + np.log(2)))
+            chance = predictability(logp, labels, "chance") / len(labels)
             odds = logp[:, 1] - logp[:, 0]
-            ranks = ", ".join(f"{key} {auc(odds[keys == key], labels[keys == key]):.2f}" for key in ("positive", "negative"))
+            ranks = ", ".join(f"{key} {auroc(odds[keys == key], labels[keys == key]):.2f}" for key in ("positive", "negative"))
             parts.append(f"{labeling}: chance/centered per claim {chance:+.3f}, AUC {ranks}")
         print(f"{name:12s} {' | '.join(parts)}", flush=True)
 
