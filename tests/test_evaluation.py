@@ -483,3 +483,39 @@ def test_centered_decision_removes_a_constant_lean_and_rows_record_both_rules():
     with pytest.raises(ValueError):
         EvalConfig(task="x", data="y", decision="vote")
     assert EvalConfig(task="x", data="y", decision="argmax").decision_rule == DECISION_RULES["argmax"]
+
+
+class PolarityStates(FakeLM):
+    """The fake polarity model with hidden states at the label position: noise plus the review's
+    polarity along one direction, so a head can learn what the labels say."""
+
+    @property
+    def hidden_layer_count(self) -> int:
+        return 2
+
+    def hidden_states(self, prompts, layers):
+        import zlib
+
+        from icm_engine.backends.fake import polarity
+
+        direction = np.random.default_rng(0).normal(size=16)
+        rows = [np.random.default_rng(zlib.crc32(p[-1].encode())).normal(size=16) + 3 * np.sign(polarity(p[-1])) * direction
+                for p in prompts]
+        return np.repeat(np.asarray(rows, dtype=np.float32)[None], len(layers), axis=0)
+
+
+def test_the_finetuning_table_trains_on_each_methods_labels_and_tests_on_the_test_split(tmp_path, capsys):
+    from icm_engine.evaluation.comparison_tables import summarize_finetune
+    from icm_engine.evaluation.finetune_table import FINETUNE_TABLE
+
+    data = dataset(n=40, paired=False)
+    config = replace(CONFIG, task="polarity", search_size=16, test_size=20, seeds=(0, 1), finetune=("head",),
+                     methods=(ZERO_SHOT, GOLD, ICM, RANDOM_LABELS))
+    result = evaluate(data, PolarityStates(strength=0), config)  # no zero-shot reading: the head learns it all
+    tuned = table_rows(result.rows, FINETUNE_TABLE)
+    assert sorted(set(tuned["method"])) == [GOLD, ICM, RANDOM_LABELS] and set(tuned["learner"]) == {"head"}
+    assert len(tuned) == 3 * 2 and (tuned["n_train"] == 16).all() and (tuned["n_test"] == 20).all()
+    summary = summarize_finetune(result.rows).set_index("method")
+    # a third of the reviews read "good bad food" (no polarity): the ceiling is about 0.83
+    assert summary.loc[GOLD, "mean"] >= 0.75 and summary.loc[GOLD, "mean"] > summary.loc[RANDOM_LABELS, "mean"] + 0.1
+    assert all(len(curve) >= 1 for curve in tuned["loss_curve"])

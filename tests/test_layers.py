@@ -3,7 +3,9 @@
 icm_engine's packages by floor (README, "Layout"): core and backends at the bottom (core reads a
 model only through the interface in backends/base.py; backends imports nothing else of the
 engine), data and store above them, runs above those, evaluation above runs, cli on top, and
-the studio (app/) above the whole engine. A module may import its own package and any lower
+the studio (app/) above the whole engine. learners (fine-tuning) sits beside data and store:
+it trains on what core and backends give it, and core's scalable search reaches it only through
+the FoldLearner protocol that runs/ fills in. A module may import its own package and any lower
 floor. Every import counts, those inside functions and under TYPE_CHECKING too: a lazy import is
 a dependency all the same.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "icm_engine"
-FLOORS = {"core": 0, "backends": 0, "data": 1, "store": 1, "runs": 2, "evaluation": 3, "cli": 4}
+FLOORS = {"core": 0, "backends": 0, "data": 1, "store": 1, "learners": 1, "runs": 2, "evaluation": 3, "cli": 4}
 # Imports across one floor, each with its reason.
 SIDEWAYS = {("core", "icm_engine.backends.base")}  # the interface the scorer asks a model through
 

@@ -7,7 +7,7 @@ import pytest
 from icm_engine.backends.fake import FakeLM
 from icm_engine.cli.entry import main
 from icm_engine.core.config import RunConfig, SearchConfig
-from icm_engine.core.search import set_param_arguments
+from icm_engine.core.steering import set_param_arguments
 from icm_engine.runs.replay import ReplayDiverged, replay
 from icm_engine.runs.runner import advance, create_run, extend, open_search, record_steering
 from icm_engine.store.database import Store
@@ -60,7 +60,7 @@ def test_other_scores_are_measured_and_other_decisions_named():
 
 
 def test_set_param_notes_read_back_exactly():
-    from icm_engine.core.search import _exact
+    from icm_engine.core.steering import _exact
 
     for value in (5.0, 0.1, 1 / 3, 1e-12, 123456789.125):
         assert float(_exact(value)) == value

@@ -1,4 +1,4 @@
-"""One declared settings surface: every field of a run's config (SearchConfig, ModelConfig) is
+"""One declared settings surface: every field of a run's config (SearchConfig, ModelConfig, LearnerConfig) is
 offered by a CLI flag of `icm run` or a widget of the studio's Run form, both built from the
 field's declaration (core/settings.py) and checked against it here, or is exempt with a reason."""
 from __future__ import annotations
@@ -9,12 +9,12 @@ import pytest
 
 from app.pages.run import widget_key
 from icm_engine.cli.entry import build_parser
-from icm_engine.core.config import ModelConfig, SearchConfig
+from icm_engine.core.config import LearnerConfig, ModelConfig, SearchConfig
 from icm_engine.core.settings import settings
 from tests.conftest import add_polarity_dataset
 from tests.test_app_pages import open_page
 
-CONFIGS = (SearchConfig, ModelConfig)
+CONFIGS = (SearchConfig, ModelConfig, LearnerConfig)
 DECLARED = [(config, s) for config in CONFIGS for s in settings(config)]
 
 
@@ -62,7 +62,7 @@ def test_flags_are_built_from_the_declarations():
             assert isinstance(action, argparse.BooleanOptionalAction), s.name
         else:
             assert action.type is s.kind, s.name
-        if config is ModelConfig:  # model flags default to the declaration; search flags to the preset
+        if config in (ModelConfig, LearnerConfig):  # model and learner flags default to the declaration; search flags to the preset
             assert action.default == s.default, s.name
 
 

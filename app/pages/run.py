@@ -10,7 +10,7 @@ from dataclasses import replace
 import streamlit as st
 
 from icm_engine.backends.server_protocol import make_server_spec
-from icm_engine.core.config import DEFAULT_MODEL, PRESETS, ModelConfig, RunConfig, SearchConfig, preset
+from icm_engine.core.config import DEFAULT_MODEL, PRESETS, LearnerConfig, ModelConfig, RunConfig, SearchConfig, preset
 from icm_engine.core.settings import Setting, settings
 from icm_engine.runs.manager import RunManager
 from icm_engine.runs.models import list_bundled_models
@@ -26,7 +26,8 @@ SETTLE_S = 0.3  # after Pause or Stop, wait this long for the step in flight so 
 
 # Where each search setting sits on the form, by row. A setting placed nowhere still gets its
 # widget, in the last row of the expander, so adding one to SearchConfig needs no change here.
-MAIN_ROWS = (("objective", "calibration", "alpha", "seed"), ("stop", "steps", "patience_sweeps", "final_pass"))
+MAIN_ROWS = (("algorithm", "folds"), ("objective", "calibration", "alpha", "seed"),
+             ("stop", "steps", "patience_sweeps", "final_pass"))
 MORE_ROWS = (("clock", "t0", "t_min", "beta"), ("k_init", "balanced_init", "group_weight", "max_fix_iters"),
              ("scorer", "use_consistency"))
 
@@ -135,6 +136,18 @@ def _search_config() -> SearchConfig:
     return replace(base, **{s.name: _typed(s, st.session_state[widget_key(s)]) for s in offered.values()})
 
 
+def _learner_config() -> LearnerConfig:
+    """The learner's widgets, from LearnerConfig's declarations: what scores each fold of a scalable run."""
+    declared = settings(LearnerConfig)
+    for s in declared:
+        st.session_state.setdefault(widget_key(s), s.default)
+    with st.expander("Learner (scalable algorithm: what is fit on the other folds to score each fold)"):
+        for k in range(0, len(declared), 4):
+            for col, s in zip(st.columns(4), declared[k:k + 4]):
+                _widget(col, s)
+    return LearnerConfig(**{s.name: _typed(s, st.session_state[widget_key(s)]) for s in declared})
+
+
 def _start_form(manager: RunManager) -> None:
     stored = services.datasets(manager)
     if not len(stored):
@@ -151,6 +164,7 @@ def _start_form(manager: RunManager) -> None:
         name = st.text_input("Run name (optional)", key="run.name")
         model = _model_config()
         search = _search_config()
+        learner = _learner_config()
         submitted = st.form_submit_button("Start", type="primary")
     if submitted:
         if not model.name:
@@ -159,7 +173,7 @@ def _start_form(manager: RunManager) -> None:
         try:
             config = RunConfig(task=tasks[dataset_id],
                                dataset=str(rows[dataset_id]["source"] or rows[dataset_id]["name"]),
-                               search=search, model=model)
+                               search=search, model=model, learner=learner)
             run_id = manager.start_run(dataset_id, config, name=name)
         except (ValueError, KeyError) as error:
             st.error(f"Could not start: {error}")

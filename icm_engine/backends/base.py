@@ -100,6 +100,13 @@ class LanguageModel(ABC):
         embeddings). Backends without access to activations raise HiddenStatesUnavailable."""
         raise HiddenStatesUnavailable(f"{self.name} ({type(self).__name__}) gives no hidden states")
 
+    def read_label_position(self, prompts: Sequence[tuple[str, ...]], layers: Sequence[int],
+                            label_words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """What a head learner reads of each prompt: (hidden_states(prompts, layers), label scores [n, n_labels]
+        whose differences are the label log-odds: label_logprobs here; a backend that takes both from one
+        forward pass may leave out each row's normalizer, which the log-odds do not need)."""
+        return self.hidden_states(prompts, layers), self.label_logprobs([LabelQuery(tuple(p), label_words) for p in prompts])
+
     def naive(self) -> "LanguageModel":
         """The reference view of this model: one independent forward per prompt, nothing cached."""
         return self

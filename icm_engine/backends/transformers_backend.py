@@ -279,6 +279,30 @@ class TransformersLM(LanguageModel):
                 begin = end
         return out
 
+    def read_label_position(self, prompts: Sequence[tuple[str, ...]], layers: Sequence[int],
+                            label_words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """hidden_states and the label words' logits from the same forward: the last block's state (after
+        the final norm) times the head's rows for the label tokens (softcapped as the model does). The
+        vocabulary normalizer is left out (it cancels in the log-odds): on CPU projecting 1,000 prompts
+        onto Gemma 3's 262k-token vocabulary costs more than the forward itself."""
+        count = self.hidden_layer_count
+        with self._lock:
+            if self._deferred_head_ok is None:
+                self._deferred_head_ok = self._probe_deferred_head()
+            head = self.model.get_output_embeddings()
+            if not self._deferred_head_ok or not hasattr(head, "weight"):
+                return super().read_label_position(prompts, layers, label_words)
+            states = self.hidden_states(prompts, [*layers, count])
+            ids = torch.as_tensor(self.label_token_ids(tuple(label_words)), device=self.device)
+            with torch.inference_mode():
+                rows = head.weight[ids].float()
+                final = torch.from_numpy(states[-1]).to(self.device)
+                logits = final @ rows.T + (head.bias[ids].float() if getattr(head, "bias", None) is not None else 0.0)
+                softcap = getattr(self._text_config, "final_logit_softcapping", None)
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+        return states[:-1], logits.double().cpu().numpy()
+
     # ----- tokens -----
 
     @property

@@ -9,12 +9,13 @@ import argparse
 import os
 import sys
 
-from . import app, bench, eval, evals, export, finalize, models, replay, report, run, runs, trust
+from . import app, bench, eval, evals, export, finalize, finetune, models, predict, replay, report, run, runs, trust
 from .options import apply_server_options
 
 # In the order `icm --help` lists them.
-COMMANDS = {"run": run, "export": export, "finalize": finalize, "replay": replay, "runs": runs, "report": report, "trust": trust,
-            "models": models, "bench": bench, "eval": eval, "evals": evals, "app": app}
+COMMANDS = {"run": run, "export": export, "finetune": finetune, "predict": predict, "finalize": finalize, "replay": replay,
+            "runs": runs, "report": report, "trust": trust, "models": models, "bench": bench, "eval": eval, "evals": evals,
+            "app": app}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,10 @@ import argparse
 import time
 from pathlib import Path
 
-from .options import add_db_option, add_model_options, add_setting_flag, load_backend, model_config, search_setting
+from .options import (
+    add_db_option, add_learner_options, add_model_options, add_setting_flag, learner_config, load_backend, model_config,
+    search_setting,
+)
 # The shared data set behind each built-in task (see ../shared/data/README.md).
 DEFAULT_DATA = {
     "truthfulqa": "shared:truthfulqa",
@@ -31,6 +34,15 @@ def _seeds(text: str) -> tuple[int, ...]:
     if count < 1:
         raise argparse.ArgumentTypeError("--seeds must be at least 1")
     return tuple(range(count))
+
+
+def _learners(text: str) -> tuple[str, ...]:
+    from ..core.config import LEARNERS
+
+    learners = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not learners or set(learners) - set(LEARNERS):
+        raise argparse.ArgumentTypeError(f"learners are {', '.join(LEARNERS)}; got {text!r}")
+    return learners
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -81,6 +93,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     add_model_options(parser)
 
+    method.add_argument("--finetune", type=_learners, default=(),
+                        help="also fine-tune on each method's labels and test the result: a comma list of learners "
+                             "(head, lora); the fine-tuning table")
+    add_learner_options(parser, "learner settings (with --finetune)", skip=("learner",))
     output = parser.add_argument_group("output")
     add_db_option(output)
     output.add_argument("--out", default=None, help="chart path (.html, plus .png when kaleido is installed; default runs/eval_<id>.html)")
@@ -97,14 +113,17 @@ def config_from_args(args):
         test_size=args.test_size, size_unit=args.size_unit, split_seed=args.split_seed, seeds=tuple(args.seeds),
         steps=args.steps, max_demos=args.max_demos, methods=tuple(args.methods), self_label_rounds=args.self_label_rounds,
         search=SearchConfig(alpha=args.alpha, scorer=args.scorer), decision=args.decision,
-        model=model_config(args),
+        model=model_config(args), finetune=tuple(args.finetune), learner=learner_config(args),
     )
 
 
 def run(args, backend=None) -> int:
     """Execute `icm eval`; `backend` replaces loading --model (tests pass a fake one)."""
     from ..data.datasets import load_any
-    from ..evaluation.comparison_tables import accuracy_figure, format_label_table, format_table, summarize, summarize_labels, write_figure
+    from ..evaluation.comparison_tables import (
+        accuracy_figure, format_finetune_table, format_label_table, format_table, summarize, summarize_finetune,
+        summarize_labels, write_figure,
+    )
     from ..evaluation.comparison import evaluate
     from ..store.database import Store
 
@@ -144,6 +163,12 @@ def run(args, backend=None) -> int:
     print(f"test table: many-shot prompting with {result.config['n_demos']} demonstrations from the search split "
           f"(the same examples in every row of a seed), both decision rules")
     print(format_table(summarize(result.rows)))
+    tuned = summarize_finetune(result.rows)
+    if len(tuned):
+        print()
+        print(f"fine-tuning table: the model fine-tuned on the search split under each method's labels, tested on the "
+              f"test split ({len(result.split.test)} examples; learner per row, mean ± std over seeds)")
+        print(format_finetune_table(tuned))
     print()
     print(f"evaluation {eval_id} ({name}) saved to {args.db}")
     print(f"data: {dataset.name}; split by group: {len(result.split.search)} search examples (gold hidden from the search), "

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..backends.server_protocol import ENGINE_PREFIXES, make_server_spec
-from ..core.config import PRESETS, ModelConfig, SearchConfig, preset
+from ..core.config import PRESETS, LearnerConfig, ModelConfig, SearchConfig, preset
 from ..core.settings import Setting, settings
 from ..store.location import default_db
 
@@ -70,6 +70,22 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="which engine serves (default openai: ask the server)")
     server.add_argument("--server-concurrency", type=int, default=None, metavar="N",
                         help="requests in flight (default 16; 1 for llama-cpp-python, which runs one at a time)")
+
+
+def add_learner_options(parser: argparse.ArgumentParser, title: str, skip: tuple[str, ...] = ()) -> None:
+    """One flag per LearnerConfig field (what fine-tunes: `icm finetune`, a scalable run's fold scorer)."""
+    group = parser.add_argument_group(title)
+    for s in settings(LearnerConfig):
+        if s.name not in skip:
+            add_setting_flag(group, s, s.default, f"{s.help} (default {s.default})")
+
+
+def learner_config(args) -> LearnerConfig:
+    try:
+        return LearnerConfig(**{s.name: getattr(args, s.option) for s in settings(LearnerConfig)
+                                if hasattr(args, s.option)})
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"icm: {error}") from None
 
 
 def model_config(args) -> ModelConfig:

@@ -8,8 +8,8 @@ from pathlib import Path
 from ..core.config import ModelConfig
 from ..core.settings import settings
 from .options import (
-    add_db_option, add_model_options, add_search_options, given_search_settings, load_backend, model_config,
-    read_dataset, search_config,
+    add_db_option, add_learner_options, add_model_options, add_search_options, given_search_settings, learner_config,
+    load_backend, model_config, read_dataset, search_config,
 )
 
 DEFAULT_DATA = "sample:sentiment_yelp"
@@ -28,6 +28,7 @@ def add_parser(subparsers) -> None:
                           "that the scores after the restart are bit-identical to an uninterrupted run's")
     run.add_argument("--print-steps", action="store_true", help="print one JSON line per committed step on stdout (for scripts)")
     add_search_options(run)
+    add_learner_options(run, "learner (with --algorithm scalable: what scores each fold)")
     add_model_options(run)
 
 
@@ -72,22 +73,23 @@ def run(args) -> int:
         else:
             loaded = read_dataset(args.data, args.task, args.limit)  # bad data fails before the slow model load
             config = RunConfig(task=loaded.task.name, dataset=args.data, search=search_config(args),
-                               model=model_config(args))
+                               model=model_config(args), learner=learner_config(args))
         backend = load_backend(config.model)
         if args.resume is None:  # stored only now: a model that fails to load leaves no orphaned dataset
-            _check_fits(backend, loaded, config, args.data)
+            if config.search.algorithm == "icl":  # a scalable run holds one example per prompt
+                _check_fits(backend, loaded, config, args.data)
             dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
         steps = args.steps if args.resume is not None else None
         if args.replay:
             search = replay_with_progress(store, run_id, backend, steps)
         else:
-            search = open_search(store, run_id, backend, steps=steps)
+            search = open_search(store, run_id, backend, steps=steps, progress=_prepare_progress())
         if args.resume is not None and args.steps is not None and search.stopped and args.steps > search.iteration:
             # the run had stopped by its own rule: --steps asks for more, so continue to that total
             extend(store, run_id, search, args.steps - search.iteration)
         total = search.config.steps + 1  # the cap: a run that stops by "labeled" ends sooner
-        print(f"run {run_id}: {len(search.scorer.examples)} examples, task {config.task}, model {backend.name}, db {args.db}")
+        print(f"run {run_id}: {search.n_examples} examples, task {config.task}, model {backend.name}, db {args.db}")
         with tqdm(total=total, initial=search.iteration + 1, unit="step", dynamic_ncols=True) as bar:
             def on_step(record):
                 if args.print_steps:
@@ -102,6 +104,22 @@ def run(args) -> int:
         if agreement and agreement["accuracy"] is not None:
             print(f"audit only (gold never used by the search): agreement with gold {agreement['accuracy']:.3f} on {agreement['n']} labeled")
     return 0
+
+
+def _prepare_progress():
+    """A bar for what a scalable run reads before its first step (hidden states of every example)."""
+    from tqdm import tqdm
+
+    bars = {}
+
+    def show(done: int, total: int, what: str) -> None:
+        bar = bars.get(what)
+        if bar is None:
+            bar = bars[what] = tqdm(total=total, desc=what, unit="example", dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return show
 
 
 def replay_with_progress(store, run_id: int, backend, steps: int | None = None):

@@ -38,6 +38,9 @@ CLOCKS = ("iteration", "accepted")
 # labeled and `patience_sweeps` sweeps (sweep = one step per such example) passed without an
 # accepted change, `steps` still capping it.
 STOPS = ("steps", "labeled")
+# How mutual predictability is measured: "icl" (Algorithm 1: in context, every other label as a
+# demonstration) or "scalable" (Algorithm 3, appendix G: a learner fine-tuned on the other folds).
+ALGORITHMS = ("icl", "scalable")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,12 @@ class SearchConfig:
                                      "ConsistencyFix", label="Final pass")
     balanced_init: bool = setting(False, "split the K initial labels evenly between the two labels",
                                   label="Balanced initial labels")
+    algorithm: str = setting("icl", "icl: Algorithm 1, predictability in context (one context window); scalable: "
+                                    "Algorithm 3, predictability by a learner fit on the other folds (any size)",
+                             label="Algorithm", choices=ALGORITHMS,
+                             choice_names={"icl": "in-context (Algorithm 1)", "scalable": "scalable (Algorithm 3)"})
+    folds: int = setting(5, "scalable: folds F; each fold is relabeled by a learner fit on the others",
+                         label="Folds (scalable)", low=2, high=100)
 
     def __post_init__(self) -> None:
         for name, allowed in SEARCH_CHOICES.items():
@@ -100,6 +109,8 @@ class SearchConfig:
                 raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.k_init < 1:
             raise ValueError("k_init must be at least 1")
+        if self.folds < 2:
+            raise ValueError("folds must be at least 2")
         if self.steps < 0 or self.max_fix_iters < 0 or self.seed < 0:
             raise ValueError("steps, max_fix_iters and seed must be >= 0")
 
@@ -153,12 +164,47 @@ class ModelConfig:
                                       kind=int, low=0, high=1_000_000)
 
 
+LEARNERS = ("head", "lora")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """What fine-tunes on labels: `icm finetune` and the scalable search's fold scoring.
+
+    head: a logistic head on the frozen model's hidden state at the label position, added to the
+    model's own zero-shot log-odds (so it starts as the model's reading and moves from it at an L2
+    cost); lora: LoRA adapters on every linear layer (peft), trained by TRL's SFTTrainer on
+    prompt/completion pairs, with the paper's 70B settings (rank 16, lr 5e-5, 3 epochs).
+    """
+
+    learner: str = setting("head", "head: logistic head on frozen hidden states (seconds on CPU); lora: LoRA "
+                                    "adapters through TRL (minutes on CPU)", label="Learner", choices=LEARNERS)
+    layer: int = setting(-1, "head: the block whose output it reads (-1: the last, after the final norm)",
+                         label="Head layer (-1 = last)", low=-1, high=1000, flag="--head-layer")
+    l2: float = setting(1.0, "head: L2 penalty on its weights over standardized features (per example)",
+                        label="Head L2", low=0.0, high=1e6, flag="--head-l2")
+    lora_rank: int = setting(16, "lora: adapter rank r (the paper's 70B runs: 16)", label="LoRA rank", low=1, high=1024)
+    lora_alpha: float = setting(32.0, "lora: adapter scale alpha (update scaled by alpha / r)", label="LoRA alpha",
+                                low=0.0, high=1e4)
+    learning_rate: float = setting(5e-5, "lora: learning rate (the paper's LoRA runs: 5e-5)", label="Learning rate",
+                                   low=1e-8, high=1.0, form_format="%.1e")
+    epochs: float = setting(3.0, "lora: passes over the labels (the paper: 3)", label="Epochs", low=0.01, high=100.0)
+    batch_size: int = setting(8, "lora: examples per optimizer step", label="Batch size", low=1, high=4096)
+
+    def __post_init__(self) -> None:
+        if self.learner not in LEARNERS:
+            raise ValueError(f"learner must be one of {LEARNERS}, got {self.learner!r}")
+        if self.l2 < 0 or self.lora_rank < 1 or self.learning_rate <= 0 or self.epochs <= 0 or self.batch_size < 1:
+            raise ValueError("l2 must be >= 0; lora_rank, batch_size >= 1; learning_rate and epochs > 0")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     task: str
     dataset: str
     search: SearchConfig = field(default_factory=SearchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # the scalable search's fold scorer
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -173,4 +219,5 @@ class RunConfig:
             dataset=data["dataset"],
             search=SearchConfig(**data.get("search", {})),
             model=ModelConfig(**data.get("model", {})),
+            learner=LearnerConfig(**data.get("learner", {})),
         )

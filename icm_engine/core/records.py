@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-# Why a label changed: the search's random initialization, an accepted proposal, a consistency
-# fix (Algorithm 2) inside an accepted step, the final pass that labels what the search left
-# (argmax given the final D), or a person steering the run.
-FLIP_CAUSES = ("initial", "proposal", "fix", "final_pass", "human")
+# Why a label changed: the search's initialization, an accepted proposal, a consistency fix
+# (Algorithm 2, or Algorithm 4 in a scalable run) inside an accepted step, the final pass that
+# labels what the search left (argmax given the final D), a person steering the run, or (scalable
+# ICM, Algorithm 3) a fold relabeled by a model fit on the other folds.
+FLIP_CAUSES = ("initial", "proposal", "fix", "final_pass", "human", "fold")
 
 # Kinds of events: the search's own iterations, its final pass, and steering actions taken by a
 # person (an extension of the step budget is recorded as set_param). The one list of them.
-SEARCH_KINDS = ("init", "propose")
+SEARCH_KINDS = ("init", "propose", "fold")  # fold: one step of scalable ICM (core/scalable.py)
 STEERING_KINDS = ("pin", "unpin", "exclude", "include", "set_param")
 EVENT_KINDS = (*SEARCH_KINDS, "final_pass", *STEERING_KINDS)
 

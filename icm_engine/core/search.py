@@ -7,7 +7,6 @@ object never reads gold labels: it is only ever given the examples' inputs.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import replace
 from typing import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from .config import SearchConfig
 from .records import Fix, Flip, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from .scoring import Evaluation, Scorer, normalize
+from .steering import Steering
 from .tasks import consistent_options
 
 ACCEPTED_CLOCK_DECAY = 2.0  # the released code's T = T0 / (1 + 2 log(1 + accepted flips))
@@ -39,7 +39,7 @@ def acceptance_probability(delta: float, temp: float) -> float:
     return math.exp(max(delta / temp, -745.0))
 
 
-class Search:
+class Search(Steering):
     """One ICM run over `examples`, scored by `scorer`; see the module docstring."""
 
     def __init__(self, scorer: Scorer, config: SearchConfig, snapshot: SearchSnapshot | None = None) -> None:
@@ -363,74 +363,10 @@ class Search:
             if before[i] != labels[i].label
         ]
 
-    # steering (a person's actions; each becomes an event) ---------------------------------
-    def _pinned(self, example: int) -> bool:
-        return example in self.labels and self.labels[example].pinned
-
-    def pin(self, example: int, label: int) -> StepRecord:
-        """A person's override: set the label and forbid the search to change it."""
-        if example in self.excluded:
-            raise ValueError(f"example {example} is excluded; include it before pinning")
-        old = self.labels[example].label if example in self.labels else None
-        if example in self.labels:
-            self.labels[example].label, self.labels[example].pinned = int(label), True
-        else:
-            self.labels[example] = LabelState(label=int(label), position=self.next_position, pinned=True)
-            self.next_position += 1
-        flips = [Flip(example, old, int(label), "human")] if old != label else []
-        return self._steer("pin", example, old, int(label), flips, dirty=old != label)
-
-    def unpin(self, example: int) -> StepRecord:
-        if example in self.labels:
-            self.labels[example].pinned = False
-        return self._steer("unpin", example, None, None, [], dirty=False)
-
-    def exclude(self, example: int) -> StepRecord:
-        """Take an example out of the search: it is unlabeled and never proposed again."""
-        old = self.labels.pop(example).label if example in self.labels else None
-        self.excluded.add(example)
-        flips = [Flip(example, old, None, "human")] if old is not None else []
-        return self._steer("exclude", example, old, None, flips, dirty=old is not None)
-
-    def include(self, example: int) -> StepRecord:
-        self.excluded.discard(example)
-        return self._steer("include", example, None, None, [], dirty=False)
-
-    def set_params(self, alpha: float | None = None, t0: float | None = None) -> StepRecord:
-        notes = []
-        if alpha is not None:
-            self.alpha = float(alpha)
-            notes.append(f"alpha={_exact(self.alpha)}")
-        if t0 is not None:
-            if t0 <= 0:
-                raise ValueError("t0 must be positive")
-            self.t0 = float(t0)
-            notes.append(f"t0={_exact(self.t0)}")
-        record = self._steer("set_param", None, None, None, [], dirty=False)
-        record.note = ", ".join(notes)
-        return record
-
-    def extend(self, steps: int) -> StepRecord:
-        """Run `steps` more iterations whatever the stopping rule says (a finished run continued)."""
-        if steps < 1:
-            raise ValueError("steps must be at least 1")
-        until = max(self.iteration, 0) + int(steps)
-        self.progress.extended_until = until
-        self.config = replace(self.config, steps=max(self.config.steps, until))
-        record = self._steer("set_param", None, None, None, [], dirty=False)
-        record.note = f"steps={self.config.steps} (extended by {int(steps)})"
-        return record
-
-    def _steer(self, kind: str, example, old, new, flips, dirty: bool) -> StepRecord:
-        if dirty:
-            self.progress.last_change = max(self.iteration, 0)
-            self._current = None  # scored lazily at the next step, so steering answers at once
-            for state in self.labels.values():
-                state.logp = None
-        return StepRecord(
-            iteration=max(self.iteration, 0), kind=kind, example=example, old_label=old, proposed_label=new,
-            accepted=True, flips=flips, labeled_count=len(self.labels),
-        )
+    def _invalidate_scores(self) -> None:
+        self._current = None  # scored lazily at the next step, so steering answers at once
+        for state in self.labels.values():
+            state.logp = None
 
     # bookkeeping ---------------------------------------------------------------------------
     def _backend_stats(self):
@@ -446,22 +382,3 @@ class Search:
             record.ap_after = self.alpha * self._current.predictability
             record.i_after = self._current.inconsistencies
         return record
-
-
-def _exact(value: float) -> str:
-    """A float as short as it reads and exactly as it is: a replay sets the very same value."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
-
-
-def set_param_arguments(note: str) -> tuple[str, dict]:
-    """What a "set_param" event did, read back from its note (written by set_params or extend):
-    ("extend", {"steps": n}) or ("set_params", {"alpha": a, "t0": t}) with the values given."""
-    extended = re.fullmatch(r"steps=\d+ \(extended by (\d+)\)", note)
-    if extended:
-        return "extend", {"steps": int(extended.group(1))}
-    parts = [part for part in note.split(", ") if part]
-    values = dict(part.split("=", 1) for part in parts if "=" in part)
-    if len(values) != len(parts) or set(values) - {"alpha", "t0"}:
-        raise ValueError(f"not a set_param note: {note!r}")
-    return "set_params", {name: float(value) for name, value in values.items()}

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends.base import LanguageModel
-from ..core.config import CALIBRATIONS, OBJECTIVES, PRESETS, ModelConfig, RunConfig, SearchConfig
+from ..core.config import CALIBRATIONS, LEARNERS, OBJECTIVES, PRESETS, LearnerConfig, ModelConfig, RunConfig, SearchConfig
 from ..core.prompts import demo_prefix
 from ..core.scoring import ContextOverflowError
 from ..core.search import Search
@@ -110,6 +110,8 @@ class EvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     decision: str = DEFAULT_DECISION  # a key of DECISION_RULES
     decision_rule: str = ""  # its text, filled in from `decision`
+    finetune: tuple[str, ...] = ()  # learners of the fine-tuning table (finetune_table.py); none: no such table
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # their settings (the learner field is per row)
 
     def __post_init__(self) -> None:
         if self.decision not in DECISION_RULES:
@@ -130,6 +132,8 @@ class EvalConfig:
             raise ValueError("steps must be non-negative")
         if self.self_label_rounds < 1:
             raise ValueError("self_label_rounds must be at least 1")
+        if set(self.finetune) - set(LEARNERS):
+            raise ValueError(f"finetune learners must be among {LEARNERS}, got {self.finetune}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -376,6 +380,13 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
                                                         config.self_label_rounds, say)
         label_row(SELF_LABELS, None, fixed_labels[SELF_LABELS], time.perf_counter() - began, rounds=rounds)
 
+    tuner = None
+    if config.finetune:
+        from .finetune_table import FinetuneRows
+
+        tuner = FinetuneRows(backend, task, search_examples, tests, test_gold, config.finetune, config.learner,
+                             tuple(DECISION_RULES), say)
+
     variants = {m: v for m, v in icm_variants().items() if m in methods or (m == ICM and PERTURBED in methods)}
     icm_labels: dict[tuple[str, int], dict[str, int]] = {}
     for seed in config.seeds:
@@ -413,6 +424,9 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
             began = time.perf_counter()
             log_odds = label_log_odds(backend, task, demo_prefix(task, [search_examples[k] for k in demos], labels), tests, say, method)
             test_row(method, seed, log_odds, demos, labels, time.perf_counter() - began, **extra)
+            if tuner is not None and method != PERTURBED:  # fine-tuned on the whole split under these labels
+                trained_on = search_gold.tolist() if method == GOLD else labels_by[method]
+                rows.extend(tuner.rows(method, seed, trained_on, config.decision))
 
         if on_seed is not None:  # a long evaluation keeps every finished seed, whatever happens next
             on_seed(EvalResult(pd.DataFrame(rows), resolved_config(seed), split, icm_labels, time.perf_counter() - started))

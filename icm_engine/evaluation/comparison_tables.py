@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..core.config import CALIBRATIONS, OBJECTIVES
 from .comparison import DECISION_RULES, LABEL_TABLE, TEST_TABLE
+from .finetune_table import FINETUNE_TABLE
 
 # Display order and names, following the paper's Figures 3, 8 and 10.
 METHOD_NAMES = {
@@ -124,6 +125,34 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         _spread_over_seeds(line, part, ("demo_accuracy", "label_accuracy", "label_coverage"))
         lines.append(line)
     return pd.DataFrame(lines, columns=SUMMARY_COLUMNS)
+
+
+def summarize_finetune(rows: pd.DataFrame) -> pd.DataFrame:
+    """The fine-tuning table: one line per learner and label source, test accuracy over seeds."""
+    part_rows = table_rows(rows, FINETUNE_TABLE)
+    lines = []
+    for learner in sorted(part_rows["learner"].unique()) if len(part_rows) else []:
+        mine = part_rows[part_rows["learner"] == learner]
+        for method in _ordered(mine["method"].unique()):
+            part = mine[mine["method"] == method]
+            lines.append({"learner": learner, "method": method, "mean": float(part["accuracy"].mean()),
+                          "std": _std(part["accuracy"]), "n_test": int(part["n_test"].max()),
+                          "n_train": int(part["n_train"].max()), "seeds": len(part),
+                          "train_seconds": float(part["train_seconds"].mean()),
+                          **{f"accuracy_{rule}": float(part[f"accuracy_{rule}"].mean()) for rule in DECISION_RULES}})
+    return pd.DataFrame(lines)
+
+
+def format_finetune_table(summary: pd.DataFrame) -> str:
+    def pct(value) -> str:
+        return "" if pd.isna(value) else f"{value:.3f}"
+
+    return pd.DataFrame({
+        "learner": summary["learner"], "trained on": summary["method"],
+        **{f"{rule} acc": summary[f"accuracy_{rule}"].map(pct) for rule in DECISION_RULES},
+        "std": summary["std"].map(pct), "n_train": summary["n_train"], "n_test": summary["n_test"],
+        "seeds": summary["seeds"], "train s": summary["train_seconds"].map(lambda v: f"{v:.1f}"),
+    }).to_string(index=False)
 
 
 def format_table(summary: pd.DataFrame) -> str:

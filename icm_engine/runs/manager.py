@@ -114,6 +114,9 @@ class SharedBackend(LanguageModel):
     def hidden_states(self, prompts, layers) -> np.ndarray:
         return self._counted(self.inner.hidden_states, prompts, layers)
 
+    def read_label_position(self, prompts, layers, label_words) -> tuple[np.ndarray, np.ndarray]:
+        return self._counted(self.inner.read_label_position, prompts, layers, label_words)
+
     def naive(self) -> LanguageModel:
         view = self.inner.naive()
         return self if view is self.inner else SharedBackend(view, self._lock)
@@ -169,11 +172,11 @@ class _Worker:
         store = self.manager.store
         try:
             backend = self.manager._backend_for(self.model, self._progress)
-            search = open_search(store, self.run_id, backend)
+            search = open_search(store, self.run_id, backend, progress=self._prepare_progress)
         except Exception as error:  # a model that will not load fails the run, not the app
             self._fail(error)
             return
-        self._after_open(search)
+        self._after_open(search, backend)
         while True:
             with self._cond:
                 while self._budget == 0 and not self._steering and not self._stopping:
@@ -200,8 +203,12 @@ class _Worker:
         self._set(state=final, message="")
         self._reject_pending("the run was stopped")
 
-    def _after_open(self, search: Search) -> None:
-        self.manager._record_model(self.run_id, search.scorer.backend)
+    def _prepare_progress(self, done: int, total: int, what: str) -> None:
+        """A scalable run reads every example's hidden states before its first step."""
+        self._progress(f"{what}: {done} of {total} examples", done / max(total, 1))
+
+    def _after_open(self, search: Search, backend: LanguageModel) -> None:
+        self.manager._record_model(self.run_id, backend)
         self._set(state="finished" if search.done else "paused", message="", progress=None,
                   iteration=search.iteration, labeled=len(search.labels))
 

@@ -24,7 +24,8 @@ from typing import Callable
 
 from ..backends.base import LanguageModel
 from ..core.records import StepRecord
-from ..core.search import Search, set_param_arguments
+from ..core.search import Search
+from ..core.steering import set_param_arguments
 from ..store.database import Store
 from ..store.json_values import to_json
 from .runner import open_search

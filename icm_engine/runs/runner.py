@@ -13,7 +13,10 @@ from ..backends.base import LanguageModel
 from ..core.config import RunConfig
 from ..core.records import StepRecord
 from ..core.scoring import Scorer
+from ..core.scalable import ScalableSearch
 from ..core.search import Search
+from ..learners.base import TrainProgress
+from ..learners.folds import PreparedFolds
 from ..store.database import Store, StoreError
 from ..store.run_loader import load_run
 
@@ -36,16 +39,30 @@ def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Sc
 
 
 def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | None = None,
-                from_start: bool = False) -> Search:
+                from_start: bool = False, progress: TrainProgress | None = None) -> Search | ScalableSearch:
     """The run's search at its last committed step (from_start: as before its first event, for a
-    replay); `steps` may extend the run's step budget."""
+    replay); `steps` may extend the run's step budget. A scalable run reads its examples' hidden
+    states first (`progress` reports it)."""
     stored = load_run(store, run_id)  # inputs only: gold stays in its own table and never reaches the search
     config = RunConfig.from_dict(stored.run["config"])
     if steps is not None:
         config = replace(config, search=replace(config.search, steps=steps))
+    snapshot = None if from_start else store.load_snapshot(run_id)
+    if config.search.algorithm == "scalable":
+        return open_scalable(backend, stored.task, stored.examples, config, snapshot, progress)
     scorer = make_scorer(backend, stored.task, stored.examples, config)
     scorer.check_fits()  # an example no prompt can hold: say which, before any step
-    return Search(scorer, config.search, None if from_start else store.load_snapshot(run_id))
+    return Search(scorer, config.search, snapshot)
+
+
+def open_scalable(backend: LanguageModel, task, examples, config: RunConfig, snapshot=None,
+                  progress: TrainProgress | None = None) -> ScalableSearch:
+    """Algorithm 3 with the run's learner as the fold scorer, over inputs prepared once."""
+    from .finetune import make_learner
+
+    learner = make_learner(backend, task, config.learner)
+    folds = PreparedFolds(learner, learner.prepare(examples, progress), seed=config.search.seed)
+    return ScalableSearch(folds, examples, task.rule, config.search, snapshot)
 
 
 def advance(

@@ -1,0 +1,104 @@
+"""A person's actions on a running search (pin, unpin, exclude, include, alpha and T0, more steps),
+shared by the in-context search (search.Search) and the scalable one (scalable.ScalableSearch).
+
+Each action changes the search's state and returns a StepRecord that the runner stores as an event;
+replay reads a "set_param" event's note back with set_param_arguments. A search that mixes this in
+has labels, excluded, next_position, alpha, t0, config, iteration and progress, and says in
+_invalidate_scores what it must rescore after a change of D.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from .records import Flip, LabelState, StepRecord
+
+
+class Steering:
+    def _pinned(self, example: int) -> bool:
+        return example in self.labels and self.labels[example].pinned
+
+    def pin(self, example: int, label: int) -> StepRecord:
+        """A person's override: set the label and forbid the search to change it."""
+        if example in self.excluded:
+            raise ValueError(f"example {example} is excluded; include it before pinning")
+        old = self.labels[example].label if example in self.labels else None
+        if example in self.labels:
+            self.labels[example].label, self.labels[example].pinned = int(label), True
+        else:
+            self.labels[example] = LabelState(label=int(label), position=self.next_position, pinned=True)
+            self.next_position += 1
+        flips = [Flip(example, old, int(label), "human")] if old != label else []
+        return self._steer("pin", example, old, int(label), flips, dirty=old != label)
+
+    def unpin(self, example: int) -> StepRecord:
+        if example in self.labels:
+            self.labels[example].pinned = False
+        return self._steer("unpin", example, None, None, [], dirty=False)
+
+    def exclude(self, example: int) -> StepRecord:
+        """Take an example out of the search: it is unlabeled and never proposed again."""
+        old = self.labels.pop(example).label if example in self.labels else None
+        self.excluded.add(example)
+        flips = [Flip(example, old, None, "human")] if old is not None else []
+        return self._steer("exclude", example, old, None, flips, dirty=old is not None)
+
+    def include(self, example: int) -> StepRecord:
+        self.excluded.discard(example)
+        return self._steer("include", example, None, None, [], dirty=False)
+
+    def set_params(self, alpha: float | None = None, t0: float | None = None) -> StepRecord:
+        notes = []
+        if alpha is not None:
+            self.alpha = float(alpha)
+            notes.append(f"alpha={_exact(self.alpha)}")
+        if t0 is not None:
+            if t0 <= 0:
+                raise ValueError("t0 must be positive")
+            self.t0 = float(t0)
+            notes.append(f"t0={_exact(self.t0)}")
+        record = self._steer("set_param", None, None, None, [], dirty=False)
+        record.note = ", ".join(notes)
+        return record
+
+    def extend(self, steps: int) -> StepRecord:
+        """Run `steps` more iterations whatever the stopping rule says (a finished run continued)."""
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        until = max(self.iteration, 0) + int(steps)
+        self.progress.extended_until = until
+        self.config = replace(self.config, steps=max(self.config.steps, until))
+        record = self._steer("set_param", None, None, None, [], dirty=False)
+        record.note = f"steps={self.config.steps} (extended by {int(steps)})"
+        return record
+
+    def _steer(self, kind: str, example, old, new, flips, dirty: bool) -> StepRecord:
+        if dirty:
+            self.progress.last_change = max(self.iteration, 0)
+            self._invalidate_scores()
+        return StepRecord(
+            iteration=max(self.iteration, 0), kind=kind, example=example, old_label=old, proposed_label=new,
+            accepted=True, flips=flips, labeled_count=len(self.labels),
+        )
+
+    def _invalidate_scores(self) -> None:
+        raise NotImplementedError
+
+
+def _exact(value: float) -> str:
+    """A float as short as it reads and exactly as it is: a replay sets the very same value."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def set_param_arguments(note: str) -> tuple[str, dict]:
+    """What a "set_param" event did, read back from its note (written by set_params or extend):
+    ("extend", {"steps": n}) or ("set_params", {"alpha": a, "t0": t}) with the values given."""
+    extended = re.fullmatch(r"steps=\d+ \(extended by (\d+)\)", note)
+    if extended:
+        return "extend", {"steps": int(extended.group(1))}
+    parts = [part for part in note.split(", ") if part]
+    values = dict(part.split("=", 1) for part in parts if "=" in part)
+    if len(values) != len(parts) or set(values) - {"alpha", "t0"}:
+        raise ValueError(f"not a set_param note: {note!r}")
+    return "set_params", {name: float(value) for name, value in values.items()}
