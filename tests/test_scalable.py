@@ -21,7 +21,9 @@ class Centroid:
     def __init__(self, x, prior) -> None:
         self.x, self.prior = np.asarray(x, float), np.asarray(prior, float)
 
-    def zero_shot(self):
+    initial_source = "the prior"
+
+    def initial(self):
         return log_softmax_pair(self.prior)
 
     def fit_predict(self, train, labels, test):
@@ -150,3 +152,32 @@ def test_a_scalable_run_resumed_from_the_store_decides_as_one_never_stopped(tmp_
     assert [(r.iteration, r.accepted, r.u_after, [(f.example, f.new) for f in r.flips]) for r in got] == \
         [(r.iteration, r.accepted, r.u_after, [(f.example, f.new) for f in r.flips]) for r in expected]
     assert any(r.accepted and r.flips for r in expected[1:]), "the case should change labels after init"
+
+
+def test_icm_run_scalable_on_a_tiny_model_starts_from_an_earlier_runs_labels_and_exports(tmp_path, capsys,
+                                                                                       one_torch_thread):
+    """The command a user types: an in-context run on the first sentences, then a scalable run over all
+    of them that starts from a head fit on those labels; every example labeled, steps in the store."""
+    from icm_engine import cli
+    from icm_engine.store.database import Store
+    from tests.tiny_model import build_tiny_model_dir
+
+    model = str(build_tiny_model_dir(tmp_path / "llama"))
+    words = ["wonderful", "great", "dull", "boring", "fun", "weak"]
+    data = tmp_path / "reviews.csv"
+    data.write_text("id,text\n" + "".join(f"r{i},the movie was {words[i % 6]} {i}\n" for i in range(30)))
+    db = str(tmp_path / "icm.duckdb")
+    common = ["--db", db, "--data", str(data), "--task", "sentiment_single", "--model", model]
+    assert cli.main(["run", *common, "--limit", "8", "--steps", "10", "--stop", "steps", "--k-init", "4"]) == 0
+    assert cli.main(["run", *common, "--algorithm", "scalable", "--init-run", "1", "--folds", "3", "--steps", "6",
+                     "--head-layer", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "run 2: 30 examples" in out and "30 of 30 examples labeled" in out
+    with Store(db) as store:
+        events = store.events(2)
+        assert events["kind"].iloc[0] == "init" and "fit on the 8 labels of run 1" in events["note"].iloc[0]
+        assert set(events["kind"].iloc[1:]) <= {"fold"} and len(events) >= 2
+        assert store.run(2)["config"]["learner"]["layer"] == 1
+    assert cli.main(["export", "--db", db, "--run", "2", "--format", "csv", "--out", str(tmp_path / "l.csv")]) == 0
+    assert len((tmp_path / "l.csv").read_text().splitlines()) == 31
+    assert cli.main(["run", *common, "--algorithm", "scalable", "--init-run", "9"]) == 2

@@ -74,6 +74,9 @@ def run(args) -> int:
             loaded = read_dataset(args.data, args.task, args.limit)  # bad data fails before the slow model load
             config = RunConfig(task=loaded.task.name, dataset=args.data, search=search_config(args),
                                model=model_config(args), learner=learner_config(args))
+        if args.resume is None and config.search.init_run and config.search.init_run not in set(store.runs()["run_id"]):
+            raise SystemExit(f"icm run: --init-run {config.search.init_run}: no such run in {args.db} "
+                             "(the run whose labels a scalable run starts from)")
         backend = load_backend(config.model)
         if args.resume is None:  # stored only now: a model that fails to load leaves no orphaned dataset
             if config.search.algorithm == "icl":  # a scalable run holds one example per prompt

@@ -89,6 +89,9 @@ class SearchConfig:
                              choice_names={"icl": "in-context (Algorithm 1)", "scalable": "scalable (Algorithm 3)"})
     folds: int = setting(5, "scalable: folds F; each fold is relabeled by a learner fit on the others",
                          label="Folds (scalable)", low=2, high=100)
+    init_run: int = setting(0, "scalable: start from a learner fit on this earlier run's labels (an in-context run "
+                               "on a batch of the same data, matched by example id); 0: the model's zero-shot reading",
+                            label="Start from run (scalable, 0 = zero-shot)", low=0, high=2**31 - 1)
 
     def __post_init__(self) -> None:
         for name, allowed in SEARCH_CHOICES.items():
@@ -111,6 +114,8 @@ class SearchConfig:
             raise ValueError("k_init must be at least 1")
         if self.folds < 2:
             raise ValueError("folds must be at least 2")
+        if self.init_run < 0:
+            raise ValueError("init_run must be a run id, or 0 for none")
         if self.steps < 0 or self.max_fix_iters < 0 or self.seed < 0:
             raise ValueError("steps, max_fix_iters and seed must be >= 0")
 
@@ -179,9 +184,11 @@ class LearnerConfig:
 
     learner: str = setting("head", "head: logistic head on frozen hidden states (seconds on CPU); lora: LoRA "
                                     "adapters through TRL (minutes on CPU)", label="Learner", choices=LEARNERS)
-    layer: int = setting(-1, "head: the block whose output it reads (-1: the last, after the final norm)",
-                         label="Head layer (-1 = last)", low=-1, high=1000, flag="--head-layer")
-    l2: float = setting(1.0, "head: L2 penalty on its weights over standardized features (per example)",
+    # 2/3 of the depth, as the CCS probe (evaluation/ccs.py) and for the same reasons; measured in the
+    # README ("Scalable ICM"): blocks 9-15 of Gemma 3 270M read sentiment best, the last ones less
+    layer: int = setting(-1, "head: the block whose output it reads (-1: the one at 2/3 of the depth)",
+                         label="Head layer (-1 = 2/3 of depth)", low=-1, high=1000, flag="--head-layer")
+    l2: float = setting(0.1, "head: L2 penalty on its weights over standardized features (per example)",
                         label="Head L2", low=0.0, high=1e6, flag="--head-l2")
     lora_rank: int = setting(16, "lora: adapter rank r (the paper's 70B runs: 16)", label="LoRA rank", low=1, high=1024)
     lora_alpha: float = setting(32.0, "lora: adapter scale alpha (update scaled by alpha / r)", label="LoRA alpha",

@@ -7,8 +7,9 @@ calibration over those cross-fitted log-probabilities, exactly as the in-context
 leave-one-out terms (scoring.predictability), so the two algorithms' U read alike.
 
 Steps:
-- init (Algorithm 3, lines 1-2): every active example labeled by the model's own calibrated reading
-  (the learner's zero-shot prediction), then ConsistencyFix-MaxProb (Algorithm 4);
+- init (Algorithm 3, lines 1-2): every active example labeled by the learner's initial reading,
+  calibrated (the model's zero-shot reading, or a model fit on a seed run's labels), then
+  ConsistencyFix-MaxProb (Algorithm 4);
 - step n (lines 4-10, one fold per step): at the start of a round the examples are partitioned
   anew; fold f is relabeled by a model fit on the other folds (calibrated argmax), then Algorithm 4
   within the fold; the proposal is accepted as in Algorithm 1, with probability
@@ -37,8 +38,12 @@ from .tasks import ConsistencyIndex, Example, is_inconsistent
 class FoldLearner(Protocol):
     """What the scalable search asks of a learner (learners/ implements it over prepared inputs)."""
 
-    def zero_shot(self) -> np.ndarray:
-        """Raw label log-probs [n_examples, 2] of the untrained model, each example on its own."""
+    initial_source: str  # what labels every example at the start, in words (the init event's note)
+
+    def initial(self) -> np.ndarray:
+        """Raw label log-probs [n_examples, 2] that label every example at the start (Algorithm 3, line 1):
+        the untrained model's reading, or a model fit on a seed labeling (the released code's iterative
+        fine-tuning: a first batch labeled in context)."""
 
     def fit_predict(self, train: np.ndarray, labels: np.ndarray, test: np.ndarray) -> np.ndarray:
         """Fit on examples `train` labeled `labels`; raw label log-probs [len(test), 2] for `test`."""
@@ -206,7 +211,7 @@ class ScalableSearch(Steering):
         pool = self.active()
         if not pool:
             raise ValueError("no examples to label")
-        raw = np.asarray(self.fits.learner.zero_shot(), dtype=np.float64)[pool]
+        raw = np.asarray(self.fits.learner.initial(), dtype=np.float64)[pool]
         chosen, confidence = self._decide(raw, None)
         proposed = {i: int(y) for i, y in zip(pool, chosen)}
         labels, fixed = self._fix_max_prob(proposed, dict(zip(pool, confidence.tolist())))
@@ -222,8 +227,8 @@ class ScalableSearch(Steering):
         self.progress.labeled_at = 0
         record = StepRecord(iteration=0, kind="init", accepted=True, flips=flips, u_after=u, ap_after=ap,
                             i_after=inconsistencies,
-                            note=f"labeled {len(labels)} by the model's own reading (zero-shot, "
-                                 f"{self.config.calibration}); {len(fixed)} fixed by Algorithm 4; {len(self.folds)} folds")
+                            note=f"labeled {len(labels)} by {self.fits.learner.initial_source} ({self.config.calibration}); "
+                                 f"{len(fixed)} fixed by Algorithm 4; {len(self.folds)} folds")
         return self._record(record, started, fits)
 
     def step(self) -> StepRecord:

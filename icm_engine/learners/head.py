@@ -40,7 +40,7 @@ class HeadLearner(Learner):
     @property
     def layer(self) -> int:
         count = self.backend.hidden_layer_count  # raises HiddenStatesUnavailable for a server
-        layer = count if self.config.layer == -1 else self.config.layer
+        layer = round(count * 2 / 3) if self.config.layer == -1 else self.config.layer
         if not 0 <= layer <= count:
             raise ValueError(f"head layer {self.config.layer} is outside -1..{count} for {self.backend.name}")
         return layer

@@ -49,19 +49,34 @@ def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | 
         config = replace(config, search=replace(config.search, steps=steps))
     snapshot = None if from_start else store.load_snapshot(run_id)
     if config.search.algorithm == "scalable":
-        return open_scalable(backend, stored.task, stored.examples, config, snapshot, progress)
+        seed = seed_labels(store, config.search.init_run, stored.examples) if config.search.init_run else None
+        return open_scalable(backend, stored.task, stored.examples, config, snapshot, progress, seed,
+                             f"run {config.search.init_run}")
     scorer = make_scorer(backend, stored.task, stored.examples, config)
     scorer.check_fits()  # an example no prompt can hold: say which, before any step
     return Search(scorer, config.search, snapshot)
 
 
+def seed_labels(store: Store, run_id: int, examples) -> tuple[list[int], list[int]]:
+    """Run `run_id`'s labels on `examples`, matched by example id: (indices, labels) of the seed
+    labeling a scalable run starts from (say, an in-context run over a first batch of the same data)."""
+    position = {e.uid: k for k, e in enumerate(examples)}
+    table = store.labels(run_id) if store.run(run_id) else None  # store.run raises KeyError for an unknown run
+    matched = [(position[uid], int(y)) for uid, y in zip(table["uid"], table["label"]) if uid in position]
+    if not matched:
+        raise ValueError(f"run {run_id} labels none of this dataset's examples (matched by id): nothing to start from")
+    return [k for k, _ in matched], [y for _, y in matched]
+
+
 def open_scalable(backend: LanguageModel, task, examples, config: RunConfig, snapshot=None,
-                  progress: TrainProgress | None = None) -> ScalableSearch:
+                  progress: TrainProgress | None = None, seed: tuple[list[int], list[int]] | None = None,
+                  seed_name: str = "") -> ScalableSearch:
     """Algorithm 3 with the run's learner as the fold scorer, over inputs prepared once."""
     from .finetune import make_learner
 
     learner = make_learner(backend, task, config.learner)
-    folds = PreparedFolds(learner, learner.prepare(examples, progress), seed=config.search.seed)
+    folds = PreparedFolds(learner, learner.prepare(examples, progress), seed=config.search.seed, seed_labels=seed,
+                          seed_name=seed_name)
     return ScalableSearch(folds, examples, task.rule, config.search, snapshot)
 
 
