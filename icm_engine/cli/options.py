@@ -73,6 +73,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config(args) -> ModelConfig:
+    if (getattr(args, "max_context", None) or 0) < 0:  # found before the model loads, not as an overflow after
+        raise SystemExit(f"icm: --max-context is a number of tokens (0: the model's own window); got {args.max_context}")
     return ModelConfig(**{s.name: getattr(args, s.option) for s in settings(ModelConfig)})
 
 
