@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS eval_rows (
 UPGRADES = {2: ["ALTER TABLE run_state ADD COLUMN IF NOT EXISTS progress_json VARCHAR"],
             3: ["ALTER TABLE datasets ADD COLUMN IF NOT EXISTS content_hash VARCHAR",
                 "ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR"]}
+CONFIG = {"task": "claims", "dataset": "tests", "search": {"seed": 0, "steps": 5}, "model": {"name": "fake"}}
 TASK = {"name": "claims", "template": "Q: {question}\nA: {answer}\nCorrect:", "fields": ["question", "answer"]}
 
 
@@ -81,5 +82,5 @@ def old_database(path, version: int) -> None:
                     [idx, f"u{idx}", json.dumps({"question": f"q{idx}", "answer": f"a{idx}"})])
     con.execute("INSERT INTO runs (run_id, dataset_id, name, config_json, model_json, seed, status, created_at, "
                 "updated_at, last_iteration, last_seq, error, parent_run_id) VALUES (nextval('run_ids'), 1, 'old run', "
-                "'{}', '{}', 0, 'created', now(), now(), NULL, -1, NULL, NULL)")
+                "?, '{}', 0, 'created', now(), now(), NULL, -1, NULL, NULL)", [json.dumps(CONFIG)])
     con.close()

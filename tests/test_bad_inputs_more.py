@@ -198,3 +198,27 @@ def test_reading_commands_leave_our_own_database_byte_identical(here, capsys):
         capsys.readouterr()
         assert cli.main([*argv, "--db", "icm.duckdb"]) == 0
     assert digest(here / "icm.duckdb") == before
+
+
+def test_an_empty_database_path_is_refused_not_run_in_memory(here, capsys):
+    assert refused(["run", "--data", "ok.csv", "--task", "sentiment_single", "--db", ""], capsys) == \
+        "icm run: an empty --db path names no database file"
+    assert refused(["runs", "--db", ""], capsys) == "icm runs: an empty --db path names no database file"
+
+
+def test_an_export_under_a_file_says_which_file(here, capsys):
+    assert refused(["export", "--run", "1", "--out", "ok.csv/labels.csv", "--db", "icm.duckdb"], capsys) == \
+        "icm export: cannot write ok.csv/labels.csv: ok.csv is a file, not a folder"
+
+
+def test_an_earlier_versions_run_without_steps_reports_and_exports(here, capsys):
+    """A run stored before calibration existed, never stepped: report and export answer, nothing changes."""
+    from tests.old_databases import old_database
+
+    old_database(here / "old.duckdb", 1)
+    before = digest(here / "old.duckdb")
+    capsys.readouterr()
+    assert cli.main(["report", "--run", "1", "--db", "old.duckdb"]) == 0
+    assert "seed 0, calibration none" in capsys.readouterr().out
+    assert cli.main(["export", "--run", "1", "--format", "provenance", "--out", "p.json", "--db", "old.duckdb"]) == 0
+    assert digest(here / "old.duckdb") == before

@@ -120,8 +120,12 @@ def read_dataset(spec: str, task: str | None, limit: int | None):
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename over it: an interrupted export leaves
     the old file whole (a rename within a folder is atomic), never a truncated one."""
+    import errno
     import secrets
 
+    there = next(folder for folder in (path.parent, *path.parent.parents) if os.path.lexists(folder) or folder == folder.parent)
+    if there.exists() and not there.is_dir():  # said in words: mkdir's own error is "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"{there} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
     # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp makes it 0600)

@@ -216,6 +216,8 @@ class Store:
         self.path, self.read_only = str(path), read_only
         self._lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
+        if not self.path.strip():  # DuckDB would open an in-memory database and keep nothing
+            raise StoreError("an empty --db path names no database file")
         try:
             if self.path == ":memory:":
                 self._con = duckdb.connect(self.path)
@@ -272,7 +274,7 @@ class Store:
         place no file can be made), creating and changing nothing: `icm run` asks before its model loads."""
         if path == ":memory:":
             return
-        if os.path.lexists(path):
+        if os.path.lexists(path) or not str(path).strip():
             cls(path, read_only=True).close()
             if not os.access(path, os.W_OK):
                 raise StoreError(f"{path}: no permission to write it")
@@ -305,7 +307,7 @@ class Store:
         """Open a database that must already be there, read-only unless asked: what works on stored
         runs must not create an empty file from a mistyped path, and what only reads must not need
         write access or change a byte (a file from an older ICM Studio is read as it is)."""
-        if not os.path.lexists(path):
+        if str(path).strip() and not os.path.lexists(path):
             raise StoreError(f"{path}: no such database")
         return cls(path, read_only=read_only)
 
@@ -405,8 +407,10 @@ class Store:
         with self._lock:
             try:
                 yield self._connection()
-            except (duckdb.IOException, duckdb.SerializationException) as exc:
-                raise self._open_error(exc) from exc
+            except duckdb.Error as exc:  # a failed checksum is a plain duckdb.Error
+                if isinstance(exc, (duckdb.IOException, duckdb.SerializationException)) or "Corrupt" in str(exc):
+                    raise self._open_error(exc) from exc
+                raise
 
     def _rows(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         with self._reading() as con:
