@@ -13,7 +13,6 @@ Each test prints how many inputs it tried, how they were answered and how long i
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -59,10 +58,6 @@ class ModelWouldLoad(Exception):
 
 def _no_model(model):
     raise ModelWouldLoad
-
-
-def digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def answer(argv: list[str], capsys) -> tuple[object, list[str]]:
