@@ -14,6 +14,7 @@ from icm_engine.cli.run import ensure_dataset
 from icm_engine.core.tasks import Example, Task
 from icm_engine.store import database as store_module
 from icm_engine.store.database import ForeignDatabaseError, Store, StoreError
+from tests.old_databases import old_database
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = Task(name="claims", template="Q: {question}\nA: {answer}\nCorrect:", fields=("question", "answer"))
@@ -67,18 +68,37 @@ def test_reading_commands_open_read_only_and_change_nothing(tmp_path):
     assert digest(path) == before
 
 
-def test_an_older_file_is_upgraded_once_and_its_loads_are_kept(tmp_path):
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_an_older_file_is_read_untouched_and_upgraded_only_by_a_writing_open(tmp_path, version):
     path = tmp_path / "old.duckdb"
-    with Store(str(path)) as s:
-        dataset = s.add_dataset("claims", TASK.to_dict(), EXAMPLES, None)
-        run_id = s.create_run(dataset, {}, {})
-        s._rows("ALTER TABLE datasets DROP COLUMN content_hash")
-        s._rows("ALTER TABLE runs DROP COLUMN owner")
-        s._rows("UPDATE schema_version SET version = 2")
-    with Store.existing(str(path)) as s:  # a reading command upgrades it, then reads
-        assert s.run(run_id)["status"] == "created"
+    old_database(path, version)
+    before = digest(path)
+    with Store.existing(str(path)) as s:  # a reading command reads it as it is
+        assert s.run(1)["status"] == "created" and s.run(1)["owner"] is None
+        assert [ex.uid for ex in s.load_examples(1)] == ["u0", "u1"] and s.load_snapshot(1) is None
+    assert icm("runs", "--db", str(path)).returncode == 0
+    assert digest(path) == before
+    with Store(str(path)) as s:  # a writing open upgrades it, marker and all, and keeps its loads
         assert s._rows("SELECT version FROM schema_version") == [(store_module.SCHEMA_VERSION,)]
+        assert s._rows("SELECT marker FROM icm_studio") == [(store_module.MARKER,)]
         assert s._rows("SELECT content_hash FROM datasets") == [(None,)]  # no hash: never reused blindly
+        assert s.run(1)["name"] == "old run"
+
+
+def test_an_old_schema_with_anything_changed_is_not_taken_for_ours(tmp_path):
+    """Recognised by the exact schema: one column more, or a version that does not match it, is someone else's."""
+    for n, change in enumerate(("ALTER TABLE runs ADD COLUMN theirs INTEGER", "UPDATE schema_version SET version = 1",
+                                "INSERT INTO schema_version VALUES (3)", "CREATE TABLE notes (t VARCHAR)")):
+        path = tmp_path / f"changed{n}.duckdb"
+        old_database(path, 3)
+        con = duckdb.connect(str(path))
+        con.execute(change)
+        con.close()
+        before = digest(path)
+        for read_only in (True, False):
+            with pytest.raises(ForeignDatabaseError, match="ICM Studio did not create"):
+                Store(str(path), read_only=read_only)
+        assert digest(path) == before, change
 
 
 def test_a_load_is_identified_by_its_content_not_its_path(tmp_path):

@@ -37,18 +37,26 @@ def use_huge_pages_for_tensors() -> None:
 def main(argv: list[str] | None = None) -> int:
     use_huge_pages_for_tensors()  # inherited by `icm app`'s streamlit process too
     args = build_parser().parse_args(argv)
-    from ..store.database import StoreError
+    from ..core.errors import InputError
     from ..store.location import default_db
 
+    # The one place a known error becomes one line, for every subcommand: a command raises
+    # (InputError from any layer, or SystemExit with its own words) and never prints it itself.
     try:
         apply_server_options(args)
         return COMMANDS[args.command].run(args)
-    except StoreError as error:  # a missing, locked, foreign or newer database: one line, not a traceback
-        return _fail(f"icm {args.command}: {error} (default database: {default_db()})")
+    except InputError as error:  # a bad file, a missing run, a foreign or locked database...
+        where = f" (default database: {default_db()})" if getattr(args, "db", None) == default_db() else ""
+        return _fail(f"icm {args.command}: {_one_line(error)}{where}")
     except SystemExit as stop:  # a command's own refusal, already worded for the user
         if isinstance(stop.code, str):
-            return _fail(stop.code)
+            return _fail(_one_line(stop.code))
         raise
+
+
+def _one_line(message) -> str:
+    """A message that spans lines (a DuckDB error quoting its query) folded onto one."""
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def _fail(message: str) -> int:

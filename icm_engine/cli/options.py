@@ -89,6 +89,8 @@ def learner_config(args) -> LearnerConfig:
 
 
 def model_config(args) -> ModelConfig:
+    if (getattr(args, "max_context", None) or 0) < 0:  # found before the model loads, not as an overflow after
+        raise SystemExit(f"icm: --max-context is a number of tokens (0: the model's own window); got {args.max_context}")
     return ModelConfig(**{s.name: getattr(args, s.option) for s in settings(ModelConfig)})
 
 
@@ -134,8 +136,12 @@ def read_dataset(spec: str, task: str | None, limit: int | None):
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename over it: an interrupted export leaves
     the old file whole (a rename within a folder is atomic), never a truncated one."""
+    import errno
     import secrets
 
+    there = next(folder for folder in (path.parent, *path.parent.parents) if os.path.lexists(folder) or folder == folder.parent)
+    if there.exists() and not there.is_dir():  # said in words: mkdir's own error is "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"{there} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
     # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp makes it 0600)

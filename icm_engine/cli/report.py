@@ -18,6 +18,8 @@ def run(args) -> int:
     from ..evaluation.run_report import summarize_run
     from ..store.database import Store
 
+    if args.shots < 0:  # refused before the model loads, not by numpy after
+        raise SystemExit(f"icm report: --shots is how many gold demonstrations to show, 0 or more; got {args.shots}")
     with Store.existing(args.db) as store:
         print(summarize_run(store, args.run))
         if args.baselines:

@@ -56,33 +56,24 @@ def _check_fits(backend, loaded, config, spec: str) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..core.config import RunConfig
     from ..evaluation.run_report import run_gold_agreement
     from ..runs.runner import advance, create_run, extend, open_search
     from ..store.database import Store
 
     if args.replay and args.resume is None:
         raise SystemExit("icm run: --replay redoes a stored run's steps; give it with --resume RUN_ID")
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    # Everything the user gave is checked before the model loads (seconds to minutes), and nothing
+    # is written until it has: a start that fails leaves no file, no dataset and no run behind.
+    config, loaded = _checked_resume(args) if args.resume is not None else _checked_start(args)
+    backend = load_backend(config.model)
+    if args.resume is None and config.search.algorithm == "icl":  # a scalable run holds one example per prompt
+        _check_fits(backend, loaded, config, args.data)
     with Store(args.db) as store:
-        if args.resume is not None:
-            run_info = store.run(args.resume)
-            config = RunConfig.from_dict(run_info["config"])
-            _refuse_changed_settings(args, config)
-            run_id = args.resume
-        else:
-            loaded = read_dataset(args.data, args.task, args.limit)  # bad data fails before the slow model load
-            config = RunConfig(task=loaded.task.name, dataset=args.data, search=search_config(args),
-                               model=model_config(args), learner=learner_config(args))
-        if args.resume is None and config.search.init_run and config.search.init_run not in set(store.runs()["run_id"]):
-            raise SystemExit(f"icm run: --init-run {config.search.init_run}: no such run in {args.db} "
-                             "(the run whose labels a scalable run starts from)")
-        backend = load_backend(config.model)
-        if args.resume is None:  # stored only now: a model that fails to load leaves no orphaned dataset
-            if config.search.algorithm == "icl":  # a scalable run holds one example per prompt
-                _check_fits(backend, loaded, config, args.data)
+        if args.resume is None:
             dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
+        else:
+            run_id = args.resume
         steps = args.steps if args.resume is not None else None
         if args.replay:
             search = replay_with_progress(store, run_id, backend, steps)
@@ -123,6 +114,48 @@ def _prepare_progress():
         if done >= total:
             bar.close()
     return show
+
+
+def _checked_start(args):
+    """A new run's config and data, every flag and the --db checked (nothing created)."""
+    from ..core.config import RunConfig
+    from ..store.database import Store
+
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"icm run: --limit takes how many groups to use, at least 1; got {args.limit}")
+    search, model, learner = search_config(args), model_config(args), learner_config(args)
+    Store.check(args.db)  # a foreign, newer or locked file, a folder that cannot be made
+    if search.init_run:
+        _check_init_run(args.db, search.init_run)
+    loaded = read_dataset(args.data, args.task, args.limit)
+    return RunConfig(task=loaded.task.name, dataset=args.data, search=search, model=model, learner=learner), loaded
+
+
+def _check_init_run(db: str, run_id: int) -> None:
+    """The run a scalable run starts from must be in the same database."""
+    from ..store.database import Store
+
+    known = set()
+    if Path(db).exists():
+        with Store.existing(db) as store:
+            known = set(store.runs()["run_id"])
+    if run_id not in known:
+        raise SystemExit(f"icm run: --init-run {run_id}: no such run in {db} (the run whose labels a scalable run "
+                         "starts from)")
+
+
+def _checked_resume(args):
+    """The stored run's config, read without writing: a missing run or a changed setting is refused
+    before the model loads and before an older file is upgraded."""
+    from ..core.config import RunConfig
+    from ..store.database import Store
+
+    with Store.existing(args.db) as store:
+        config = RunConfig.from_dict(store.run(args.resume)["config"])
+    _refuse_changed_settings(args, config)
+    if args.steps is not None and args.steps < 0:
+        raise SystemExit(f"icm run: --steps must be at least 0, got {args.steps}")
+    return config, None
 
 
 def replay_with_progress(store, run_id: int, backend, steps: int | None = None):

@@ -110,6 +110,8 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
+            if abs(value) >= 2**63:  # the database holds 64-bit integers (the seed has a column of its own)
+                raise ValueError(f"{name} must be below 2**63 (9223372036854775808), got {value}")
         if self.k_init < 1:
             raise ValueError("k_init must be at least 1")
         if self.folds < 2:

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from ..core.errors import InputError
 from ..core.tasks import Example, Task
 
 ATTRIBUTION = {
@@ -25,7 +26,7 @@ SENTIMENT_CLAIMS = {"positive": "This review is positive.", "negative": "This re
 GOLD_WORDS = {"0": 0, "1": 1, "false": 0, "true": 1, "False": 0, "True": 1}
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """Bad input data; the message names the place and the column.
 
     The place is the JSONL line where known, else the 1-based data row (a CSV header is not a row).
@@ -64,8 +65,18 @@ def read_jsonl(text: str) -> list[tuple[int, dict]]:
             raise DatasetError(f"not valid JSON ({error.msg})", line=n) from None
         if not isinstance(record, dict):
             raise DatasetError("each line must be a JSON object", line=n)
+        check_unicode(record, line=n)
         records.append((n, record))
     return records
+
+
+def check_unicode(record, **place) -> None:
+    """Refuse text no UTF-8 can hold: JSON's escapes decode "\\ud800" to half a surrogate pair, which
+    the database and the model's tokenizer would fail on much later."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError("not valid Unicode text: a \\uD800-\\uDFFF escape without its other half", **place) from None
 
 
 def seeded_rng(*parts) -> random.Random:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..core.tasks import Example, Task, builtin_task_names, load_task
 from .base import (
-    ATTRIBUTION, DatasetError, LoadedDataset, gold_value, gsm8k_final_answer, read_jsonl, sentiment_claims,
+    ATTRIBUTION, DatasetError, LoadedDataset, check_unicode, gold_value, gsm8k_final_answer, read_jsonl,
+    sentiment_claims,
 )
 
 if TYPE_CHECKING:  # pandas costs a second to import; the real-data loaders do not need it
@@ -47,13 +48,14 @@ def _format_of(source) -> str:
     name = str(source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "")).lower()
     if Path(name).suffix in FORMATS:
         return FORMATS[Path(name).suffix]
-    raise DatasetError(f"cannot tell the format of {name!r}: pass fmt= (csv, tsv, jsonl, json, parquet)")
+    endings = ", ".join(sorted(FORMATS))
+    raise DatasetError(f"cannot tell the format of {name!r} from its name: tables end in {endings}")
 
 
 def _decoded(data: bytes) -> str:
     """The bytes as UTF-8 text (a BOM dropped), or an error that says what the file is not."""
-    if b"\x00" in data[:8192]:
-        raise DatasetError("not a text table: the file holds binary data (NUL bytes)")
+    if (nul := data.find(b"\x00", 0, 8192)) >= 0:
+        raise DatasetError("not a text table: the file holds binary data (NUL bytes)", line=data[:nul].count(b"\n") + 1)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -135,6 +137,8 @@ def read_table(path_or_buffer, fmt: str | None = None) -> pd.DataFrame:
             raise DatasetError("JSON must be a list of records (objects) or a dict of column lists")
         if not isinstance(records, (list, dict)):
             raise DatasetError(f"JSON must be a list of records or a dict of column lists, not a {type(records).__name__}")
+        for row, record in enumerate(records if isinstance(records, list) else [records], 1):
+            check_unicode(record, row=row if isinstance(records, list) else None)
         try:
             return pd.DataFrame(records)
         except ValueError as error:  # column lists of different lengths
@@ -147,11 +151,13 @@ def read_table(path_or_buffer, fmt: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def _where(frame: pd.DataFrame, position: int) -> dict:
-    """Where a row came from: its JSONL line while the frame is still as read, else its 1-based row."""
+def _places(frame: pd.DataFrame) -> Callable[[int], dict]:
+    """Where each row came from: its CSV/JSONL line while the frame is still as read, else its
+    1-based row. Whether the lines still fit is checked once per frame: checked per row, it made
+    loading quadratic (12,000 rows took 16 s)."""
     lines = frame.attrs.get("icm_lines")  # pandas copies attrs onto filtered frames: check it still fits
     fits = lines is not None and len(lines) == len(frame) and list(frame.index) == list(range(len(lines)))
-    return {"row": position + 1, "line": lines[position] if fits else None}
+    return lambda position: {"row": position + 1, "line": lines[position] if fits else None}
 
 
 def _missing(value) -> bool:
@@ -190,6 +196,11 @@ def _column(frame: pd.DataFrame, column: str | None, what: str) -> list:
     return frame[column].tolist()
 
 
+def _require_rows(df: pd.DataFrame) -> None:
+    if len(df) == 0:  # said first: "no such column" would send the user looking for a typo
+        raise DatasetError("no rows: the table has a header but no data" if len(df.columns) else "no rows: the table is empty")
+
+
 def build_dataset(df: pd.DataFrame, task: Task | str, columns: Mapping[str, str] | None = None,
                   id_column: str | None = None, group_column: str | None = None, key_column: str | None = None,
                   gold_column: str | None = None, name: str = "uploaded", source: str = "",
@@ -199,6 +210,7 @@ def build_dataset(df: pd.DataFrame, task: Task | str, columns: Mapping[str, str]
     Gold values go to `gold` only; a gold column used as any input is refused.
     """
     task = task if isinstance(task, Task) else load_task(task)
+    _require_rows(df)
     columns = dict(columns or {f: f for f in task.fields})
     for f in task.fields:
         if f not in columns:
@@ -213,31 +225,31 @@ def build_dataset(df: pd.DataFrame, task: Task | str, columns: Mapping[str, str]
     values = {f: _column(df, c, f"field {f!r}") for f, c in columns.items() if f in task.fields}
     ids, groups, keys = (_column(df, c, w) for c, w in ((id_column, "id"), (group_column, "group"), (key_column, "key")))
     golds = _column(df, gold_column, "gold")
-    examples, gold, seen, members = [], {}, set(), {}
+    examples, gold, seen, members, where = [], {}, set(), {}, _places(df)
     for i in range(len(df)):
-        fields = {f: _input_text(values[f][i], _where(df, i), columns[f]) for f in task.fields}
+        fields = {f: _input_text(values[f][i], where(i), columns[f]) for f in task.fields}
         for f in (f for f in task.fields if fields[f] is None):
-            raise DatasetError("empty value", column=columns[f], **_where(df, i))
+            raise DatasetError("empty value", column=columns[f], **where(i))
         uid = _text(ids[i]) if id_column else f"{name}-{i + 1:05d}"
         if uid is None or uid in seen:
-            raise DatasetError("ids must be present and unique", column=id_column, **_where(df, i))
+            raise DatasetError("ids must be present and unique", column=id_column, **where(i))
         seen.add(uid)
         group, key = _text(groups[i]), _text(keys[i])
         if group is None and task.rule != "none":
-            raise DatasetError(f"rule {task.rule!r} needs a group", column=group_column, **_where(df, i))
+            raise DatasetError(f"rule {task.rule!r} needs a group", column=group_column, **where(i))
         if derive is not None:
             key = derive(fields) or f"unparsed:{uid}"
         if key is None and task.rule == "exclusive":
-            raise DatasetError("rule 'exclusive' needs a key", column=key_column, **_where(df, i))
+            raise DatasetError("rule 'exclusive' needs a key", column=key_column, **where(i))
         if task.rule in ("asymmetric_pair", "complementary"):
             members.setdefault(group, []).append(key)
             if len(members[group]) > 2 or (key is not None and members[group].count(key) > 1):
                 raise DatasetError(f"group {group!r}: rule {task.rule!r} pairs exactly two claims with different keys",
-                                   column=group_column, **_where(df, i))
+                                   column=group_column, **where(i))
         if gold_column is not None:
             gold[i] = gold_value(golds[i])
             if gold[i] is None:
-                raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **_where(df, i))
+                raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **where(i))
         examples.append(Example(uid, fields, group=group, key=key))
     return LoadedDataset(name, task, examples, gold if gold_column else None, source, attribution)
 
@@ -250,17 +262,17 @@ def expand_sentiment(df: pd.DataFrame, text_column="text", gold_column=None, id_
     import pandas as pd
 
     texts, golds, ids = (_column(df, c, w) for c, w in ((text_column, "text"), (gold_column, "gold"), (id_column, "id")))
-    rows, seen = [], set()
+    rows, seen, where = [], set(), _places(df)
     for i in range(len(df)):
-        text = _input_text(texts[i], _where(df, i), text_column)
+        text = _input_text(texts[i], where(i), text_column)
         if text is None:
-            raise DatasetError("empty value", column=text_column, **_where(df, i))
+            raise DatasetError("empty value", column=text_column, **where(i))
         positive = gold_value(golds[i]) if gold_column else 0
         if positive is None:
-            raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **_where(df, i))
+            raise DatasetError(f"gold must be 0, 1, true or false, got {golds[i]!r}", column=gold_column, **where(i))
         uid = _text(ids[i]) if id_column else f"s{i + 1:05d}"
         if uid is None or uid in seen:
-            raise DatasetError("ids must be present and unique", column=id_column, **_where(df, i))
+            raise DatasetError("ids must be present and unique", column=id_column, **where(i))
         seen.add(uid)
         for example, value in sentiment_claims(uid, text, positive, seed):
             row = {"id": example.uid, **example.fields, "group": example.group, "key": example.key}
@@ -271,6 +283,7 @@ def expand_sentiment(df: pd.DataFrame, text_column="text", gold_column=None, id_
 def dataset_from_table(df: pd.DataFrame, task: Task | str, name="uploaded", source="", attribution="") -> LoadedDataset:
     """build_dataset with columns guessed: task fields by name; id, gold/label, group, key if present."""
     task = task if isinstance(task, Task) else load_task(task)
+    _require_rows(df)
     present = lambda *names: next((n for n in names if n and n in df.columns), None)  # noqa: E731
     gold, ids = present("gold", "label"), present("id")
     if task.rule == "complementary" and "claim" in task.fields and "claim" not in df.columns:
@@ -325,6 +338,8 @@ def _first_groups(dataset: LoadedDataset, limit: int | None) -> LoadedDataset:
 def load_any(spec: str, task: Task | str | None = None, limit: int | None = None) -> LoadedDataset:
     """"sample:<name>", "shared:<dataset>" or a table file (then `task` is required)."""
     task_name = task.name if isinstance(task, Task) else task
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a whole number of groups, at least 1; got {limit!r}")
     if spec.startswith("shared:"):
         from .shared_data import SHARED
 
@@ -340,6 +355,8 @@ def load_any(spec: str, task: Task | str | None = None, limit: int | None = None
         dataset = _first_groups(dataset_from_table(read_table(spec), task, Path(spec).stem, spec), limit)
     if task_name is not None and dataset.task.name != task_name:
         raise ValueError(f"{spec} is a {dataset.task.name!r} dataset, not {task_name!r}")
+    if not dataset.examples:
+        raise DatasetError("no examples to label")
     return dataset
 
 

@@ -41,10 +41,12 @@ def summarize_run(store: Store, run_id: int) -> str:
     steps = events[events["kind"] == "propose"]
     changed = steps[steps["old_label"].fillna(-1) != steps["proposed_label"]]
     labels = store.labels(run_id)
+    search = run["config"].get("search", {})  # a run stored before a setting existed lacks its key
+    iterations = "no steps yet" if run["last_iteration"] is None else f"iterations {int(run['last_iteration'])}"
     lines = [
-        f"run {run_id} ({run['status']}): task {run['config']['task']}, model {run['model'].get('name')}, "
-        f"seed {run['config']['search']['seed']}, calibration {run['config']['search']['calibration']}",
-        f"iterations {int(run['last_iteration'])}, labeled {len(labels)} "
+        f"run {run_id} ({run['status']}): task {run['config'].get('task')}, model {run['model'].get('name')}, "
+        f"seed {search.get('seed')}, calibration {search.get('calibration', 'none')}",
+        f"{iterations}, labeled {len(labels)} "
         f"({int(labels['label'].sum())} True / {int((1 - labels['label']).sum())} False), "
         f"accepted {int(changed['accepted'].sum())} of {len(changed)} proposals that changed D",
         f"search time {steps['seconds'].sum():.0f} s, {steps['seconds'].mean():.2f} s/step, "

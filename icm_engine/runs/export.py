@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from ..core.errors import InputError
 from ..core.records import STEERING_KINDS
 from ..core.scoring import label_confidence
 from ..core.tasks import LABEL_NAMES
@@ -24,6 +25,10 @@ FORMATS = ("csv", "sft", "preference", "provenance")
 # Where an example's label came from, read from its last flip (records.FLIP_CAUSES).
 SOURCES = ("search", "final_pass", "person", "excluded", "unlabeled")
 _SOURCE_OF_CAUSE = {"initial": "search", "proposal": "search", "fix": "search", "final_pass": "final_pass", "human": "person"}
+
+
+class ExportError(InputError, ValueError):
+    """A format this run cannot be written in."""
 
 
 def labeled_frame(store: Store, run_id: int) -> pd.DataFrame:
@@ -102,7 +107,8 @@ def to_preference_jsonl(store: Store, run_id: int) -> bytes:
     stored = load_run(store, run_id)
     task, examples = stored.task, stored.examples
     if task.pairwise_fields is None:
-        raise ValueError(f"task {task.name!r} is not pairwise: preference export needs pairwise_fields")
+        raise ExportError(f"run {run_id}'s task {task.name!r} is not pairwise (it has no pairwise_fields): the "
+                          f"preference format needs two responses to choose between; export csv or sft instead")
     first, second = task.pairwise_fields
     seen, records = set(), []
     for row in store.labels(run_id).sort_values("example").itertuples(index=False):
@@ -164,5 +170,5 @@ def provenance(store: Store, run_id: int) -> bytes:
 def export(store: Store, run_id: int, fmt: str) -> bytes:
     writers = {"csv": to_csv, "sft": to_sft_jsonl, "preference": to_preference_jsonl, "provenance": provenance}
     if fmt not in writers:
-        raise ValueError(f"format must be one of {FORMATS}")
+        raise ExportError(f"format must be one of {FORMATS}, got {fmt!r}")
     return writers[fmt](store, run_id)

@@ -12,10 +12,12 @@ what flips, labels and events call an "example".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import socket
+import tempfile
 import threading
 import uuid
 from contextlib import contextmanager
@@ -26,27 +28,33 @@ from typing import Any, Callable, Iterator
 import duckdb
 import pandas as pd
 
+from ..core.errors import InputError
 from ..core.records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from ..core.tasks import Example, Task
 from .json_values import json_value, tag_state, to_json, untag_state
 
 # 2: run_state.progress_json (the clock's and the stopping rule's counters)
 # 3: datasets.content_hash (a load is identified by its content), runs.owner (who runs it)
-SCHEMA_VERSION = 3
+# 4: the table icm_studio holding MARKER: a file is ours by that row, which no other tool writes,
+#    not by table names other tools use too (schema_version is a common one)
+SCHEMA_VERSION = 4
+MARKER = "ICM Studio database 7d0f2c61-3b4e-4f0a-9c55-1e8a9b2d4f63"
+# What versions 2 and 3 added: a file of 1..3 carries no marker, so it is recognised by its exact
+# schema (the current one less these columns) and upgraded by adding them.
+_ADDED_COLUMNS = {2: (("run_state", "progress_json", "VARCHAR"),),
+                  3: (("datasets", "content_hash", "VARCHAR"), ("runs", "owner", "VARCHAR"))}
 RUN_STATUSES = ("created", "running", "paused", "stopped", "finished", "failed")
 # Not stored: what a 'running' run reads as when the process running it is gone.
 INTERRUPTED = "interrupted"
 # This process, as recorded in runs.owner while it runs a search. DuckDB lets one process hold
 # a file, so a run marked running by any other process was left so by one that died.
 PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-_OWN_TABLES = {"schema_version", "datasets", "examples", "gold", "runs", "run_state", "events", "flips",
-               "labels", "eval_runs", "eval_rows"}
 EVAL_COLUMNS = ("method", "seed", "accuracy", "n_test", "n_demos")  # the rest of a row goes to extra_json
 _CHUNK = 10_000  # examples per insert in add_dataset: bounds memory and paces progress()
 
 # Timestamps are naive TIMESTAMPs holding UTC: TIMESTAMPTZ would hand pandas values in the
 # session's local zone, and the same file is read on machines with different zones.
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE SEQUENCE IF NOT EXISTS dataset_ids START 1;
 CREATE SEQUENCE IF NOT EXISTS run_ids START 1;
@@ -96,16 +104,17 @@ CREATE TABLE IF NOT EXISTS eval_rows (
     accuracy DOUBLE, n_test INTEGER, n_demos INTEGER, extra_json VARCHAR NOT NULL,
     PRIMARY KEY (eval_id, row_no));
 """
+_SCHEMA = _TABLES + "CREATE TABLE IF NOT EXISTS icm_studio (marker VARCHAR NOT NULL);\n"
 # Foreign keys are left out on purpose: DuckDB rewrites an UPDATE as delete+insert, which a
 # referenced row refuses, and runs is updated every step. Store keeps references itself.
 
 
-class StoreError(RuntimeError):
-    pass
+class StoreError(InputError, RuntimeError):
+    """A database file that cannot be used as asked: missing, locked, foreign, newer, or no such run in it."""
 
 
-class _NeedsUpgrade(StoreError):
-    """A read-only open found an older schema."""
+class NotFoundError(StoreError, KeyError):
+    """No run (dataset, evaluation) with that id. A KeyError too, as a lookup that fails."""
 
 
 class StoreLockedError(StoreError):
@@ -149,23 +158,134 @@ def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _check_creatable(path: str) -> None:
+    """Refuse in words a new file that cannot be made: a file where a folder should be, a folder
+    this user may not write in. (What it makes to find out, it removes.)"""
+    folder = Path(path).absolute().parent
+    while not os.path.lexists(folder):  # the nearest one that is there: the rest would be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StoreError(f"{path}: cannot create it: {folder} is a file, not a folder")
+    try:  # tried, not asked: os.access says yes to root even where nothing can be made (/proc)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise StoreError(f"{path}: cannot create it: cannot write in {folder} ({error.strerror or error})") from None
+
+
+def _marked(con: duckdb.DuckDBPyConnection) -> bool:
+    try:
+        return con.execute("SELECT list(marker) FROM icm_studio").fetchone()[0] == [MARKER]
+    except (duckdb.CatalogException, duckdb.BinderException, duckdb.ConversionException):  # someone else's table
+        return False
+
+
+def _schema_of(con: duckdb.DuckDBPyConnection) -> tuple:
+    """Every column (schema, table, name, type, nullability) in order, and every sequence, of the open file."""
+    columns = con.execute(
+        "SELECT table_schema, table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_catalog = current_database() ORDER BY table_schema, table_name, ordinal_position").fetchall()
+    sequences = con.execute("SELECT schema_name, sequence_name FROM duckdb_sequences() "
+                            "WHERE database_name = current_database() ORDER BY ALL").fetchall()
+    return tuple(columns), tuple(sequences)
+
+
+@functools.cache
+def _schemas_before_marker() -> dict[tuple, int]:
+    """The exact schemas of versions 3, 2 and 1, as DuckDB shows them: _TABLES made in memory,
+    less what each later version added."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(_TABLES)
+        columns, sequences = _schema_of(con)
+    finally:
+        con.close()
+    known, dropped = {}, set()
+    for version in (3, 2, 1):
+        known[(tuple(c for c in columns if c[1:3] not in dropped), sequences)] = version
+        dropped |= {(table, column) for table, column, _ in _ADDED_COLUMNS.get(version, ())}
+    return known
+
+
 class Store:
     """All persistence of ICM Studio. Thread-safe; one instance per database file per process."""
 
     def __init__(self, path: str = ":memory:", read_only: bool = False) -> None:
+        """Open an ICM Studio database, or create one where nothing is. A file that is there is
+        looked at read-only first and opened for writing only once it is known to be ours: any
+        other file, DuckDB or not, is left byte for byte as it was."""
         self.path, self.read_only = str(path), read_only
         self._lock = threading.RLock()
-        if self.path != ":memory:" and not read_only:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        if not self.path.strip():  # DuckDB would open an in-memory database and keep nothing
+            raise StoreError("an empty --db path names no database file")
         try:
-            self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(self.path, read_only=read_only)
-        except duckdb.Error as exc:
-            raise self._open_error(exc) from exc
-        try:
-            self._migrate()
+            if self.path == ":memory:":
+                self._con = duckdb.connect(self.path)
+                self._upgrade(None)
+            elif read_only or os.path.lexists(self.path):
+                self._open_existing()
+            else:
+                self._create()
         except BaseException:
             self.close()
             raise
+
+    def _open_existing(self) -> None:
+        file = Path(self.path)
+        if not file.exists():
+            raise StoreError(f"{self.path}: no such database")
+        if not file.is_file():
+            raise StoreError(f"{self.path} is {'a folder' if file.is_dir() else 'not a regular file'}, not a database file")
+        try:
+            with open(file, "rb") as handle:
+                head = handle.read(12)
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot read it: {error.strerror or error}") from None
+        if head[8:12] != b"DUCK":  # checked first: DuckDB would open a .csv as a database of one view
+            raise ForeignDatabaseError(f"{self.path}: not a DuckDB database file (left untouched)")
+        self._con = self._connect(read_only=True)
+        found = self._recognised()
+        if self.read_only:
+            self._read_as_current(found)
+            return
+        self._con.close()
+        self._con = self._connect(read_only=False)
+        self._upgrade(self._recognised())  # looked at again: another process may have changed it in between
+
+    def _create(self) -> None:
+        """A new file. Whatever stops it half-made removes it again: a failed start leaves no file."""
+        _check_creatable(self.path)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot create its folder: {error.strerror or error}") from None
+        try:
+            self._con = self._connect(read_only=False)
+            self._upgrade(None)
+        except BaseException:
+            self.close()
+            for made in (Path(self.path), Path(self.path + ".wal")):
+                made.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def check(cls, path: str) -> None:
+        """Refuse now what opening `path` for writing would refuse (a foreign, newer or locked file, a
+        place no file can be made), creating and changing nothing: `icm run` asks before its model loads."""
+        if path == ":memory:":
+            return
+        if os.path.lexists(path) or not str(path).strip():
+            cls(path, read_only=True).close()
+            if not os.access(path, os.W_OK):
+                raise StoreError(f"{path}: no permission to write it")
+        else:
+            _check_creatable(path)
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise self._open_error(exc) from exc
 
     def _open_error(self, exc: duckdb.Error) -> StoreError:
         said = str(exc)
@@ -179,51 +299,71 @@ class Store:
             return ForeignDatabaseError(f"{self.path}: not a DuckDB database file (left untouched)")
         if "ermission" in said or "read-only" in said:
             return StoreError(f"{self.path}: cannot open it{' read-only' if self.read_only else ''}: {said}")
-        return StoreError(f"{self.path}: {said}")
+        return StoreError(f"{self.path}: cannot read it as a DuckDB database (damaged or truncated?): "
+                          f"{said.splitlines()[0] if said else type(exc).__name__}")
 
     @classmethod
     def existing(cls, path: str, read_only: bool = True) -> "Store":
         """Open a database that must already be there, read-only unless asked: what works on stored
         runs must not create an empty file from a mistyped path, and what only reads must not need
-        write access. A file from an older ICM Studio is upgraded first (that one open writes)."""
-        if not Path(path).is_file():
+        write access or change a byte (a file from an older ICM Studio is read as it is)."""
+        if str(path).strip() and not os.path.lexists(path):
             raise StoreError(f"{path}: no such database")
-        if not read_only:
-            return cls(path)
-        try:
-            return cls(path, read_only=True)
-        except _NeedsUpgrade:
-            with cls(path):
-                pass
-            return cls(path, read_only=True)
+        return cls(path, read_only=read_only)
 
-    def _migrate(self) -> None:
+    def _recognised(self) -> int:
+        """The schema version of this file if ICM Studio wrote it; ForeignDatabaseError for any other."""
         con = self._connection()
-        tables = {t for (t,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if tables and "schema_version" not in tables:
-            shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+        try:
+            tables = sorted({t for (t,) in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()").fetchall()})
+            if "icm_studio" in tables and _marked(con):
+                found = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            else:  # 1..3 had no marker: their exact schema (every table, column and sequence) says it
+                found = _schemas_before_marker().get(_schema_of(con))
+                if found is not None and con.execute("SELECT list(version) FROM schema_version").fetchone()[0] != [found]:
+                    found = None
+        except duckdb.Error as exc:
+            raise self._open_error(exc) from exc
+        if found is None:
+            shown = ", ".join(tables[:8]) + (", ..." if len(tables) > 8 else "")
             raise ForeignDatabaseError(
-                f"{self.path} is a DuckDB database that ICM Studio did not create (tables: {shown}); "
-                f"it was left untouched: pass a new file or an ICM Studio database")
-        found = con.execute("SELECT max(version) FROM schema_version").fetchone()[0] if tables else None
-        if found is not None and found > SCHEMA_VERSION:
+                f"{self.path} is {'a' if tables else 'an empty'} DuckDB database that ICM Studio did not create"
+                f"{f' (tables: {shown})' if tables else ''}; it was left untouched: pass a new file or an ICM Studio database")
+        if found > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path} has schema version {found}, newer than this ICM Studio understands "
                 f"({SCHEMA_VERSION}); upgrade ICM Studio to open it"
             )
+        return int(found)
+
+    def _upgrade(self, found: int | None) -> None:
+        """Bring a new (None) or older file to SCHEMA_VERSION, marker included, in one transaction.
+        Only writing opens get here."""
         if found == SCHEMA_VERSION:
             return
-        if self.read_only:
-            raise _NeedsUpgrade(f"{self.path} has schema version {found}; it needs one writing open to upgrade")
         with self._transaction() as con:
-            if found is not None and found < 2:  # its runs resume with counters rebuilt from their events
-                con.execute("ALTER TABLE run_state ADD COLUMN IF NOT EXISTS progress_json VARCHAR")
-            if found is not None and found < 3:  # older loads have no hash: they are never reused
-                con.execute("ALTER TABLE datasets ADD COLUMN IF NOT EXISTS content_hash VARCHAR")
-                con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR")
+            for version, added in _ADDED_COLUMNS.items():
+                if found is not None and found < version:  # older runs resume with counters rebuilt from
+                    for table, column, kind in added:  # their events; older loads have no hash: never reused
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             con.execute(_SCHEMA)
+            con.execute("DELETE FROM icm_studio")
+            con.execute("INSERT INTO icm_studio VALUES (?)", [MARKER])
             con.execute("DELETE FROM schema_version")
             con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+
+    def _read_as_current(self, found: int) -> None:
+        """Read an older file as the current schema without writing a byte to it: views in this
+        connection's temporary memory show the columns it lacks as NULL, as the upgrade would."""
+        con = self._connection()
+        catalog = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
+        missing: dict[str, list[str]] = {}
+        for version, added in _ADDED_COLUMNS.items():
+            for table, column, kind in added if found < version else ():
+                missing.setdefault(table, []).append(f"NULL::{kind} AS {column}")
+        for table, columns in missing.items():  # the temporary schema comes first when a name is looked up
+            con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, {", ".join(columns)} FROM "{catalog}".main.{table}')
 
     def close(self) -> None:
         with self._lock:
@@ -260,19 +400,37 @@ class Store:
                     pass  # a failed COMMIT has already rolled back
                 raise
 
-    def _rows(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+    @contextmanager
+    def _reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, under the lock; a file that turns out damaged or truncated (found only
+        when a query reaches the missing block) is a StoreError that says so, not a traceback."""
         with self._lock:
-            return self._connection().execute(sql, params).fetchall()
+            try:
+                yield self._connection()
+            except duckdb.Error as exc:  # a failed checksum is a plain duckdb.Error
+                if isinstance(exc, (duckdb.IOException, duckdb.SerializationException)) or "Corrupt" in str(exc):
+                    raise self._open_error(exc) from exc
+                raise
+
+    def _rows(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        with self._reading() as con:
+            return con.execute(sql, params).fetchall()
 
     def _df(self, sql: str, params: list | tuple = ()) -> pd.DataFrame:
-        with self._lock:
-            return self._connection().execute(sql, params).df()
+        with self._reading() as con:
+            return con.execute(sql, params).df()
 
     def _one(self, sql: str, params: list | tuple, what: str) -> tuple:
         rows = self._rows(sql, params)
         if not rows:
-            raise KeyError(f"no {what}")
+            raise NotFoundError(f"no {what} in {self.path}")
         return rows[0]
+
+    def _no_run(self, run_id: int) -> NotFoundError:
+        """What a mistyped run id reads as: the file, and the runs it does have."""
+        ids = [r for (r,) in self._rows("SELECT run_id FROM runs ORDER BY run_id")]
+        shown = ", ".join(map(str, ids[:8])) + (f", ... {ids[-1]}" if len(ids) > 8 else "")
+        return NotFoundError(f"no run {run_id} in {self.path} ({f'its runs: {shown}' if ids else 'it has no runs yet'})")
 
     # -- datasets -------------------------------------------------------------------
 
@@ -381,10 +539,10 @@ class Store:
         seed = (config.get("search") or {}).get("seed", config.get("seed"))
         with self._transaction() as con:
             if not con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchall():
-                raise KeyError(f"no dataset {dataset_id}")
+                raise NotFoundError(f"no dataset {dataset_id} in {self.path}")
             if parent_run_id is not None and not con.execute(
                     "SELECT 1 FROM runs WHERE run_id = ?", [parent_run_id]).fetchall():
-                raise KeyError(f"no parent run {parent_run_id}")
+                raise NotFoundError(f"no parent run {parent_run_id} in {self.path}")
             run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
             now = _now()
             con.execute(
@@ -418,7 +576,7 @@ class Store:
             sql = "SELECT last_seq, n_examples FROM runs JOIN datasets USING (dataset_id) WHERE run_id = ?"
             found = con.execute(sql, [run_id]).fetchall()
             if not found:
-                raise KeyError(f"no run {run_id}")
+                raise self._no_run(run_id)
             last_seq, n = found[0]
             touched = [e for e, _ in items] + [f.example for f in record.flips] + sorted(snapshot.excluded)
             touched += [] if record.example is None else [record.example]
@@ -475,7 +633,8 @@ class Store:
     def load_snapshot(self, run_id: int) -> SearchSnapshot | None:
         """The state the last recorded step left; None if the run has no step yet."""
         with self._lock:
-            self._one("SELECT 1 FROM runs WHERE run_id = ?", [run_id], f"run {run_id}")
+            if not self._rows("SELECT 1 FROM runs WHERE run_id = ?", [run_id]):
+                raise self._no_run(run_id)
             state = self._rows("SELECT * EXCLUDE (run_id) FROM run_state WHERE run_id = ?", [run_id])
             if not state:
                 return None
@@ -509,17 +668,17 @@ class Store:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
         with self._transaction() as con:
             if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
-                raise KeyError(f"no run {run_id}")
+                raise self._no_run(run_id)
             con.execute("UPDATE runs SET status = ?, error = ?, updated_at = ?, owner = ? WHERE run_id = ?",
                         [status, error, _now(), PROCESS if status == "running" else None, run_id])
 
     def run(self, run_id: int) -> dict:
         """The run's row, with config and model parsed into dicts (config_json/model_json dropped)."""
-        with self._lock:
-            cursor = self._connection().execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        with self._reading() as con:
+            cursor = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
             names, rows = [d[0] for d in cursor.description], cursor.fetchall()
         if not rows:
-            raise KeyError(f"no run {run_id}")
+            raise self._no_run(run_id)
         row = dict(zip(names, rows[0]))
         row["status"] = _status(row["status"], row["owner"])
         row["config"] = json.loads(row.pop("config_json"))
