@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import random
+import zlib
 
-from icm_engine.backends.fake import NEGATIVE, POSITIVE
+import numpy as np
+
+from icm_engine.backends.fake import NEGATIVE, POSITIVE, FakeLM, polarity
 from icm_engine.core.tasks import Example, Task
 
 SINGLE = Task(name="polarity", template="Review: {text}\nPositive?", fields=("text",), rule="none")
@@ -35,3 +38,18 @@ def polarity_examples(n: int, seed: int = 0, paired: bool = False) -> tuple[list
             gold[len(examples)] = int(truth)
             examples.append(Example(uid=f"r{k}-{claim[:3]}", fields={"text": text, "claim": claim}, group=f"g{k}", key=claim))
     return examples, gold
+
+
+class PolarityStates(FakeLM):
+    """The fake polarity model with hidden states at the label position: noise plus the review's
+    polarity along one direction, so a head can learn what the labels say."""
+
+    @property
+    def hidden_layer_count(self) -> int:
+        return 2
+
+    def hidden_states(self, prompts, layers):
+        direction = np.random.default_rng(0).normal(size=16)
+        rows = [np.random.default_rng(zlib.crc32(p[-1].encode())).normal(size=16) + 3 * np.sign(polarity(p[-1])) * direction
+                for p in prompts]
+        return np.repeat(np.asarray(rows, dtype=np.float32)[None], len(layers), axis=0)

@@ -15,7 +15,7 @@ from icm_engine.backends.base import LanguageModel
 from icm_engine.backends.fake import FakeLM
 from icm_engine.cli import eval as eval_cli
 from icm_engine.cli import evals as evals_cli
-from icm_engine.core.config import RunConfig, SearchConfig
+from icm_engine.core.config import LearnerConfig, RunConfig, SearchConfig
 from icm_engine.core.prompts import demo_prefix
 from icm_engine.data.base import LoadedDataset
 from icm_engine.evaluation.comparison_tables import (
@@ -30,7 +30,7 @@ from icm_engine.evaluation.comparison import (
 from icm_engine.core.search import Search
 from icm_engine.runs.runner import make_scorer
 from icm_engine.store.database import Store, StoreError
-from tests.fakes import PAIRED, SINGLE, polarity_examples
+from tests.fakes import PAIRED, SINGLE, PolarityStates, polarity_examples
 
 
 class Recording(LanguageModel):
@@ -485,31 +485,13 @@ def test_centered_decision_removes_a_constant_lean_and_rows_record_both_rules():
     assert EvalConfig(task="x", data="y", decision="argmax").decision_rule == DECISION_RULES["argmax"]
 
 
-class PolarityStates(FakeLM):
-    """The fake polarity model with hidden states at the label position: noise plus the review's
-    polarity along one direction, so a head can learn what the labels say."""
-
-    @property
-    def hidden_layer_count(self) -> int:
-        return 2
-
-    def hidden_states(self, prompts, layers):
-        import zlib
-
-        from icm_engine.backends.fake import polarity
-
-        direction = np.random.default_rng(0).normal(size=16)
-        rows = [np.random.default_rng(zlib.crc32(p[-1].encode())).normal(size=16) + 3 * np.sign(polarity(p[-1])) * direction
-                for p in prompts]
-        return np.repeat(np.asarray(rows, dtype=np.float32)[None], len(layers), axis=0)
-
-
 def test_the_finetuning_table_trains_on_each_methods_labels_and_tests_on_the_test_split(tmp_path, capsys):
     from icm_engine.evaluation.comparison_tables import summarize_finetune
     from icm_engine.evaluation.finetune_table import FINETUNE_TABLE
 
     data = dataset(n=40, paired=False)
     config = replace(CONFIG, task="polarity", search_size=16, test_size=20, seeds=(0, 1), finetune=("head",),
+                     learner=LearnerConfig(l2=1.0),
                      methods=(ZERO_SHOT, GOLD, ICM, RANDOM_LABELS))
     result = evaluate(data, PolarityStates(strength=0), config)  # no zero-shot reading: the head learns it all
     tuned = table_rows(result.rows, FINETUNE_TABLE)

@@ -130,3 +130,34 @@ def test_reading_the_label_position_in_one_forward_equals_the_two_reads(tmp_path
     np.testing.assert_allclose(raw[:, 1] - raw[:, 0], apart_raw[:, 1] - apart_raw[:, 0], atol=1e-4)
     asked = lm.label_logprobs([LabelQuery(p, task.label_words) for p in prompts])
     np.testing.assert_allclose(raw[:, 1] - raw[:, 0], asked[:, 1] - asked[:, 0], atol=1e-4)
+
+
+def test_export_page_fine_tunes_a_run_through_its_button_and_shows_the_loss_curve(tmp_path):
+    """As a user would: pick the head learner, press Fine-tune, watch it finish, see the curve and the model listed."""
+    import time
+
+    from icm_engine.runs.manager import RunManager
+    from tests.conftest import add_polarity_dataset, fake_run_config
+    from tests.fakes import PolarityStates
+    from tests.test_app_pages import open_page, plotly_titles
+
+    manager = RunManager(str(tmp_path / "icm.duckdb"), backend_factory=lambda model, progress: PolarityStates(strength=0))
+    try:
+        run_id = manager.start_run(add_polarity_dataset(manager, n=16), fake_run_config(steps=20))
+        assert manager.wait(run_id).state == "finished"
+        at = open_page(manager, "export", run_id)
+        at.selectbox(key="export.learner").set_value("head").run()
+        at.button(key="export.finetune").click().run()
+        assert not at.exception
+        job = manager.finetunes.job(0)
+        deadline = time.monotonic() + 60
+        while job.state not in ("finished", "failed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        at.run()
+        assert job.state == "finished", job.error
+        assert any("Saved ft-1 (head)" in s.value for s in at.success)
+        assert "Training loss (head)" in plotly_titles(at)
+        listed = at.dataframe[-1].value
+        assert listed["id"].tolist() == ["ft-1"] and int(listed["labels"].iloc[0]) == len(manager.store.labels(run_id))
+    finally:
+        manager.shutdown()

@@ -9,6 +9,7 @@ import streamlit as st
 from icm_engine.runs.manager import RunManager
 
 from .. import services
+from ..finetune_panel import render_finetune
 from ..services import run_picker
 
 FORMATS = {  # format -> (description, file suffix, mime type)
@@ -60,7 +61,13 @@ def render_export(manager: RunManager) -> None:
         data = ready["data"]
     if not fresh:
         st.caption("Prepare the file to download it.")
-        return
+    else:
+        _download(run_id, fmt, data)
+    st.divider()
+    render_finetune(manager, run_id)
+
+
+def _download(run_id: int, fmt: str, data: bytes) -> None:
     suffix, mime = FORMATS[fmt][1], FORMATS[fmt][2]
     st.download_button(f"Download run{run_id}.{suffix}", data, file_name=f"run{run_id}.{suffix}", mime=mime,
                        key="export.download", on_click="ignore", type="primary")

@@ -27,6 +27,7 @@ from ..core.config import ModelConfig, RunConfig
 from ..core.records import StepRecord
 from ..core.search import Search
 from ..store.database import INTERRUPTED, Store
+from .finetune_jobs import FinetuneJobs
 from .runner import advance, describe_error, is_user_error, open_search, record_steering
 
 # progress(message, fraction or None), as models.load_model reports model conversion and loading
@@ -283,6 +284,7 @@ class RunManager:
         self._backends: dict[ModelConfig, tuple[LanguageModel, threading.Lock]] = {}
         self._workers: dict[int, _Worker] = {}
         self._closed = False
+        self.finetunes = FinetuneJobs(self)  # fine-tunes started from the studio
 
     # -- data ------------------------------------------------------------------------------
     def add_dataset(self, dataset, progress: Callable[[float], None] | None = None) -> int:
