@@ -187,11 +187,19 @@ def why(row, uids: Sequence[str] | None = None) -> str:
     """One flip's reason, in words, from a label_history row."""
     name = (lambda i: uids[int(i)] if uids is not None else f"#{int(i)}")
     if row["cause"] == "initial":
+        if row.get("kind") == "init" and isinstance(row.get("note"), str) and row["note"].startswith("labeled "):
+            return f"initial label (scalable ICM, Algorithm 3 line 1): {row['note']}"
         return "random initial label (one of the K examples labeled before the search starts)"
+    if row["cause"] == "fold":
+        return (f"relabeled by a model fit on the other folds (scalable ICM): {row['note']}; accepted with "
+                f"delta U = {row['delta']:+.3f}, T = {row['temperature']:.3f}, "
+                f"acceptance probability {row['accept_prob']:.3f}")
     if row["cause"] == "proposal":
         return (f"accepted proposal: delta U = {row['delta']:+.3f}, T = {row['temperature']:.3f}, "
                 f"acceptance probability {row['accept_prob']:.3f}")
     if row["cause"] == "fix":
+        if row.get("kind") in ("fold", "init"):
+            return "made consistent with the most confident member of its group (Algorithm 4, ConsistencyFix-MaxProb)"
         if pd.isna(row["partner"]):
             return "consistency fix (the pair contradicted the task's rule)"
         partner = int(row["partner"])

@@ -181,3 +181,38 @@ def test_icm_run_scalable_on_a_tiny_model_starts_from_an_earlier_runs_labels_and
     assert cli.main(["export", "--db", db, "--run", "2", "--format", "csv", "--out", str(tmp_path / "l.csv")]) == 0
     assert len((tmp_path / "l.csv").read_text().splitlines()) == 31
     assert cli.main(["run", *common, "--algorithm", "scalable", "--init-run", "9"]) == 2
+
+
+def test_a_scalable_run_in_the_studio_runs_to_the_end_steers_and_is_explained_on_audit(tmp_path):
+    from dataclasses import replace
+
+    from icm_engine.runs.manager import RunManager
+    from tests.conftest import add_polarity_dataset, fake_run_config
+    from tests.fakes import PolarityStates
+    from tests.test_app_pages import open_page, plotly_titles
+
+    manager = RunManager(str(tmp_path / "icm.duckdb"), backend_factory=lambda model, progress: PolarityStates(strength=1))
+    try:
+        config = fake_run_config(steps=9)
+        config = replace(config, search=replace(config.search, algorithm="scalable", folds=3))
+        run_id = manager.start_run(add_polarity_dataset(manager, n=24), config)
+        assert manager.wait(run_id, timeout=60).state == "finished", manager.status(run_id).error
+        events = manager.store.events(run_id)
+        assert events["kind"].iloc[0] == "init" and set(events["kind"].iloc[1:]) == {"fold"}
+        assert len(manager.store.labels(run_id)) == 24
+        live = open_page(manager, "live", run_id)
+        assert not live.exception and len(plotly_titles(live)) >= 3
+        # steering reaches a scalable run too: a pin is recorded and kept through more steps
+        manager.pin(run_id, 0, 0).result(timeout=10)
+        manager.extend(run_id, 3).result(timeout=10)
+        assert manager.wait(run_id, timeout=60).state in ("finished", "paused")
+        assert manager.store.labels(run_id).set_index("example").loc[0, "label"] == 0
+        at = open_page(manager, "audit", run_id)
+        at.selectbox(key="audit.example").set_value(5).run()
+        assert not at.exception
+        history = at.dataframe[1].value
+        assert history["why"].iloc[0].startswith("initial label (scalable ICM")
+        assert any("fit on the other folds" in m.value for m in at.markdown)
+        assert any("What the fold's model reads" in m.value for m in at.markdown)
+    finally:
+        manager.shutdown()

@@ -1,6 +1,7 @@
 """Audit: every example's label, and for one example why each change happened and what the model saw."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -62,6 +63,7 @@ def _verdict(manager: RunManager, view, example: int) -> None:
 
 
 def _detail(manager: RunManager, view, example: int) -> None:
+    scalable = view.run["config"]["search"].get("algorithm", "icl") == "scalable"
     uid = view.uids[example]
     st.subheader(f"Example {uid}")
     _verdict(manager, view, example)
@@ -82,8 +84,10 @@ def _detail(manager: RunManager, view, example: int) -> None:
         row = current.iloc[0]
         if not (pd.isna(row["logp_false"]) or pd.isna(row["logp_true"])):
             renormalized = normalize([[row["logp_false"], row["logp_true"]]])[0]
-            st.markdown(f"**Label log-probabilities now** (iteration {view.last_iteration}, given every other "
-                        "labeled example as demonstrations)")
+            given = ("from the model fit on the other folds' labels, not this one's (scalable ICM)" if scalable
+                     else "given every other labeled example as demonstrations")
+            st.markdown(f"**Label log-probabilities now** (iteration {view.last_iteration}, {given}): "
+                        f"P(True) = {np.exp(renormalized[1]):.3f}")
             st.dataframe(pd.DataFrame({
                 "label": ["False", "True"], "word": list(view.task.label_words),
                 "log P (whole vocabulary)": [row["logp_false"], row["logp_true"]],
@@ -94,6 +98,11 @@ def _detail(manager: RunManager, view, example: int) -> None:
     if example in view.excluded:
         st.info("Excluded from the search: the model is not asked about it, and it is no demonstration for others. "
                 "Include it again on the Steer page.")
+        return
+    if scalable:
+        st.markdown("**What the fold's model reads** (its query alone: the other folds' labels are in its weights, "
+                    "not in a prompt)")
+        st.code(view.task.render_query(view.examples[example]), language=None, wrap_lines=True)
         return
     st.markdown("**The prompt the model sees for this example now** (demonstrations in position order, then the "
                 "query; before any trimming to the model's context window)")

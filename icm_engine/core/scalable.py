@@ -244,6 +244,7 @@ class ScalableSearch(Steering):
             self._cross = None
         if self._cross is None:
             self._cross = self._cross_fit(self.label_map())
+            self._store_logp()
         labels_now = self.label_map()
         u_before, ap_before, i_before = self._utility(labels_now)
         temp = temperature(n, self.t0, self.config.t_min, self.config.beta)
