@@ -5,7 +5,6 @@ from the store decides exactly as one never stopped."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from icm_engine.core.config import LearnerConfig, SearchConfig
 from icm_engine.core.scalable import ScalableSearch

@@ -87,22 +87,12 @@ class ScalableSearch(Steering):
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = snapshot.rng_state
             self.progress = replace(snapshot.progress)
-            # The round's partition is drawn at its first fold; a resumed mid-round search redraws
-            # nothing: it restores the generator as it stood after the draw and replays the draw.
+            # Each round's partition comes from its own generator, seeded by the run's seed and the
+            # round: a search resumed mid-round draws the very same folds again.
             if self.iteration > 0 and (self.iteration % self.config.folds) != 0:
                 self.folds = self._partition(np.random.default_rng(self._round_seed(self._round(self.iteration))))
 
-    # state views, as search.Search offers them -------------------------------------------
-    @property
-    def initialized(self) -> bool:
-        return self.iteration >= 0
-
-    def active(self) -> list[int]:
-        return [i for i in range(self.n_examples) if i not in self.excluded]
-
-    def unlabeled(self) -> list[int]:
-        return [i for i in self.active() if i not in self.labels]
-
+    # state views, as search.Search offers them (initialized, active, unlabeled, label_map: Steering)
     @property
     def labeled_by_search(self) -> int:
         return len(self.labels)
@@ -122,10 +112,6 @@ class ScalableSearch(Steering):
     @property
     def done(self) -> bool:
         return self.stopped and not self.unlabeled()
-
-    def label_map(self, labels: dict[int, LabelState] | None = None) -> dict[int, int]:
-        labels = self.labels if labels is None else labels
-        return {i: state.label for i, state in labels.items()}
 
     def snapshot(self) -> SearchSnapshot:
         u, ap, inconsistencies = self._utility(self.label_map()) if self._cross is not None else (None, None, None)

@@ -68,18 +68,7 @@ class Search(Steering):
             self.progress = replace(snapshot.progress)
             self._current = self._restore_evaluation(snapshot)
 
-    # state views ----------------------------------------------------------------------
-    @property
-    def initialized(self) -> bool:
-        return self.iteration >= 0
-
-    def active(self) -> list[int]:
-        """Examples the search may label: all but the excluded ones."""
-        return [i for i in range(self.n_examples) if i not in self.excluded]
-
-    def unlabeled(self) -> list[int]:
-        return [i for i in self.active() if i not in self.labels]
-
+    # state views (initialized, active, unlabeled, label_map: Steering) ---------------------
     @property
     def labeled_by_search(self) -> int:
         """Examples the search itself had labeled: counted when the final pass ran, or now if it has not."""
@@ -112,10 +101,6 @@ class Search(Steering):
     def order(self, labels: dict[int, LabelState] | None = None) -> list[int]:
         labels = self.labels if labels is None else labels
         return sorted(labels, key=lambda i: labels[i].position)
-
-    def label_map(self, labels: dict[int, LabelState] | None = None) -> dict[int, int]:
-        labels = self.labels if labels is None else labels
-        return {i: state.label for i, state in labels.items()}
 
     def snapshot(self) -> SearchSnapshot:
         current = self._current

@@ -1,5 +1,6 @@
-"""A person's actions on a running search (pin, unpin, exclude, include, alpha and T0, more steps),
-shared by the in-context search (search.Search) and the scalable one (scalable.ScalableSearch).
+"""What the in-context search (search.Search) and the scalable one (scalable.ScalableSearch) share:
+their state views and a person's actions on them (pin, unpin, exclude, include, alpha and T0, more
+steps).
 
 Each action changes the search's state and returns a StepRecord that the runner stores as an event;
 replay reads a "set_param" event's note back with set_param_arguments. A search that mixes this in
@@ -15,6 +16,23 @@ from .records import Flip, LabelState, StepRecord
 
 
 class Steering:
+    # state views both searches share ------------------------------------------------------
+    @property
+    def initialized(self) -> bool:
+        return self.iteration >= 0
+
+    def active(self) -> list[int]:
+        """Examples the search may label: all but the excluded ones."""
+        return [i for i in range(self.n_examples) if i not in self.excluded]
+
+    def unlabeled(self) -> list[int]:
+        return [i for i in self.active() if i not in self.labels]
+
+    def label_map(self, labels: dict[int, LabelState] | None = None) -> dict[int, int]:
+        labels = self.labels if labels is None else labels
+        return {i: state.label for i, state in labels.items()}
+
+    # a person's actions -------------------------------------------------------------------
     def _pinned(self, example: int) -> bool:
         return example in self.labels and self.labels[example].pinned
 

@@ -28,6 +28,7 @@ from ..core.tasks import Example, Task
 from .base import Learner, Prepared, Trained, TrainProgress, check_labels
 
 PREDICT_BATCH = 64
+SCORER_CACHE_MB = 512
 
 
 class LoraLearner(Learner):
@@ -89,6 +90,10 @@ class LoraLearner(Learner):
                                  target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=self.backend.tokenizer,
                              peft_config=peft_config, callbacks=[Report()])
+        if progress is not None:  # the caller draws progress; the trainer's own printing of every log goes
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
         try:
             trainer.train()
@@ -114,7 +119,9 @@ class TrainedLora(Trained):
         base = learner.backend
         info = ModelInfo(name=f"{base.name}+lora", revision=base.revision, device=base.info.device,
                          dtype=base.info.dtype, quantization=base.info.quantization)
-        self.scorer = TransformersLM(merged, base.tokenizer, info, max_context=base.context_window, prefix_cache=False)
+        # the batched, cached scorer of the search (a small store: prompts here share little but BOS)
+        self.scorer = TransformersLM(merged, base.tokenizer, info, max_context=base.context_window,
+                                     cache_budget_mb=SCORER_CACHE_MB)
 
     def label_logprobs(self, prepared: Prepared, indices: Sequence[int]) -> np.ndarray:
         return _label_logprobs(self.scorer, self.learner.task, [prepared.prompts[i] for i in indices])
