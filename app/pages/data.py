@@ -117,10 +117,11 @@ def _from_upload(manager: RunManager) -> None:
         st.warning(f"No built-in task matches the columns of {upload.name} ({', '.join(columns)}): {needs}. "
                    "Pick a task and map its fields to columns below, or define a custom task.")
     if len(table) > LARGE_TABLE:
-        st.info(f"{len(table):,} rows. A search takes several steps per example and each step scores the labeled set "
-                f"again, so on a CPU with a small model a search over all of them takes many hours. "
-                f"Searching a sample of {SUGGESTED_SAMPLE} first is proposed below (change it to 0 for all); "
-                f"label the rest from its result with the final pass on a run over the whole table.")
+        st.info(f"{len(table):,} rows. The in-context search (Algorithm 1) holds every label in one prompt: on a CPU "
+                f"with a small model it takes many hours over all of them, so a sample of {SUGGESTED_SAMPLE} is proposed "
+                f"below for it. Set the number to 0 to load all and pick the scalable algorithm on the Run page "
+                f"(Algorithm 3: a learner fit on the other folds; 1,000 sentences in about 10 minutes here), "
+                f"optionally started from an in-context run on a first batch (docs/scalable.md).")
     task = _pick_task(fits[0] if fits else CUSTOM, key="data.upload.task")
     if task is None:
         return
