@@ -76,7 +76,8 @@ def _detail(manager: RunManager, view, example: int) -> None:
                 "P(True) then", format="%.3f",
                 help="the model's P(True) over the two label words at that step, given the labeled set as it was "
                      "then (empty for a partner a consistency fix changed)")})
-        _as_it_was(view, example, history)
+        if not scalable:  # a scalable run's labels come from a fold's model, not from a prompt of demonstrations
+            _as_it_was(view, example, history)
     else:
         st.caption("Never labeled.")
     current = view.labels[view.labels["example"] == example]
