@@ -213,7 +213,7 @@ def test_load_run_watch_pin_and_export(studio, shots):
         page.get_by_label("Steps (cap)", exact=True).fill(str(STEPS))
         page.get_by_text("Temperature, initialization and more").click()
         page.get_by_label("K (random initial labels)", exact=True).fill("4")
-        page.get_by_role("button", name="Start").click()
+        page.get_by_role("button", name="Start", exact=True).click()
         page.get_by_text("Started run #1").wait_for()
         page.get_by_test_id("stMetricValue").filter(has_text="running").wait_for(timeout=60_000)
         snap(page, shots / "02_run.png")
@@ -323,7 +323,7 @@ BAD_UPLOADS = {  # file -> what the page must say
     "numbers.csv": (b"foo,bar\n1,2\n", "No built-in task matches the columns of numbers.csv (foo, bar)"),
     "latin1.csv": ("text,gold\nCaf\u00e9,1\n".encode("latin-1"),
                    "Could not read latin1.csv: line 2: not a UTF-8 text table: byte 0xe9 cannot be decoded"),
-    "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "Could not read binary.csv: not a text table"),
+    "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "Could not read binary.csv: line 3: not a text table"),
     "ragged.csv": (b"id,text,gold\n1,Good,1,extra\n", "Could not read ragged.csv: line 2: 4 fields where the header has 3"),
 }
 
@@ -384,7 +384,7 @@ def start_run(page, model: str) -> None:
     page.get_by_label("Local model path (a directory or a .gguf file), used with 'a local path…'").fill(model)
     choose(page, "Stop", "after a fixed number of steps")
     page.get_by_label("Steps (cap)", exact=True).fill(str(STEPS))
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     settle(page)
 
 

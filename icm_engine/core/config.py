@@ -91,7 +91,7 @@ class SearchConfig:
                          label="Folds (scalable)", low=2, high=100)
     init_run: int = setting(0, "scalable: start from a learner fit on this earlier run's labels (an in-context run "
                                "on a batch of the same data, matched by example id); 0: the model's zero-shot reading",
-                            label="Start from run (scalable, 0 = zero-shot)", low=0, high=2**31 - 1)
+                            label="Initial labels from run (scalable; 0 = zero-shot)", low=0, high=2**31 - 1)
 
     def __post_init__(self) -> None:
         for name, allowed in SEARCH_CHOICES.items():
