@@ -145,8 +145,9 @@ class ScalableSearch(Steering):
         """Each labeled example's raw log-probs from a model fit on the other folds."""
         raw: dict[int, np.ndarray] = {}
         for fold in self.folds:
+            held = set(fold.tolist())
             test = np.asarray([i for i in fold if i in labels], dtype=int)
-            train = np.asarray(sorted(i for i in labels if i not in set(fold.tolist())), dtype=int)
+            train = np.asarray(sorted(i for i in labels if i not in held), dtype=int)
             if not len(test):
                 continue
             if not len(train):
@@ -238,7 +239,8 @@ class ScalableSearch(Steering):
                             i_before=i_before)
         fold = [int(i) for i in self.folds[fold_number % len(self.folds)] if int(i) in self.labels]
         movable = [i for i in fold if not self.labels[i].pinned]
-        train = sorted(i for i in self.labels if i not in set(fold))
+        held = set(fold)
+        train = sorted(i for i in self.labels if i not in held)
         if not movable or not train:
             self.iteration = n
             record.accepted, record.delta, record.note = True, 0.0, f"round {round_number + 1}, fold {fold_number + 1}: nothing to relabel"

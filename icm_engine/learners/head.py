@@ -55,9 +55,8 @@ class HeadLearner(Learner):
             prior.append(raw[:, 1] - raw[:, 0])
             if progress is not None:
                 progress(min(start + PREPARE_BATCH, len(prompts)), len(prompts), "reading hidden states")
-        width = getattr(self.backend, "hidden_size", None)
         return Prepared(list(examples), prompts,
-                        np.concatenate(features) if features else np.zeros((0, width or 0), np.float32),
+                        np.concatenate(features) if features else np.zeros((0, 0), np.float32),
                         np.concatenate(prior) if prior else np.zeros(0), {"layer": layer})
 
     def fit(self, prepared: Prepared, indices: Sequence[int], labels: Sequence[int],

@@ -61,7 +61,8 @@ def seed_labels(store: Store, run_id: int, examples) -> tuple[list[int], list[in
     """Run `run_id`'s labels on `examples`, matched by example id: (indices, labels) of the seed
     labeling a scalable run starts from (say, an in-context run over a first batch of the same data)."""
     position = {e.uid: k for k, e in enumerate(examples)}
-    table = store.labels(run_id) if store.run(run_id) else None  # store.run raises KeyError for an unknown run
+    store.run(run_id)  # an unknown run: its one-line error, not an empty match
+    table = store.labels(run_id)
     matched = [(position[uid], int(y)) for uid, y in zip(table["uid"], table["label"]) if uid in position]
     if not matched:
         raise ValueError(f"run {run_id} labels none of this dataset's examples (matched by id): nothing to start from")
