@@ -344,6 +344,28 @@ def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
     assert "label accuracy" in printed
 
 
+def test_cli_eval_reports_progress_from_start_to_end_as_lines_in_a_log(tmp_path, capsys):
+    examples, gold = polarity_examples(16, seed=3)
+    table = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": [f"{e.fields['text']} item {k}" for k, e in enumerate(examples)],
+                  "gold": [gold[k] for k in range(len(examples))]}).to_csv(table, index=False)
+    parser = argparse.ArgumentParser()
+    eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "--task", "sentiment", "--data", str(table), "--search-size", "6", "--test-size", "8",
+                              "--steps", "12", "--seeds", "2", "--db", str(tmp_path / "icm.duckdb"),
+                              "--out", str(tmp_path / "fig.html"), "--finetune", "head"])
+    assert eval_cli.run(args, backend=PolarityStates(strength=6)) == 0
+    lines = capsys.readouterr().err.splitlines()
+    overall = [line for line in lines if line.startswith("[progress] evaluation: ")]
+    assert overall[0].startswith("[progress] evaluation: 0/") and "(0%)" in overall[0]
+    total = int(overall[0].split(": ")[1].split("/")[1].split(" ")[0])
+    assert overall[-1].startswith(f"[progress] evaluation: {total}/{total} (100%)")
+    # every job's own progress: the baselines, each seed's search, test rows and fine-tunings
+    for stage in ("test zero_shot", "zero-shot labels", "self-labeling rounds", "search 'icm': labeled", "test gold (seed 1)",
+                  "finetune head on icm (seed 0)"):
+        assert any(line.startswith(f"[progress] {stage}: ") for line in lines), stage
+
+
 def test_cli_keeps_each_finished_seed_when_a_later_one_fails(tmp_path, capsys):
     """Nothing lost: seed 0's rows are in the database before seed 1's searches start."""
     examples, gold = polarity_examples(24, seed=2)

@@ -21,6 +21,7 @@ from ..core.scoring import Scorer
 from ..core.search import Search, acceptance_probability
 from ..core.tasks import consistent_options
 from .options import add_model_options, apply_server_options, model_config
+from .progress import Progress
 
 
 @dataclass
@@ -64,7 +65,10 @@ def _group_pairs(scorer: Scorer, order: list[int]):
             yield inside[0], inside[1]
 
 
-def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, run_naive: bool):
+def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, run_naive: bool, progress=None):
+    progress = progress or (lambda done, total, what, note="": None)
+    measurements, measured = repeats * 3 * (2 if run_naive else 1), 0
+    progress(0, measurements, "step types measured")
     pool = list(range(len(fast.examples)))
     results = {kind: {"fast": Cost(), "naive": Cost(), "max_du": 0.0} for kind in ("add", "relabel", "fix")}
     for _ in range(repeats):
@@ -78,18 +82,20 @@ def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, r
             fast_evals, tokens, seconds = _measure(fast, candidates)
             results[kind]["fast"].add(tokens, seconds)
             fast.evaluate(order, labels)  # back to the state before this step type
-            print(f"  measured {kind}: fast {tokens:,} tokens in {seconds:.1f} s", flush=True)
+            measured += 1
+            progress(measured, measurements, "step types measured", f"{kind}: fast {tokens:,} tokens in {seconds:.1f} s")
             if run_naive:
                 naive_evals, tokens, seconds = _measure(naive, candidates)
                 results[kind]["naive"].add(tokens, seconds)
-                print(f"  measured {kind}: naive {tokens:,} tokens in {seconds:.1f} s", flush=True)
+                measured += 1
+                progress(measured, measurements, "step types measured", f"{kind}: naive {tokens:,} tokens in {seconds:.1f} s")
                 for f, g in zip(fast_evals, naive_evals):
                     # at the paper's alpha = 50; the inconsistency counts are equal, so /50 is nats
                     results[kind]["max_du"] = max(results[kind]["max_du"], abs(f.utility(50.0) - g.utility(50.0)))
     return results
 
 
-def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rng):
+def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rng, progress=None):
     """A real search from n random labels: step-type counts, fast cost, prequential agreement."""
     order = rng.choice(len(fast.examples), size=n, replace=False).tolist()
     labels = {int(i): LabelState(label=int(rng.integers(2)), position=p) for p, i in enumerate(order)}
@@ -104,6 +110,8 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
     search._current_evaluation()  # the first full scoring is not a step
     counts = {"add": 0, "relabel": 0, "fix": 0, "unchanged": 0}
     cost, agree, compared = Cost(), 0, 0
+    progress = progress or (lambda done, total, what, note="": None)
+    progress(0, steps, "search mix steps")
     for _ in range(steps):
         before_labels = search.label_map()
         before_order = search.order()
@@ -112,8 +120,8 @@ def run_mix(fast: Scorer, prequential: Scorer, n: int, steps: int, seed: int, rn
         used = fast.backend.stats.since(before)
         cost.add(used.tokens_forwarded, record.seconds)
         kind = "unchanged" if record.old_label == record.proposed_label else "add" if record.old_label is None else "relabel"
-        print(f"  search step {cost.count}: {kind}, {sum(1 for _ in record.fixes)} fixes, "
-              f"{used.tokens_forwarded:,} tokens in {record.seconds:.1f} s", flush=True)
+        progress(cost.count, steps, "search mix steps", f"{kind}, {sum(1 for _ in record.fixes)} fixes, "
+                 f"{used.tokens_forwarded:,} tokens in {record.seconds:.1f} s")
         counts[kind] += 1
         if kind == "unchanged":
             continue
@@ -206,14 +214,16 @@ def run(args) -> int:
     raw = backend.raw_throughput(1024)
     print(f"raw model throughput (one 1024-token forward): {raw:,.0f} tokens/s")
 
-    results = compare_step_types(fast, naive, args.n, rng, args.repeats, not args.no_naive)
+    with Progress() as progress:
+        results = compare_step_types(fast, naive, args.n, rng, args.repeats, not args.no_naive, progress)
     print(f"\n{'step type':10s} {'fast tok':>10s} {'fast s':>8s} {'naive tok':>10s} {'naive s':>8s} {'speedup':>8s} {'max|dU|':>9s} {'in nats':>9s}")
     for kind, r in results.items():
         ft, fs = r["fast"].per_step()
         nt, ns = r["naive"].per_step()
         print(f"{kind:10s} {ft:10.0f} {fs:8.2f} {nt:10.0f} {ns:8.2f} {ns / fs:8.1f}x {r['max_du']:9.2e} {r['max_du'] / 50:9.2e}")
 
-    counts, cost, agreement, compared = run_mix(fast, prequential, args.n, args.mix_steps, args.seed, rng)
+    with Progress() as progress:
+        counts, cost, agreement, compared = run_mix(fast, prequential, args.n, args.mix_steps, args.seed, rng, progress)
     fast_tokens, fast_seconds = cost.tokens / cost.count, cost.seconds / cost.count
     naive_seconds = sum(counts[k] * results[k]["naive"].per_step()[1] for k in ("add", "relabel", "fix"))
     naive_tokens = sum(counts[k] * results[k]["naive"].per_step()[0] for k in ("add", "relabel", "fix"))

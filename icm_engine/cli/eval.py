@@ -9,6 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
+from .progress import Progress
 from .options import (
     add_db_option, add_learner_options, add_model_options, add_setting_flag, learner_config, load_backend, model_config,
     search_setting,
@@ -124,7 +125,7 @@ def run(args, backend=None) -> int:
         accuracy_figure, format_finetune_table, format_label_table, format_table, summarize, summarize_finetune,
         summarize_labels, write_figure,
     )
-    from ..evaluation.comparison import evaluate
+    from ..evaluation.comparison import EVALUATION, evaluate
     from ..store.database import Store
 
     started = time.perf_counter()
@@ -141,16 +142,18 @@ def run(args, backend=None) -> int:
 
     name = args.name or f"{dataset.task.name} · {backend.name} · {time.strftime('%Y-%m-%d %H:%M')}"
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    with Store(args.db) as store:  # held for the whole evaluation: each finished seed is saved at once
+    # the whole evaluation's bar stays on top; each job's own (a search, a test row) below it
+    progress = Progress(keep=(EVALUATION,))
+    with Store(args.db) as store, progress:  # the store is held for the whole evaluation: each finished seed is saved at once
         eval_id = None
 
         def save(result) -> None:  # the first call creates the evaluation, later ones replace its rows
             nonlocal eval_id
             eval_id = store.save_eval(name, result.config, result.rows, eval_id=eval_id)
             if not result.config["complete"]:
-                print(f"  saved seeds {result.config['seeds_done']} as evaluation {eval_id} in {args.db}", flush=True)
+                progress.log(f"  saved seeds {result.config['seeds_done']} as evaluation {eval_id} in {args.db}")
 
-        result = evaluate(dataset, backend, config, log=lambda message: print(message, flush=True), on_seed=save)
+        result = evaluate(dataset, backend, config, log=progress.log, on_seed=save, progress=progress)
         save(result)
 
     labels = summarize_labels(result.rows)

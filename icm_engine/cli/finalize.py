@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .options import add_db_option, add_model_options, load_backend
+from .progress import Progress
 from .run import print_outcome
 
 
@@ -25,6 +26,8 @@ def run(args) -> int:
             raise SystemExit(f"run {args.run} has no step yet: start it first (icm run --resume {args.run})")
         left = len(search.unlabeled())
         print(f"run {args.run}: final pass over {left} unlabeled examples, given {len(search.labels)} labeled ones")
-        finalize(store, args.run, search)
+        with Progress() as progress, progress.ticking(f"final pass over {left} examples",
+                                                      lambda: backend.stats.tokens_forwarded, "tokens"):
+            finalize(store, args.run, search)
         print_outcome(args.run, search)
     return 0

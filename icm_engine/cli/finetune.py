@@ -1,8 +1,6 @@
 """`icm finetune`: train a model on a run's labels (a logistic head or LoRA), saved beside the database."""
 from __future__ import annotations
 
-import time
-
 from .options import add_db_option, add_learner_options, add_model_options, learner_config, load_backend
 
 
@@ -42,23 +40,13 @@ def run(args) -> int:
 
 
 def progress_bar():
-    """progress(done, total, message) as tqdm bars (with rate and ETA), one per stage."""
-    from tqdm import tqdm
+    """The learners' progress(done, total, message) as a Progress: a stage for reading the inputs,
+    one for training (its message, the loss, as the note)."""
+    from .progress import Progress
 
-    bars: dict = {}
-    started = time.perf_counter()
+    progress = Progress()
 
     def show(done: int, total: int, message: str) -> None:
-        stage = "preparing" if message.startswith("reading") else "training"
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step" if stage == "training" else "example",
-                                     dynamic_ncols=True)
-        bar.total = total
-        bar.update(done - bar.n)
-        bar.set_postfix_str(message if stage == "training" else f"{time.perf_counter() - started:.0f}s")
-        if done >= total:
-            bar.close()
+        stage = "preparing inputs" if message.startswith("reading") else "training steps"
+        progress(done, total, stage, "" if stage == "preparing inputs" else message)
     return show

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.config import ModelConfig
 from ..core.settings import settings
+from .progress import Progress
 from .options import (
     add_db_option, add_learner_options, add_model_options, add_search_options, given_search_settings, learner_config,
     load_backend, model_config, read_dataset, search_config,
@@ -54,8 +55,6 @@ def _check_fits(backend, loaded, config, spec: str) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from ..evaluation.run_report import run_gold_agreement
     from ..runs.runner import advance, create_run, extend, open_search
     from ..store.database import Store
@@ -78,42 +77,27 @@ def run(args) -> int:
         if args.replay:
             search = replay_with_progress(store, run_id, backend, steps)
         else:
-            search = open_search(store, run_id, backend, steps=steps, progress=_prepare_progress())
+            search = open_search(store, run_id, backend, steps=steps, progress=Progress())
         if args.resume is not None and args.steps is not None and search.stopped and args.steps > search.iteration:
             # the run had stopped by its own rule: --steps asks for more, so continue to that total
             extend(store, run_id, search, args.steps - search.iteration)
-        total = search.config.steps + 1  # the cap: a run that stops by "labeled" ends sooner
         print(f"run {run_id}: {search.n_examples} examples, task {config.task}, model {backend.name}, db {args.db}")
-        with tqdm(total=total, initial=search.iteration + 1, unit="step", dynamic_ncols=True) as bar:
+        with Progress() as progress:
             def on_step(record):
                 if args.print_steps:
                     print(json.dumps({"run_id": run_id, "iteration": record.iteration, "accepted": record.accepted,
                                       "labeled": record.labeled_count}), flush=True)
-                bar.update(1)
-                bar.set_postfix(T=f"{record.temperature or 0:.2f}", U=f"{record.u_after if record.accepted else record.u_before:.2f}",
-                                labeled=record.labeled_count, acc="y" if record.accepted else "n")
+                phase, done, total = search.stop_progress()  # toward its own stop: labeling, then quiet steps
+                u = record.u_after if record.accepted else record.u_before
+                progress(done, total, f"run {run_id}: {phase}",
+                         f"step {record.iteration}, T {record.temperature or 0:.2f}, U {u or 0:.2f}, "
+                         f"{record.labeled_count} labeled, {'accepted' if record.accepted else 'rejected'}")
             advance(store, run_id, search, on_step=on_step)
         print_outcome(run_id, search)
         agreement = run_gold_agreement(store, run_id)
         if agreement and agreement["accuracy"] is not None:
             print(f"audit only (gold never used by the search): agreement with gold {agreement['accuracy']:.3f} on {agreement['n']} labeled")
     return 0
-
-
-def _prepare_progress():
-    """A bar for what a scalable run reads before its first step (hidden states of every example)."""
-    from tqdm import tqdm
-
-    bars = {}
-
-    def show(done: int, total: int, what: str) -> None:
-        bar = bars.get(what)
-        if bar is None:
-            bar = bars[what] = tqdm(total=total, desc=what, unit="example", dynamic_ncols=True)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-    return show
 
 
 def _checked_start(args):
@@ -160,14 +144,14 @@ def _checked_resume(args):
 
 def replay_with_progress(store, run_id: int, backend, steps: int | None = None):
     """The run's search rebuilt by replay (runs.replay), with a progress bar and its verdict printed."""
-    from tqdm import tqdm
-
     from ..runs.replay import ReplayDiverged, replay
 
-    with tqdm(unit="event", desc=f"replaying run {run_id}", dynamic_ncols=True) as bar:
+    replayed = 0
+    with Progress() as progress:
         def count(done: int, total: int) -> None:  # the replay reads the events once and says how many
-            bar.total = total
-            bar.update(1)
+            nonlocal replayed
+            replayed += 1
+            progress(replayed, total, f"replaying run {run_id}: events")
 
         try:
             search, report = replay(store, run_id, backend, steps=steps, on_event=count)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .options import add_db_option, load_backend, write_atomically
+from .progress import Progress
 
 
 def add_parser(subparsers) -> None:
@@ -40,8 +41,9 @@ def run(args) -> int:
         raise SystemExit(f"icm trust: --runs takes run ids separated by commas, got {args.runs!r}") from None
     with Store.existing(args.db) as store:
         backend = None if args.no_model else load_backend(RunConfig.from_dict(store.run(args.run)["config"]).model)
-        report = diagnose(store, args.run, backend, seed_run_ids=seeds, self_labeling=args.self_labeling, log=print,
-                          ccs=not args.no_ccs)
+        with Progress() as progress:
+            report = diagnose(store, args.run, backend, seed_run_ids=seeds, self_labeling=args.self_labeling,
+                              log=progress.log, ccs=not args.no_ccs, progress=progress)
         files = report_exports(store, report, args.baseline_format) if args.export_baselines else {}
     print("\n".join(summary_lines(report)))
     if args.export_baselines:

@@ -100,7 +100,7 @@ def default_layer(n_layers: int) -> int:
 
 
 def contrast_states(backend: LanguageModel, task: Task, examples: Sequence[Example], layer: int | Sequence[int],
-                    log: Log | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    log: Log | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Hidden states of the contrast pairs: (x- [.., n, d], x+ [.., n, d]) with the False and the True
     word appended; a leading layer axis when `layer` is a sequence. Raises HiddenStatesUnavailable."""
     layers = [layer] if np.isscalar(layer) else list(layer)
@@ -108,7 +108,9 @@ def contrast_states(backend: LanguageModel, task: Task, examples: Sequence[Examp
     parts = []
     for start in range(0, len(prompts), STATE_BATCH):
         parts.append(backend.hidden_states(prompts[start:start + STATE_BATCH], layers))
-        if log is not None and len(prompts) > STATE_BATCH:
+        if progress is not None:  # progress(done, total, what), as in evaluation/baselines.py
+            progress(min(start + STATE_BATCH, len(prompts)), len(prompts), "CCS hidden states")
+        elif log is not None and len(prompts) > STATE_BATCH:
             log(f"  CCS hidden states: {min(start + STATE_BATCH, len(prompts))}/{len(prompts)} prompts")
     states = np.concatenate(parts, axis=1) if parts else np.zeros((len(layers), 0, 0), dtype=np.float32)
     negative, positive = states[:, 0::2], states[:, 1::2]
@@ -196,7 +198,7 @@ def resolve_sign(scores: np.ndarray, reference: Sequence[int] | None) -> tuple[n
 
 def ccs_labels(backend: LanguageModel, task: Task, examples: Sequence[Example], zero_shot: Sequence[int] | None,
                layer: int | None = None, seed: int = 0, restarts: int = RESTARTS, epochs: int = EPOCHS,
-               log: Log | None = None) -> CCSResult:
+               log: Log | None = None, progress=None) -> CCSResult:
     """The CCS baseline over a dataset: hidden states of the contrast pairs at `layer` (default:
     default_layer), the probe, its sign oriented by `zero_shot` labels. Raises HiddenStatesUnavailable
     where the backend has no hidden states."""
@@ -204,7 +206,7 @@ def ccs_labels(backend: LanguageModel, task: Task, examples: Sequence[Example], 
     layer = default_layer(n_layers) if layer is None else int(layer)
     if log is not None:
         log(f"CCS: hidden states of {2 * len(examples)} contrast prompts after block {layer} of {n_layers}")
-    negative, positive = contrast_states(backend, task, examples, layer, log)
+    negative, positive = contrast_states(backend, task, examples, layer, log, progress)
     fits = [fit_ccs(negative, positive, restarts=restarts, epochs=epochs, seed=seed + k) for k in range(PROBE_SEEDS)]
     fit = fits[0]
     scores, flipped, agreement = resolve_sign(fit.scores, zero_shot)

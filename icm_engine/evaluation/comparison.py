@@ -41,7 +41,7 @@ from ..core.search import Search
 from ..core.tasks import Example, Task
 from ..runs.runner import make_scorer
 from .baselines import (
-    SELF_LABEL_ROUNDS, decide, label_log_odds, random_labels, self_labels, zero_shot_labels,
+    SELF_LABEL_ROUNDS, Progress, decide, label_log_odds, random_labels, self_labels, zero_shot_labels,
 )
 
 # How a test prediction is decided from the log-odds s = log P(second label word) - log P(first),
@@ -236,8 +236,9 @@ class IcmOutcome:
 
 
 def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], config: SearchConfig,
-            log: Log | None = None, what: str = "icm") -> IcmOutcome:
-    """One search over `examples` (inputs only) until its stopping rule, then its final pass."""
+            log: Log | None = None, what: str = "icm", progress: Progress | None = None) -> IcmOutcome:
+    """One search over `examples` (inputs only) until its stopping rule, then its final pass.
+    progress, if given, hears the labeled count after every step."""
     scorer = make_scorer(backend, task, list(examples), RunConfig(task=task.name, dataset="eval", search=config))
     search = Search(scorer, config)
     every = max(1, len(examples) // 2)  # a line every half sweep: searches are the slow part on CPU
@@ -247,6 +248,9 @@ def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], con
         record = search.step()
         if record.kind == "propose" and record.iteration <= budget:
             by_budget = record.labeled_count
+        if progress is not None:
+            phase, done, total = search.stop_progress()
+            progress(done, total, f"search '{what}': {phase}")
         if log is not None and (record.iteration % every == 0 or search.done or record.kind == "final_pass"):
             log(f"  {what}: step {record.iteration} ({record.kind}), {record.labeled_count}/{len(examples)} labeled, "
                 f"{time.perf_counter() - started:.0f} s")
@@ -255,27 +259,51 @@ def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], con
                       time.perf_counter() - started, searched if by_budget is None else by_budget)
 
 
+def _variant_config(base: SearchConfig, settings: dict, task: Task) -> SearchConfig:
+    config = replace(base, **settings)
+    if not config.use_consistency and task.rule == "none":
+        config = replace(config, use_consistency=True)  # without a rule the ablation is the same search
+    return config
+
+
 def _searches(backend: LanguageModel, task: Task, examples: Sequence[Example], variants: dict[str, dict],
-              base: SearchConfig, say: Log) -> dict[str, IcmOutcome]:
+              base: SearchConfig, say: Log, progress: Progress | None = None,
+              done: Callable[[], None] = lambda: None) -> dict[str, IcmOutcome]:
     """One seed's ICM searches (inputs only). Variants whose settings resolve to the same search
-    (e.g. the defaults and their own objective x calibration row) share one run."""
+    (e.g. the defaults and their own objective x calibration row) share one run. done() after each search run."""
     outcomes: dict[str, IcmOutcome] = {}
     by_config: dict[SearchConfig, str] = {}
     for method, settings in variants.items():
-        config = replace(base, **settings)
-        if not config.use_consistency and task.rule == "none":
-            config = replace(config, use_consistency=True)  # without a rule the ablation is the same search
+        config = _variant_config(base, settings, task)
         if config in by_config:
             outcomes[method] = outcomes[by_config[config]]
             say(f"seed {base.seed}: '{method}' is the same search as '{by_config[config]}'")
             continue
         say(f"seed {base.seed}: ICM search '{method}' on {len(examples)} examples")
-        outcomes[method] = run_icm(backend, task, examples, config, say, method)
+        outcomes[method] = run_icm(backend, task, examples, config, say, method, progress)
         by_config[config] = method
+        done()
     return outcomes
 
 
 # ---- the whole comparison ------------------------------------------------------------------
+
+EVALUATION = "evaluation"  # the name of the whole evaluation's progress (jobs done of jobs)
+
+
+def _job_count(config: "EvalConfig", variants: dict[str, dict], base: SearchConfig, task: Task) -> int:
+    """How many jobs `evaluate` runs: baselines, distinct searches, test rows, fine-tunings (the
+    learners' preparation and each row). The progress bar's total; its ETA is jobs-weighted, so it
+    settles once a seed's searches (the slow jobs) have run."""
+    methods = set(config.methods)
+    fixed = len(methods & {ZERO_SHOT, ZERO_SHOT_LABELS, SELF_LABELS})
+    learners = len(config.finetune)
+    per_seed = 0
+    for seed in config.seeds:
+        per_seed += len({_variant_config(replace(base, seed=seed), v, task) for v in variants.values()})
+    tested = [m for m in config.methods if m != ZERO_SHOT]
+    tuned = [m for m in tested if m != PERTURBED]
+    return fixed + learners + per_seed + len(config.seeds) * (len(tested) + learners * len(tuned))
 
 
 @dataclass
@@ -291,11 +319,13 @@ class EvalResult:
 
 
 def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | None = None,
-             on_seed: Callable[["EvalResult"], None] | None = None) -> EvalResult:
+             on_seed: Callable[["EvalResult"], None] | None = None, progress: Progress | None = None) -> EvalResult:
     """Run every method of `config` on `dataset` (a LoadedDataset with gold); see the module docstring.
 
     on_seed, if given, receives the result so far after each seed (config["complete"] False),
-    so a caller can save it before the next seed's searches start."""
+    so a caller can save it before the next seed's searches start. progress, if given, hears
+    progress(jobs done, jobs, "evaluation") after each job (a baseline, a search, a test row, a
+    fine-tuning) and each job's own progress under its name."""
     say = log or (lambda message: None)
     if dataset.gold is None:
         raise ValueError(f"{dataset.name}: evaluation needs gold labels (a gold/label column)")
@@ -322,6 +352,18 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
         f"({config.size_unit}: {config.search_size} + {config.test_size}); searches stop by '{base.stop}' "
         f"(cap {steps} steps) and end with the final pass; test prompts carry {count} demonstrations")
 
+    variants = {m: v for m, v in icm_variants().items() if m in methods or (m == ICM and PERTURBED in methods)}
+    jobs = _job_count(config, variants, base, task)
+    finished = 0
+
+    def job_done() -> None:
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress(finished, jobs, EVALUATION)
+
+    if progress is not None:
+        progress(0, jobs, EVALUATION)
     rows: list[dict] = []
     info = backend.info
     info = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
@@ -369,28 +411,31 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
     fixed_labels: dict[str, list[int]] = {}
     if ZERO_SHOT in methods:
         began = time.perf_counter()
-        test_row(ZERO_SHOT, None, label_log_odds(backend, task, (), tests, say, ZERO_SHOT), [], [], time.perf_counter() - began)
+        test_row(ZERO_SHOT, None, label_log_odds(backend, task, (), tests, say, f"test {ZERO_SHOT}", progress), [], [],
+                 time.perf_counter() - began)
+        job_done()
     if ZERO_SHOT_LABELS in methods:
         began = time.perf_counter()
-        fixed_labels[ZERO_SHOT_LABELS], _ = zero_shot_labels(backend, task, search_examples, config.decision, say)
+        fixed_labels[ZERO_SHOT_LABELS], _ = zero_shot_labels(backend, task, search_examples, config.decision, say, progress)
         label_row(ZERO_SHOT_LABELS, None, fixed_labels[ZERO_SHOT_LABELS], time.perf_counter() - began)
+        job_done()
     if SELF_LABELS in methods:
         began = time.perf_counter()
         fixed_labels[SELF_LABELS], rounds = self_labels(backend, task, search_examples, config.decision,
-                                                        config.self_label_rounds, say)
+                                                        config.self_label_rounds, say, progress)
         label_row(SELF_LABELS, None, fixed_labels[SELF_LABELS], time.perf_counter() - began, rounds=rounds)
+        job_done()
 
     tuner = None
     if config.finetune:
         from .finetune_table import FinetuneRows
 
         tuner = FinetuneRows(backend, task, search_examples, tests, test_gold, config.finetune, config.learner,
-                             tuple(DECISION_RULES), say)
+                             tuple(DECISION_RULES), say, progress, job_done)
 
-    variants = {m: v for m, v in icm_variants().items() if m in methods or (m == ICM and PERTURBED in methods)}
     icm_labels: dict[tuple[str, int], dict[str, int]] = {}
     for seed in config.seeds:
-        outcomes = _searches(backend, task, search_examples, variants, replace(base, seed=seed), say)
+        outcomes = _searches(backend, task, search_examples, variants, replace(base, seed=seed), say, progress, job_done)
         labels_by: dict[str, list[int]] = {}
         for method, outcome in outcomes.items():
             labels_by[method] = [outcome.labels.get(k) for k in range(len(search_examples))]
@@ -422,8 +467,10 @@ def evaluate(dataset, backend: LanguageModel, config: EvalConfig, log: Log | Non
             else:
                 labels = [labels_by[method][k] for k in demos]
             began = time.perf_counter()
-            log_odds = label_log_odds(backend, task, demo_prefix(task, [search_examples[k] for k in demos], labels), tests, say, method)
+            log_odds = label_log_odds(backend, task, demo_prefix(task, [search_examples[k] for k in demos], labels), tests,
+                                      say, f"test {method} (seed {seed})", progress)
             test_row(method, seed, log_odds, demos, labels, time.perf_counter() - began, **extra)
+            job_done()
             if tuner is not None and method != PERTURBED:  # fine-tuned on the whole split under these labels
                 trained_on = search_gold.tolist() if method == GOLD else labels_by[method]
                 rows.extend(tuner.rows(method, seed, trained_on, config.decision))

@@ -20,7 +20,7 @@ from ..backends.base import LanguageModel
 from ..core.config import LearnerConfig
 from ..core.tasks import Example, Task
 from ..runs.finetune import make_learner
-from .baselines import decide
+from .baselines import Progress, decide
 
 FINETUNE_TABLE = "finetune"
 
@@ -32,16 +32,28 @@ class FinetuneRows:
 
     def __init__(self, backend: LanguageModel, task: Task, search_examples: Sequence[Example],
                  tests: Sequence[Example], test_gold: np.ndarray, learners: Sequence[str], settings: LearnerConfig,
-                 decision_rules: Sequence[str], log: Log) -> None:
+                 decision_rules: Sequence[str], log: Log, progress: Progress | None = None,
+                 done: Callable[[], None] = lambda: None) -> None:
+        """progress hears each preparation and training under its own name; done() after each
+        learner's preparation and each row (the evaluation's jobs)."""
         self.test_gold, self.rules, self.log = test_gold, tuple(decision_rules), log
+        self.progress, self.done = progress, done
         self.learners = {}
         for name in learners:
             learner = make_learner(backend, task, replace(settings, learner=name))
             began = time.perf_counter()
-            prepared = (learner.prepare(list(search_examples)), learner.prepare(list(tests)))
+            prepared = (learner.prepare(list(search_examples), self._stage(f"finetune {name}: preparing search split")),
+                        learner.prepare(list(tests), self._stage(f"finetune {name}: preparing test split")))
             log(f"finetune {name}: prepared {len(search_examples)} search and {len(tests)} test inputs "
                 f"in {time.perf_counter() - began:.1f} s")
             self.learners[name] = (learner, prepared)
+            done()
+
+    def _stage(self, what: str):
+        """The learners' progress(done, total, message) under a name of our own (their message is a loss)."""
+        if self.progress is None:
+            return None
+        return lambda done, total, _message: self.progress(done, total, what)
 
     def rows(self, method: str, seed: int | None, labels: Sequence[int | None], decision: str, **extra) -> list[dict]:
         """One row per learner: trained on the search examples that `labels` labels, tested on the test split."""
@@ -49,7 +61,8 @@ class FinetuneRows:
         out = []
         for name, (learner, (search_prepared, test_prepared)) in self.learners.items():
             began = time.perf_counter()
-            trained = learner.fit(search_prepared, given, [int(labels[k]) for k in given], seed=seed or 0)
+            trained = learner.fit(search_prepared, given, [int(labels[k]) for k in given],
+                                  self._stage(f"finetune {name} on {method} (seed {seed})"), seed=seed or 0)
             logp = trained.label_logprobs(test_prepared, range(len(self.test_gold)))
             log_odds = logp[:, 1] - logp[:, 0]
             by_rule = {rule: float(np.mean(decide(log_odds, rule) == self.test_gold)) for rule in self.rules}
@@ -60,4 +73,5 @@ class FinetuneRows:
                         "train_seconds": seconds, **{f"accuracy_{rule}": v for rule, v in by_rule.items()}, **extra})
             self.log(f"finetune {name} on {method} labels (seed {seed}): test accuracy {by_rule[decision]:.3f} "
                      f"({decision}) after training on {len(given)} in {seconds:.1f} s")
+            self.done()
         return out

@@ -32,7 +32,7 @@ from ..core.tasks import Example, Task
 from ..runs.export import labeled_frame
 from ..store.database import Store
 from ..store.run_loader import load_run
-from .baselines import Log, decide, label_log_odds, self_labels
+from .baselines import Log, Progress, decide, label_log_odds, self_labels
 from .ccs import CCSResult, ccs_labels
 from .salience import SALIENCE_ALARM, SalienceCheck, example_text, group_share_auroc, salience_check
 from .statistics import ALPHA, binomial_cdf, cohens_kappa, wilson_interval
@@ -412,12 +412,13 @@ def baseline_agreement(labels: Mapping[int, int], baselines: Mapping[str, Sequen
 
 def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int] | None = None,
              verdicts: Mapping[int, bool] | None = None, self_labeling: bool = False,
-             log: Log | None = None, ccs: bool = True) -> TrustReport:
+             log: Log | None = None, ccs: bool = True, progress: Progress | None = None) -> TrustReport:
     """Every check of one run. Without a backend the model-based parts (polarity, the content-free
     prior, the zero-shot share) are skipped with a note; seed_run_ids=None compares the run with
     seed_runs() (its finished siblings that differ only by seed). self_labeling adds iterated
     self-labeling to the baselines, at the cost of a few ICM evaluations of the whole dataset; ccs
-    adds the CCS probe (two forwards per example and a small training), or says why it could not."""
+    adds the CCS probe (two forwards per example and a small training), or says why it could not.
+    progress, if given, hears the model's passes over the dataset (progress(done, total, what))."""
     stored = load_run(store, run_id)  # inputs only: gold is never read here
     run, task, examples = stored.run, stored.task, stored.examples
     texts = [example_text(task, e) for e in examples]
@@ -433,7 +434,7 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
     else:
         if log is not None:
             log(f"asking the model zero-shot about {len(examples)} examples")
-        zero_shot_odds = label_log_odds(backend, task, (), examples, log, "zero-shot")
+        zero_shot_odds = label_log_odds(backend, task, (), examples, log, "zero-shot", progress)
         prior = content_free_p_true(backend, task)
         polarity = polarity_check(labels, zero_shot_odds, [e.uid for e in examples])
         # three decision rules over the same zero-shot log-odds: batch calibration (centered over the
@@ -446,10 +447,10 @@ def diagnose(store: Store, run_id: int, backend=None, seed_run_ids: Sequence[int
         cheap = {name: decide(odds, "argmax") for name, odds in readings_odds.items()}
         p_true = {name: 1 / (1 + np.exp(-odds)) for name, odds in readings_odds.items()}
         if self_labeling:
-            cheap["self-labeling (centered)"] = np.asarray(self_labels(backend, task, examples, "centered", log=log)[0])
+            cheap["self-labeling (centered)"] = np.asarray(self_labels(backend, task, examples, "centered", log=log, progress=progress)[0])
         if ccs:
             try:
-                probe = ccs_labels(backend, task, examples, cheap["zero-shot (centered)"], log=log)
+                probe = ccs_labels(backend, task, examples, cheap["zero-shot (centered)"], log=log, progress=progress)
             except HiddenStatesUnavailable as error:
                 unavailable = str(error)
                 notes.append(f"CCS unavailable: {unavailable}")
