@@ -2,6 +2,7 @@
 a run that does not reproduce is named at its first different decision."""
 from __future__ import annotations
 
+import duckdb
 import pytest
 
 from icm_engine.backends.fake import FakeLM
@@ -93,6 +94,24 @@ def test_alpha_t0_and_two_extensions_are_stored_as_rows_and_replayed_from_them()
     store._rows("UPDATE events SET note = 'read by nobody' WHERE kind = 'set_param'")
     with pytest.raises(ReplayDiverged, match=r"note is 'alpha=0.3333333333333333, t0=2.5' replayed, 'read by nobody'"):
         replay(store, run_id, FakeLM(strength=6))
+
+
+def test_a_run_stored_by_schema_4_replays_from_its_migrated_notes(tmp_path):
+    """The same steered run as version 4 kept it (no parameter rows, values only in the notes):
+    upgraded, its notes become rows without values before, and it replays bit for bit."""
+    path = str(tmp_path / "v4.duckdb")
+    with Store(path) as store:
+        run_id = _steered_run(store, FakeLM(strength=6))
+        written = store.param_changes(run_id)
+    con = duckdb.connect(path)
+    con.execute("DROP TABLE param_changes; UPDATE schema_version SET version = 4")
+    con.close()
+    with Store(path) as store:
+        migrated = store.param_changes(run_id)
+        assert migrated.drop(columns="old_value").equals(written.drop(columns="old_value"))
+        assert migrated["old_value"].isna().all() and written["old_value"].notna().sum() == 3
+        _, report = replay(store, run_id, FakeLM(strength=6))
+        assert report.events == len(store.events(run_id)) and report.largest_difference == 0.0
 
 
 def test_a_replay_that_changes_a_parameter_differently_is_named():
