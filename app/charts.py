@@ -40,10 +40,10 @@ def _mark_rescaling(fig: go.Figure, curves: pd.DataFrame, marks: pd.DataFrame | 
     """An alpha change rescales U(D) at once: say so on the U panel, where the cliff is."""
     if marks is None or not len(marks):
         return
-    for mark in marks[marks["text"].str.contains("alpha", regex=False)].itertuples(index=False):
+    for mark in marks[marks["alpha"].notna()].itertuples(index=False):
         after = curves[curves["iteration"] >= mark.iteration]["u"].dropna()
         y = float(after.iloc[0]) if len(after) else 0.0
-        fig.add_annotation(x=mark.iteration, y=y, text=f"{mark.text}: U rescaled", showarrow=True, arrowhead=2,
+        fig.add_annotation(x=mark.iteration, y=y, text=f"alpha={mark.alpha:g}: U rescaled", showarrow=True, arrowhead=2,
                            ax=40, ay=-30, font={"size": 10, "color": "#6a4c93"}, row=2, col=1)
 
 

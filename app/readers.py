@@ -83,23 +83,44 @@ def rolling_acceptance(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
     return pd.DataFrame({"iteration": proposals["iteration"].to_numpy(), "acceptance": rate.to_numpy()})
 
 
-def steering_marks(events: pd.DataFrame, uids: Sequence[str] | None = None) -> pd.DataFrame:
-    """A person's actions, to draw on the charts: iteration, kind and a short description."""
-    columns = ["seq", "iteration", "kind", "text"]
+def steering_marks(events: pd.DataFrame, params: pd.DataFrame, uids: Sequence[str] | None = None) -> pd.DataFrame:
+    """A person's actions, to draw on the charts: iteration, kind, a short description, and the
+    alpha a set_param event set (None otherwise: an alpha change rescales U). `params` is the run's
+    parameter rows (Store.param_changes): a set_param event is described from them."""
+    columns = ["seq", "iteration", "kind", "text", "alpha"]
     rows = events[events["kind"].isin(STEERING_KINDS)] if len(events) else events
     if not len(rows):
         return pd.DataFrame(columns=columns)
-    texts = []
+    changes: dict[int, dict] = {}
+    for c in params.itertuples(index=False):
+        changes.setdefault(int(c.seq), {})[c.parameter] = (None if pd.isna(c.old_value) else float(c.old_value),
+                                                           float(c.new_value))
+    texts, alphas = [], []
     for r in rows.itertuples(index=False):
         who = "" if pd.isna(r.example) else (uids[int(r.example)] if uids is not None else f"#{int(r.example)}")
+        changed = changes.get(int(r.seq), {})
+        alphas.append(changed["alpha"][1] if "alpha" in changed else None)
         if r.kind == "pin":
             texts.append(f"pin {who} = {LABEL_NAMES[int(r.proposed_label)]}")
         elif r.kind == "set_param":
-            texts.append(f"set {r.note}")
+            texts.append(param_change_text(changed))
         else:
             texts.append(f"{r.kind} {who}")
     return pd.DataFrame({"seq": rows["seq"].astype(int).to_numpy(), "iteration": rows["iteration"].astype(int).to_numpy(),
-                         "kind": rows["kind"].to_numpy(), "text": texts})
+                         "kind": rows["kind"].to_numpy(), "text": texts, "alpha": alphas})
+
+
+def param_change_text(changed: Mapping[str, tuple[float | None, float]]) -> str:
+    """One set_param event in words, from its parameters' (old, new) values (old None: not recorded)."""
+    def value(name: str) -> str:
+        old, new = changed[name]
+        return f"{new:g}" + ("" if old is None else f" (was {old:g})")
+
+    if "extended_until" in changed:
+        cap = f", step cap {value('steps')}" if "steps" in changed else ""
+        return f"more steps: no stopping rule before iteration {changed['extended_until'][1]:g}{cap}"
+    said = [f"{name}={value(name)}" for name in ("alpha", "t0") if name in changed]
+    return "set " + ", ".join(said) if said else "set nothing"
 
 
 def label_matrix(flips: pd.DataFrame, n_examples: int, last_iteration: int | None = None) -> pd.DataFrame:

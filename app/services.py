@@ -56,6 +56,7 @@ class RunView:
     excluded: set[int]
     alpha: float  # in force now (steering changes it); the config's until the first step
     t0: float
+    params: pd.DataFrame  # what each set_param event changed (Store.param_changes)
 
     @property
     def uids(self) -> list[str]:
@@ -78,7 +79,7 @@ def _run_frames(_manager: RunManager, manager_key: str, run_id: int, last_seq: i
     snapshot = store.load_snapshot(run_id)
     steering = (snapshot.alpha, snapshot.t0) if snapshot else None
     return (store.events(run_id), store.flips(run_id), store.labels(run_id),
-            set(snapshot.excluded) if snapshot else set(), steering)
+            set(snapshot.excluded) if snapshot else set(), steering, store.param_changes(run_id))
 
 
 def run_info(manager: RunManager, run_id: int) -> dict:
@@ -89,9 +90,9 @@ def run_info(manager: RunManager, run_id: int) -> dict:
 def run_view(manager: RunManager, run_id: int) -> RunView:
     run = run_info(manager, run_id)
     task, examples, gold = _dataset(manager, manager.key, int(run["dataset_id"]))
-    events, flips, labels, excluded, steering = _run_frames(manager, manager.key, run_id, int(run["last_seq"]))
+    events, flips, labels, excluded, steering, params = _run_frames(manager, manager.key, run_id, int(run["last_seq"]))
     alpha, t0 = steering or (run["config"]["search"]["alpha"], run["config"]["search"]["t0"])
-    return RunView(run, task, examples, gold, events, flips, labels, excluded, alpha, t0)
+    return RunView(run, task, examples, gold, events, flips, labels, excluded, alpha, t0, params)
 
 
 def runs(manager: RunManager) -> pd.DataFrame:

@@ -1,8 +1,10 @@
-"""ICM Studio database files as versions 1 to 3 wrote them: no marker, only their exact schema.
+"""ICM Studio database files as versions 1 to 4 wrote them: 1..3 with no marker, only their exact
+schema; 4 with the marker table; none with the param_changes table of version 5 (a set_param
+event's values lived in its note).
 
 The schema is copied from the first release (commit 4698c35, icm_engine/store.py) and upgraded
-with the ALTERs versions 2 and 3 ran, so the tests check recognition against what users' files
-really hold, not against the current code's idea of them.
+with the statements versions 2 to 4 ran, so the tests check recognition and migration against
+what users' files really hold, not against the current code's idea of them.
 """
 from __future__ import annotations
 
@@ -62,13 +64,16 @@ CREATE TABLE IF NOT EXISTS eval_rows (
 """
 UPGRADES = {2: ["ALTER TABLE run_state ADD COLUMN IF NOT EXISTS progress_json VARCHAR"],
             3: ["ALTER TABLE datasets ADD COLUMN IF NOT EXISTS content_hash VARCHAR",
-                "ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR"]}
+                "ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR"],
+            4: ["CREATE TABLE IF NOT EXISTS icm_studio (marker VARCHAR NOT NULL)",
+                "INSERT INTO icm_studio VALUES ('ICM Studio database 7d0f2c61-3b4e-4f0a-9c55-1e8a9b2d4f63')"]}
 CONFIG = {"task": "claims", "dataset": "tests", "search": {"seed": 0, "steps": 5}, "model": {"name": "fake"}}
 TASK = {"name": "claims", "template": "Q: {question}\nA: {answer}\nCorrect:", "fields": ["question", "answer"]}
 
 
-def old_database(path, version: int) -> None:
-    """A file of that version holding one dataset of two examples and one run (run 1, created)."""
+def old_database(path, version: int, set_param_notes: list[tuple[int, str]] = ()) -> None:
+    """A file of that version holding one dataset of two examples and one run (run 1, created), with
+    a set_param event per (iteration, note) given, as set_params and extend wrote them then."""
     con = duckdb.connect(str(path))
     con.execute(VERSION_1)
     for step in range(2, version + 1):
@@ -83,4 +88,11 @@ def old_database(path, version: int) -> None:
     con.execute("INSERT INTO runs (run_id, dataset_id, name, config_json, model_json, seed, status, created_at, "
                 "updated_at, last_iteration, last_seq, error, parent_run_id) VALUES (nextval('run_ids'), 1, 'old run', "
                 "?, '{}', 0, 'created', now(), now(), NULL, -1, NULL, NULL)", [json.dumps(CONFIG)])
+    for seq, (iteration, note) in enumerate(set_param_notes):
+        con.execute("INSERT INTO events (run_id, iteration, seq, kind, fixes_json, accepted, labeled_count, model_calls, "
+                    "tokens_forwarded, seconds, note, created_at) VALUES (1, ?, ?, 'set_param', '[]', true, 0, 0, 0, "
+                    "0.0, ?, now())", [iteration, seq, note])
+    if set_param_notes:
+        con.execute("UPDATE runs SET last_seq = ?, last_iteration = ? WHERE run_id = 1",
+                    [len(set_param_notes) - 1, set_param_notes[-1][0]])
     con.close()

@@ -190,6 +190,33 @@ def test_steer_page_pins_a_label_and_records_the_event(manager):
     assert manager.store.load_snapshot(run_id).alpha == 3.0
 
 
+def test_an_alpha_set_on_the_steer_page_is_a_parameter_row_that_replay_redoes(manager):
+    """A steering change walked end to end: the Steer page's alpha box and its button, the run's
+    worker (Steering.set_params), the param_changes row written with the event, the page's table
+    read from that row, and a replay that sets alpha from the row and reproduces every step after."""
+    from icm_engine.backends.fake import FakeLM
+    from icm_engine.runs.replay import ReplayDiverged, replay
+
+    run_id = finished_run(manager, steps=8, stop="steps")
+    at = open_page(manager, "steer", run_id)
+    at.number_input(key="steer.alpha").set_value(0.75)
+    at.button(key="FormSubmitter:steer.params_form-Apply parameters").click().run()
+    assert not at.exception and "recorded as a 'set_param' event" in at.success[0].value
+    event = manager.store.events(run_id).iloc[-1]
+    rows = manager.store.param_changes(run_id)
+    assert rows[["seq", "iteration", "parameter", "old_value", "new_value"]].values.tolist() == [
+        [event["seq"], event["iteration"], "alpha", 20.0, 0.75]]  # t0 was left as it was: not a change
+    assert at.dataframe[0].value["text"].iloc[-1] == "set alpha=0.75 (was 20)"
+    manager.extend(run_id, 4).result(timeout=10)  # steps under the new alpha: U after it depends on it
+    assert manager.wait(run_id).iteration == 12
+    search, report = replay(manager.store, run_id, FakeLM(strength=6))
+    assert search.alpha == 0.75 and report.events == len(manager.store.events(run_id))
+    assert "every decision and every score identical" in report.summary()
+    manager.store._rows("UPDATE param_changes SET new_value = 0.5 WHERE seq = ?", [int(event["seq"])])
+    with pytest.raises(ReplayDiverged, match="note is 'alpha=0.5' replayed, 'alpha=0.75' stored"):
+        replay(manager.store, run_id, FakeLM(strength=6))  # alpha is set from the row, whatever the note says
+
+
 def test_export_page_downloads_what_icm_export_writes(manager):
     run_id = finished_run(manager)
     at = open_page(manager, "export", run_id)
@@ -281,8 +308,8 @@ def test_search_curves_keep_the_scores_of_d_after_a_rejected_proposal(manager):
         assert row.u == (event.u_after if kept else event.u_before)
     assert rolling_acceptance(curves, 5)["acceptance"].between(0, 1).all()
     uids = [e.uid for e in manager.store.load_examples(manager.store.run(run_id)["dataset_id"])]
-    marks = steering_marks(events, uids)
-    assert marks["text"].tolist() == ["pin r0 = True"]
+    marks = steering_marks(events, manager.store.param_changes(run_id), uids)
+    assert marks["text"].tolist() == ["pin r0 = True"] and marks["alpha"].isna().all()
 
 
 def test_flip_raster_subsamples_long_runs_but_keeps_the_last_iteration():
@@ -336,7 +363,10 @@ def test_run_page_labels_the_rest_and_continues_a_finished_run(manager):
     status = manager.wait(run_id)
     assert status.state == "finished" and status.iteration == 9
     assert manager.store.run(run_id)["config"]["search"]["steps"] == 9
-    assert "extended by 5" in manager.store.events(run_id)["note"].tolist()[4 + 1 + 1]
+    extension = manager.store.param_changes(run_id)
+    assert extension[["seq", "parameter", "new_value"]].values.tolist() == [
+        [4 + 1 + 1, "steps", 9.0], [4 + 1 + 1, "extended_until", 9.0]]
+    assert extension["old_value"].iloc[0] == 4.0 and pd.isna(extension["old_value"].iloc[1])
 
 
 def test_live_page_shows_coverage_and_says_when_the_search_stopped_growing(manager):
@@ -522,8 +552,10 @@ def test_charts_tell_excluded_from_unlabeled_name_64_examples_and_mark_an_alpha_
     assert names.showticklabels and len(names.tickvals) == 64
     balance = charts.labeled_figure(readers.label_balance(matrix))
     assert max(balance.layout.yaxis2.tickvals) == 1
-    curves = charts.search_curves_figure(readers.search_curves(events), readers.steering_marks(events))
-    assert any("alpha=3: U rescaled" in a.text for a in curves.layout.annotations)
+    marks = readers.steering_marks(events, manager.store.param_changes(run_id))
+    assert marks["text"].tolist()[-1] == "set alpha=3 (was 20)" and marks["alpha"].tolist()[-1] == 3.0
+    curves = charts.search_curves_figure(readers.search_curves(events), marks)
+    assert [a.text for a in curves.layout.annotations if "rescaled" in a.text] == ["alpha=3: U rescaled"]
 
 
 def test_audit_example_picker_follows_the_chosen_sort(manager):

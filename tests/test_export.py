@@ -70,6 +70,8 @@ def test_provenance_records_steering_and_the_settings_in_force_at_the_end():
     kinds = [(e["kind"], e["example"]) for e in record["steering"]]
     assert kinds == [("pin", pinned), ("exclude", excluded), ("set_param", None)]
     assert record["steering"][2]["note"] == "alpha=7.5" and record["steering"][0]["iteration"] == 2
+    assert record["steering"][2]["changes"] == [{"parameter": "alpha", "old": 20.0, "new": 7.5}]
+    assert record["steering"][0]["changes"] == []
     assert record["iterations"] == search.iteration == 6
     assert record["coverage"] == (n - 1) / n and record["by_source"]["excluded"] == 1
     assert sum(record["by_source"].values()) == n

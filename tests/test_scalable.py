@@ -153,6 +153,37 @@ def test_a_scalable_run_resumed_from_the_store_decides_as_one_never_stopped(tmp_
     assert any(r.accepted and r.flips for r in expected[1:]), "the case should change labels after init"
 
 
+def test_a_scalable_runs_alpha_t0_and_extension_are_parameter_rows_kept_on_reopening(tmp_path):
+    """Steering is shared (core/steering.py): the scalable search records its changes the same way."""
+    from icm_engine.core.records import ParamChange
+    from icm_engine.core.search import temperature
+    from icm_engine.store.database import Store
+    from tests.fakes import SINGLE
+
+    truth, prepared = planted(n=40, seed=3)
+    config = SearchConfig(folds=3, seed=5, steps=3, stop="steps", alpha=20.0, t0=50.0)
+
+    def fresh(snapshot=None):
+        return ScalableSearch(PreparedFolds(FeaturesOnly(l2=0.3), prepared), prepared.examples, "none", config, snapshot)
+
+    with Store(str(tmp_path / "s.duckdb")) as store:
+        run_id = store.create_run(store.add_dataset("planted", SINGLE.to_dict(), prepared.examples, None), {}, {})
+        search = fresh()
+        while not search.done:
+            store.record_step(run_id, search.step(), search.snapshot())
+        records = [search.set_params(alpha=5.0, t0=2.0), search.extend(2)]
+        assert records[0].params == [ParamChange("alpha", 20.0, 5.0), ParamChange("t0", 50.0, 2.0)]
+        assert records[1].params == [ParamChange("steps", 3, 5), ParamChange("extended_until", None, 5)]
+        for record in records:
+            store.record_step(run_id, record, search.snapshot())
+        rows = store.param_changes(run_id)
+        assert rows["parameter"].tolist() == ["alpha", "t0", "steps", "extended_until"]
+        assert rows["new_value"].tolist() == [5.0, 2.0, 5.0, 5.0] and rows["iteration"].tolist() == [3] * 4
+        reopened = fresh(store.load_snapshot(run_id))
+        assert (reopened.alpha, reopened.t0, reopened.progress.extended_until) == (5.0, 2.0, 5)
+        assert not reopened.done and reopened.step().temperature == temperature(4, 2.0, config.t_min, config.beta)
+
+
 def test_icm_run_scalable_on_a_tiny_model_starts_from_an_earlier_runs_labels_and_exports(tmp_path, capsys,
                                                                                        one_torch_thread):
     """The command a user types: an in-context run on the first sentences, then a scalable run over all

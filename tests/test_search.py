@@ -8,6 +8,7 @@ import pytest
 
 from icm_engine.backends.fake import FakeLM
 from icm_engine.core.config import SearchConfig
+from icm_engine.core.records import ParamChange
 from icm_engine.core.scoring import Scorer, normalize
 from icm_engine.core.search import Search, acceptance_probability, temperature
 from tests.fakes import PAIRED, SINGLE, polarity_examples
@@ -160,8 +161,13 @@ def test_excluded_examples_leave_and_stay_out():
 def test_set_params_changes_alpha_mid_run():
     search, _ = make_search(steps=5)
     search.initialize()
+    before = (search.alpha, search.t0)
     record = search.set_params(alpha=20, t0=3)
     assert search.alpha == 20 and search.t0 == 3 and "alpha=20" in record.note
+    assert record.params == [ParamChange("alpha", before[0], 20.0), ParamChange("t0", before[1], 3.0)]
+    with pytest.raises(ValueError, match="positive"):  # refused whole: alpha is not set either
+        search.set_params(alpha=5, t0=0)
+    assert search.alpha == 20
     r = search.step()
     assert r.temperature == temperature(1, 3, 0.01, 0.99)
 

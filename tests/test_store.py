@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icm_engine.core.records import Fix, Flip, LabelState, SearchSnapshot, StepRecord
+from icm_engine.core.records import Fix, Flip, LabelState, ParamChange, SearchSnapshot, StepRecord
 from icm_engine.core.tasks import Example, Task
 from icm_engine.store import database as store_module
 from icm_engine.store.database import SchemaVersionError, Store, StoreError
@@ -179,6 +179,34 @@ def test_steering_event_keeps_paused_status(store, dataset):
     store.record_step(run_id, *step(0, [], {0: LabelState(1, 0, pinned=True)}, kind="pin"))
     assert store.run(run_id)["status"] == "paused"
     assert list(store.events(run_id)["seq"]) == [0, 1] and list(store.events(run_id)["iteration"]) == [0, 0]
+
+
+def test_a_set_param_events_changes_are_rows_written_with_it(store, dataset):
+    """alpha, T0 and the step budget as (parameter, old, new) rows of their event, in order, exact;
+    a step that refuses to be written leaves none, and deleting the run removes them."""
+    run_id = store.create_run(dataset, {}, {})
+    store.record_step(run_id, *step(0, [], {0: LabelState(1, 0)}, kind="init"))
+    record, snapshot = step(3, [], {0: LabelState(1, 0)}, kind="set_param")
+    record.params = [ParamChange("alpha", 50.0, 1 / 3), ParamChange("t0", 10.0, 2.5)]
+    store.record_step(run_id, record, snapshot)
+    record, snapshot = step(7, [], {0: LabelState(1, 0)}, kind="set_param")
+    record.params = [ParamChange("steps", 12, 15), ParamChange("extended_until", None, 15)]
+    store.record_step(run_id, record, snapshot)
+    rows = store.param_changes(run_id)
+    assert rows.columns.tolist() == ["run_id", "seq", "ord", "iteration", "parameter", "old_value", "new_value"]
+    assert [tuple(r) for r in rows[["seq", "ord", "iteration", "parameter", "new_value"]].itertuples(index=False)] == [
+        (1, 0, 3, "alpha", 1 / 3), (1, 1, 3, "t0", 2.5), (2, 0, 7, "steps", 15.0), (2, 1, 7, "extended_until", 15.0)]
+    assert rows["old_value"].tolist()[:3] == [50.0, 10.0, 12.0] and pd.isna(rows["old_value"].iloc[3])
+    for kind, change in (("pin", ParamChange("alpha", 1.0, 2.0)), ("set_param", ParamChange("beta", 1.0, 2.0))):
+        record, snapshot = step(8, [], {0: LabelState(1, 0)}, kind=kind)
+        record.params = [change]
+        with pytest.raises(ValueError, match="changes parameters"):
+            store.record_step(run_id, record, snapshot)
+    assert len(store.param_changes(run_id)) == 4 and len(store.events(run_id)) == 3
+    with pytest.raises(AttributeError):  # a record of what happened: not edited afterwards
+        ParamChange("alpha", 1.0, 2.0).new = 3.0
+    store.delete_run(run_id)
+    assert count(store, "param_changes") == 0
 
 
 def test_snapshot_round_trip_is_exact(store, dataset):

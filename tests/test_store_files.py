@@ -68,7 +68,7 @@ def test_reading_commands_open_read_only_and_change_nothing(tmp_path):
     assert digest(path) == before
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_an_older_file_is_read_untouched_and_upgraded_only_by_a_writing_open(tmp_path, version):
     path = tmp_path / "old.duckdb"
     old_database(path, version)
@@ -83,6 +83,48 @@ def test_an_older_file_is_read_untouched_and_upgraded_only_by_a_writing_open(tmp
         assert s._rows("SELECT marker FROM icm_studio") == [(store_module.MARKER,)]
         assert s._rows("SELECT content_hash FROM datasets") == [(None,)]  # no hash: never reused blindly
         assert s.run(1)["name"] == "old run"
+
+
+# set_param events as releases before schema 5 wrote them: (iteration, note)
+OLD_NOTES = [(3, "alpha=0.5, t0=2"), (3, "t0=0.123457"), (5, "steps=40 (extended by 5)"), (6, ""), (7, "beta=2")]
+# what they become: (seq, ord, iteration, parameter, old_value, new_value); no value before was written
+OLD_NOTE_ROWS = [(0, 0, 3, "alpha", None, 0.5), (0, 1, 3, "t0", None, 2.0), (1, 0, 3, "t0", None, 0.123457),
+                 (2, 0, 5, "steps", None, 40.0), (2, 1, 5, "extended_until", None, 10.0)]
+
+
+def param_rows(store: Store) -> list[tuple]:
+    return [(r.seq, r.ord, r.iteration, r.parameter, None if r.old_value != r.old_value else r.old_value, r.new_value)
+            for r in store.param_changes(1).itertuples()]
+
+
+@pytest.mark.parametrize("version", [4, 1])
+def test_an_older_files_set_param_notes_become_parameter_rows_once(tmp_path, version):
+    """The one place a note is parsed: the migration to schema 5, in memory for a reading open (the
+    file stays byte for byte), in the file for a writing one; a note no release wrote gives no rows."""
+    path = tmp_path / "old.duckdb"
+    old_database(path, version, OLD_NOTES)
+    before = digest(path)
+    with Store.existing(str(path)) as s:
+        assert param_rows(s) == OLD_NOTE_ROWS
+    assert digest(path) == before
+    with Store(str(path)) as s:
+        assert s._rows("SELECT version FROM schema_version") == [(5,)]
+        assert param_rows(s) == OLD_NOTE_ROWS
+        assert list(s.events(1)["note"]) == [note for _, note in OLD_NOTES]  # the notes stay, for people
+    with Store(str(path)) as s:  # upgraded once: opening again reads the rows, and adds none
+        assert param_rows(s) == OLD_NOTE_ROWS
+
+
+def test_an_old_note_that_no_release_wrote_gives_no_changes():
+    from icm_engine.core.records import ParamChange
+    from icm_engine.store.old_notes import param_changes_from_note
+
+    assert param_changes_from_note("alpha=0.1, t0=2", 4) == [ParamChange("alpha", None, 0.1), ParamChange("t0", None, 2.0)]
+    assert param_changes_from_note("steps=40 (extended by 5)", 35) == [
+        ParamChange("steps", None, 40.0), ParamChange("extended_until", None, 40.0)]
+    assert param_changes_from_note("", 0) == []  # set_params() with nothing given
+    for note in ("beta=2", "alpha=x", "alpha 2", "steps=40", "alpha=1,t0=2"):
+        assert param_changes_from_note(note, 0) is None, note
 
 
 def test_an_old_schema_with_anything_changed_is_not_taken_for_ours(tmp_path):

@@ -34,7 +34,7 @@ def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> Non
     stall = readers.growth_stall(view.events, covered["unlabeled"])
     if stall:
         st.warning(stall)
-    marks = readers.steering_marks(view.events, view.uids)
+    marks = readers.steering_marks(view.events, view.params, view.uids)
     st.plotly_chart(charts.search_curves_figure(curves, marks), key="live.curves")
     matrix = label_matrix(manager, view)
     window = st.session_state.get("live.window", 20)

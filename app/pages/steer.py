@@ -67,7 +67,8 @@ def render_steer(manager: RunManager) -> None:
 
     actions.outcomes(f"steer.pending.{run_id}")
     st.subheader("Steering so far")
-    marks = readers.steering_marks(run_view(manager, run_id).events, view.uids)
+    now = run_view(manager, run_id)  # read again: an action applied above shows at once
+    marks = readers.steering_marks(now.events, now.params, view.uids)
     if len(marks):
         st.dataframe(marks, hide_index=True, key="steer.events")
     else:

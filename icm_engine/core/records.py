@@ -19,6 +19,20 @@ SEARCH_KINDS = ("init", "propose", "fold")  # fold: one step of scalable ICM (co
 STEERING_KINDS = ("pin", "unpin", "exclude", "include", "set_param")
 EVENT_KINDS = (*SEARCH_KINDS, "final_pass", *STEERING_KINDS)
 
+# What a "set_param" event may change: alpha and T0 (Steering.set_params), or the step budget
+# (Steering.extend: the step cap, and the iteration before which no stopping rule may end the run).
+PARAMETERS = ("alpha", "t0", "steps", "extended_until")
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    """One parameter a person changed: its value before (None where the run did not record it: a
+    database older than schema 5, or no value yet) and after. Stored as a row, never as text."""
+
+    parameter: str  # one of PARAMETERS
+    old: float | None
+    new: float
+
 
 @dataclass
 class Fix:
@@ -76,7 +90,8 @@ class StepRecord:
     model_calls: int = 0
     tokens_forwarded: int = 0
     seconds: float = 0.0
-    note: str = ""
+    note: str = ""  # for people to read; nothing parses it (a set_param event's values are in params)
+    params: list[ParamChange] = field(default_factory=list)  # a set_param event's changes, in order
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,16 +3,16 @@ their state views and a person's actions on them (pin, unpin, exclude, include, 
 steps).
 
 Each action changes the search's state and returns a StepRecord that the runner stores as an event;
-replay reads a "set_param" event's note back with set_param_arguments. A search that mixes this in
+a change of alpha, T0 or the step budget lists each parameter's old and new value in the record's
+params (ParamChange), which the store keeps as rows and replay redoes. A search that mixes this in
 has labels, excluded, next_position, alpha, t0, config, iteration and progress, and says in
 _invalidate_scores what it must rescore after a change of D.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
-from .records import Flip, LabelState, StepRecord
+from .records import Flip, LabelState, ParamChange, StepRecord
 
 
 class Steering:
@@ -66,27 +66,34 @@ class Steering:
         return self._steer("include", example, None, None, [], dirty=False)
 
     def set_params(self, alpha: float | None = None, t0: float | None = None) -> StepRecord:
-        notes = []
+        """Set alpha and/or T0 from now on; each one given is recorded with its value before and after."""
+        if t0 is not None and t0 <= 0:
+            raise ValueError("t0 must be positive")
+        changes = []
         if alpha is not None:
+            changes.append(ParamChange("alpha", self.alpha, float(alpha)))
             self.alpha = float(alpha)
-            notes.append(f"alpha={_exact(self.alpha)}")
         if t0 is not None:
-            if t0 <= 0:
-                raise ValueError("t0 must be positive")
+            changes.append(ParamChange("t0", self.t0, float(t0)))
             self.t0 = float(t0)
-            notes.append(f"t0={_exact(self.t0)}")
         record = self._steer("set_param", None, None, None, [], dirty=False)
-        record.note = ", ".join(notes)
+        record.params = changes
+        record.note = ", ".join(f"{c.parameter}={_exact(c.new)}" for c in changes)
         return record
 
     def extend(self, steps: int) -> StepRecord:
-        """Run `steps` more iterations whatever the stopping rule says (a finished run continued)."""
+        """Run `steps` more iterations whatever the stopping rule says (a finished run continued).
+        Recorded as the step cap's change and the iteration the rule may stop at again (the
+        iteration it was asked at plus `steps`: what a replay redoes)."""
         if steps < 1:
             raise ValueError("steps must be at least 1")
         until = max(self.iteration, 0) + int(steps)
+        changes = [ParamChange("steps", self.config.steps, max(self.config.steps, until)),
+                   ParamChange("extended_until", self.progress.extended_until, until)]
         self.progress.extended_until = until
         self.config = replace(self.config, steps=max(self.config.steps, until))
         record = self._steer("set_param", None, None, None, [], dirty=False)
+        record.params = changes
         record.note = f"steps={self.config.steps} (extended by {int(steps)})"
         return record
 
@@ -104,19 +111,6 @@ class Steering:
 
 
 def _exact(value: float) -> str:
-    """A float as short as it reads and exactly as it is: a replay sets the very same value."""
+    """A float as short as it reads and exactly as it is, for the note people read."""
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
-
-
-def set_param_arguments(note: str) -> tuple[str, dict]:
-    """What a "set_param" event did, read back from its note (written by set_params or extend):
-    ("extend", {"steps": n}) or ("set_params", {"alpha": a, "t0": t}) with the values given."""
-    extended = re.fullmatch(r"steps=\d+ \(extended by (\d+)\)", note)
-    if extended:
-        return "extend", {"steps": int(extended.group(1))}
-    parts = [part for part in note.split(", ") if part]
-    values = dict(part.split("=", 1) for part in parts if "=" in part)
-    if len(values) != len(parts) or set(values) - {"alpha", "t0"}:
-        raise ValueError(f"not a set_param note: {note!r}")
-    return "set_params", {name: float(value) for name, value in values.items()}

@@ -132,6 +132,10 @@ def provenance(store: Store, run_id: int) -> bytes:
     snapshot = store.load_snapshot(run_id)
     events = store.events(run_id)
     steering = events[events["kind"].isin(STEERING_KINDS)] if len(events) else events
+    changes: dict[int, list] = {}  # a set_param event's parameters, from their rows (the note is for people)
+    for c in store.param_changes(run_id).itertuples(index=False):
+        changes.setdefault(int(c.seq), []).append({"parameter": c.parameter, "new": float(c.new_value),
+                                                   "old": None if pd.isna(c.old_value) else float(c.old_value)})
     search = dict(run["config"].get("search", {}))
     effective = dict(search, **({} if snapshot is None else {"alpha": snapshot.alpha, "t0": snapshot.t0}))
     labeled = frame[frame["label"].notna()]
@@ -160,7 +164,8 @@ def provenance(store: Store, run_id: int) -> bytes:
             "labeled_by_search_before_final_pass": snapshot.progress.search_labeled},
         "steering": [
             {"iteration": int(e.iteration), "kind": e.kind, "example": None if pd.isna(e.example) else int(e.example),
-             "label": None if pd.isna(e.proposed_label) else int(e.proposed_label), "note": e.note}
+             "label": None if pd.isna(e.proposed_label) else int(e.proposed_label), "note": e.note,
+             "changes": changes.get(int(e.seq), [])}
             for e in steering.itertuples(index=False)
         ],
     }

@@ -8,8 +8,9 @@ yet the event rows are not byte-identical. Replaying makes the model calls of th
 again, in the same order, so its cache and every score after it are the same bit for bit, at the
 cost of recomputing the run so far.
 
-Each replayed event is compared with the stored one. A different decision (example, label,
-acceptance, fix, draw, flip) stops the replay with the first one named; different scores are
+Each replayed event is compared with the stored one, a set_param event's parameter rows
+(param_changes) included. A different decision (example, label, acceptance, fix, draw, flip, a
+parameter's value) stops the replay with the first one named; different scores are
 measured and reported: a run that shared its model with other runs in the studio, or was resumed
 without replay, or ran short of memory (the cache then evicts), reproduces its decisions but not
 its last bits.
@@ -25,7 +26,6 @@ from typing import Callable
 from ..backends.base import LanguageModel
 from ..core.records import StepRecord
 from ..core.search import Search
-from ..core.steering import set_param_arguments
 from ..store.database import Store
 from ..store.json_values import to_json
 from .runner import open_search
@@ -69,15 +69,21 @@ def replay(store: Store, run_id: int, backend: LanguageModel, steps: int | None 
         row = _plain_row(row)
         flips.setdefault(row["seq"], []).append([row["example"], row["old_label"], row["new_label"], row["cause"],
                                                  row["partner"]])
+    params: dict[int, list] = {}
+    for row in store.param_changes(run_id).to_dict("records"):
+        row = _plain_row(row)
+        params.setdefault(row["seq"], []).append([row["parameter"], row["old_value"], row["new_value"]])
+    cap = search.config.steps  # an extension's redo sets the cap it had then (_redo_set_param)
     report = ReplayReport()
     for done, row in enumerate(events, 1):
+        row = dict(row, flips=flips.get(row["seq"], []), params=params.get(row["seq"], []))
         record = _redo(search, row)
-        _compare(_record_row(record), dict(row, flips=flips.get(row["seq"], [])), report)
+        _compare(_record_row(record), row, report)
         report.events = done
         if on_event is not None:
             on_event(done, len(events))
-    if steps is not None:
-        search.config = replace(search.config, steps=steps)
+    # The stored cap (each extension wrote the one it set), or `steps` if asked.
+    search.config = replace(search.config, steps=steps if steps is not None else max(cap, search.config.steps))
     return search, report
 
 
@@ -96,9 +102,22 @@ def _redo(search: Search, row: dict) -> StepRecord:
     if kind in ("unpin", "exclude", "include"):
         return getattr(search, kind)(example)
     if kind == "set_param":
-        action, arguments = set_param_arguments(row["note"])
-        return getattr(search, action)(**arguments)
+        return _redo_set_param(search, row)
     raise ReplayDiverged(f"event {row['seq']}: no way to replay an event of kind {kind!r}")
+
+
+def _redo_set_param(search: Search, row: dict) -> StepRecord:
+    """Alpha and T0 set, or the step budget extended, from the event's parameter rows."""
+    changed = {parameter: (old, new) for parameter, old, new in row["params"]}
+    if "extended_until" in changed:
+        # The cap in force when the person asked (`icm run --resume --steps` may have raised it without an
+        # event); a database older than schema 5 did not record it, and the cap after serves as well.
+        old_cap, new_cap = changed.get("steps", (None, search.config.steps))
+        search.config = replace(search.config, steps=int(new_cap if old_cap is None else old_cap))
+        return search.extend(int(changed["extended_until"][1]) - row["iteration"])
+    if set(changed) - {"alpha", "t0"}:
+        raise ReplayDiverged(f"event {row['seq']}: no way to replay a change of {sorted(changed)}")
+    return search.set_params(**{parameter: new for parameter, (_, new) in changed.items()})
 
 
 def _record_row(record: StepRecord) -> dict:
@@ -107,6 +126,7 @@ def _record_row(record: StepRecord) -> dict:
     values["proposal_logp_json"] = None if record.proposal_logp is None else list(record.proposal_logp)
     values["fixes_json"] = json.loads(to_json([dataclasses.asdict(fix) for fix in record.fixes]))
     values["flips"] = [[f.example, f.old, f.new, f.cause, f.partner] for f in record.flips]
+    values["params"] = [[c.parameter, c.old, c.new] for c in record.params]
     return values
 
 
@@ -141,9 +161,20 @@ def _compare(got: dict, stored: dict, report: ReplayReport) -> None:
                         _measure(fix_got[key], fix_value, f"{where}: fix {key}", report)
                     elif fix_got[key] != fix_value:
                         raise ReplayDiverged(f"{where}: a fix's {key} is {fix_got[key]} replayed, {fix_value} stored")
+        elif column == "params":
+            _compare_params(value, expected, where)
         elif not _same(value, expected):
             raise ReplayDiverged(f"{where}: {column} is {value!r} replayed, {expected!r} stored; the run does not "
                                  "reproduce (another model or weights, or a different version of the engine)")
+
+
+def _compare_params(got: list, stored: list, where: str) -> None:
+    """Parameter rows, value for value; a value before that the store did not record (a database
+    older than schema 5) is not compared."""
+    if len(got) != len(stored) or any(
+            p != q or (o_stored is not None and not _same(o, o_stored)) or not _same(n, n_stored)
+            for (p, o, n), (q, o_stored, n_stored) in zip(got, stored)):
+        raise ReplayDiverged(f"{where}: parameters {got} replayed, {stored} stored")
 
 
 def _same(a, b) -> bool:

@@ -29,15 +29,19 @@ import duckdb
 import pandas as pd
 
 from ..core.errors import InputError
-from ..core.records import EVENT_KINDS, FLIP_CAUSES, LabelState, SearchProgress, SearchSnapshot, StepRecord
+from ..core.records import EVENT_KINDS, FLIP_CAUSES, PARAMETERS, LabelState, SearchProgress, SearchSnapshot, StepRecord
 from ..core.tasks import Example, Task
 from .json_values import json_value, tag_state, to_json, untag_state
+from .old_notes import param_changes_from_note
 
 # 2: run_state.progress_json (the clock's and the stopping rule's counters)
 # 3: datasets.content_hash (a load is identified by its content), runs.owner (who runs it)
 # 4: the table icm_studio holding MARKER: a file is ours by that row, which no other tool writes,
 #    not by table names other tools use too (schema_version is a common one)
-SCHEMA_VERSION = 4
+# 5: the table param_changes: what a set_param event changed (alpha, T0, the step budget), one row
+#    per parameter; an older file's notes are read into it once, when it is upgraded
+SCHEMA_VERSION = 5
+_PARAM_CHANGES_SINCE = 5
 MARKER = "ICM Studio database 7d0f2c61-3b4e-4f0a-9c55-1e8a9b2d4f63"
 # What versions 2 and 3 added: a file of 1..3 carries no marker, so it is recognised by its exact
 # schema (the current one less these columns) and upgraded by adding them.
@@ -104,7 +108,12 @@ CREATE TABLE IF NOT EXISTS eval_rows (
     accuracy DOUBLE, n_test INTEGER, n_demos INTEGER, extra_json VARCHAR NOT NULL,
     PRIMARY KEY (eval_id, row_no));
 """
-_SCHEMA = _TABLES + "CREATE TABLE IF NOT EXISTS icm_studio (marker VARCHAR NOT NULL);\n"
+# Kept out of _TABLES, which must stay the schema of versions 1..3 (they are recognised by it).
+_PARAM_CHANGES_COLUMNS = """(
+    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, ord INTEGER NOT NULL, iteration INTEGER NOT NULL,
+    parameter VARCHAR NOT NULL, old_value DOUBLE, new_value DOUBLE NOT NULL, PRIMARY KEY (run_id, seq, ord))"""
+_SCHEMA = (_TABLES + f"CREATE TABLE IF NOT EXISTS param_changes {_PARAM_CHANGES_COLUMNS};\n"
+           "CREATE TABLE IF NOT EXISTS icm_studio (marker VARCHAR NOT NULL);\n")
 # Foreign keys are left out on purpose: DuckDB rewrites an UPDATE as delete+insert, which a
 # referenced row refuses, and runs is updated every step. Store keeps references itself.
 
@@ -170,6 +179,29 @@ def _check_creatable(path: str) -> None:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
         raise StoreError(f"{path}: cannot create it: cannot write in {folder} ({error.strerror or error})") from None
+
+
+def _insert_param_changes(con: duckdb.DuckDBPyConnection, changes: list, table: str = "param_changes") -> None:
+    """Rows of `table` from (run_id, seq, iteration, ParamChange), numbered per event in the order given."""
+    ords: dict[tuple, int] = {}
+    rows = []
+    for run_id, seq, iteration, change in changes:
+        number = ords[run_id, seq] = ords.get((run_id, seq), -1) + 1
+        rows.append((int(run_id), int(seq), number, int(iteration), change.parameter, _opt_float(change.old),
+                     float(change.new)))
+    con.execute(f"INSERT INTO {table} SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?::VARCHAR[]), "
+                "unnest(?::DOUBLE[]), unnest(?::DOUBLE[])", [list(column) for column in zip(*rows)])
+
+
+def _param_changes_from_notes(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """The one-time migration to schema 5: every set_param event's note, read into rows of `table`
+    (old_notes.py; the only place a note is parsed). A note no release wrote gives no rows."""
+    events = con.execute("SELECT run_id, seq, iteration, note FROM events WHERE kind = 'set_param' "
+                         "ORDER BY run_id, seq").fetchall()
+    changes = [(run_id, seq, iteration, change) for run_id, seq, iteration, note in events
+               for change in param_changes_from_note(note, int(iteration)) or ()]
+    if changes:
+        _insert_param_changes(con, changes, table)
 
 
 def _marked(con: duckdb.DuckDBPyConnection) -> bool:
@@ -348,6 +380,8 @@ class Store:
                     for table, column, kind in added:  # their events; older loads have no hash: never reused
                         con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             con.execute(_SCHEMA)
+            if found is not None and found < _PARAM_CHANGES_SINCE:
+                _param_changes_from_notes(con, "param_changes")
             con.execute("DELETE FROM icm_studio")
             con.execute("INSERT INTO icm_studio VALUES (?)", [MARKER])
             con.execute("DELETE FROM schema_version")
@@ -364,6 +398,10 @@ class Store:
                 missing.setdefault(table, []).append(f"NULL::{kind} AS {column}")
         for table, columns in missing.items():  # the temporary schema comes first when a name is looked up
             con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, {", ".join(columns)} FROM "{catalog}".main.{table}')
+        if found < _PARAM_CHANGES_SINCE:
+            with self._reading() as con:  # reads the events: a damaged file says so in words
+                con.execute(f"CREATE TEMP TABLE param_changes {_PARAM_CHANGES_COLUMNS}")
+                _param_changes_from_notes(con, "temp.param_changes")
 
     def close(self) -> None:
         with self._lock:
@@ -569,6 +607,9 @@ class Store:
         if record.kind not in EVENT_KINDS or any(f.cause not in FLIP_CAUSES for f in record.flips):
             raise ValueError(f"event kinds are {EVENT_KINDS} and flip causes {FLIP_CAUSES}; got {record.kind!r}, "
                              f"{sorted({f.cause for f in record.flips})}")
+        if record.params and (record.kind != "set_param" or any(c.parameter not in PARAMETERS for c in record.params)):
+            raise ValueError(f"only a set_param event changes parameters, and they are {PARAMETERS}; got a "
+                             f"{record.kind!r} event changing {[c.parameter for c in record.params]}")
         items = sorted(snapshot.labels.items())
         if any(state.label not in (0, 1) for _, state in items):
             raise ValueError("labels must be 0 or 1")
@@ -603,6 +644,8 @@ class Store:
                      [_opt_int(f.old) for f in r.flips], [_opt_int(f.new) for f in r.flips],
                      [f.cause for f in r.flips], [_opt_int(f.partner) for f in r.flips]],
                 )
+            if r.params:
+                _insert_param_changes(con, [(run_id, seq, r.iteration, change) for change in r.params])
             # The whole labeled set is replaced: every logp can change whenever D changes.
             con.execute("DELETE FROM labels WHERE run_id = ?", [run_id])
             if items:
@@ -701,12 +744,17 @@ class Store:
     def delete_run(self, run_id: int) -> None:
         """Remove a run and its whole history; runs forked from it keep parent_run_id as a record."""
         with self._transaction() as con:
-            for table in ("flips", "events", "labels", "run_state", "runs"):
+            for table in ("param_changes", "flips", "events", "labels", "run_state", "runs"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
 
     def events(self, run_id: int, since_seq: int = -1) -> pd.DataFrame:
         """Events with seq > since_seq, in order: a live view polls with the last seq it has."""
         return self._df("SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq", [run_id, since_seq])
+
+    def param_changes(self, run_id: int) -> pd.DataFrame:
+        """What the run's set_param events changed, in order: seq (the event), ord, iteration,
+        parameter (records.PARAMETERS), old_value (NULL where not recorded) and new_value."""
+        return self._df("SELECT * FROM param_changes WHERE run_id = ? ORDER BY seq, ord", [run_id])
 
     def flips(self, run_id: int, example: int | None = None) -> pd.DataFrame:
         where, params = ("AND example = ?", [run_id, example]) if example is not None else ("", [run_id])
