@@ -1,6 +1,6 @@
 """The engine's layers, read from its import statements: no loops, and imports only run downward.
 
-icm_engine's packages by floor (README, "Layout"): core and backends at the bottom (core reads a
+icm_engine's packages by floor (docs/layout.md): core and backends at the bottom (core reads a
 model only through the interface in backends/base.py; backends imports nothing else of the
 engine), data and store above them, runs above those, evaluation above runs, cli on top, and
 the studio (app/) above the whole engine. learners (fine-tuning) sits beside data and store:

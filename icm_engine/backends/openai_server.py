@@ -28,7 +28,7 @@ import numpy as np
 from . import server_protocol as protocol
 from .base import BackendStats, HiddenStatesUnavailable, LabelQuery, LanguageModel, ModelInfo
 
-# Settings a user may change without a code edit (documented in the README); none of them changes a
+# Settings a user may change without a code edit (documented in docs/serving.md); none of them changes a
 # number the server computes, so they are recorded in the run's model info, not its config.
 CONCURRENCY_ENV = "ICM_SERVER_CONCURRENCY"
 TIMEOUT_ENV = "ICM_SERVER_TIMEOUT_S"

@@ -34,7 +34,7 @@ def search_setting(name: str) -> Setting:
 def add_search_options(parser: argparse.ArgumentParser) -> None:
     """One flag per SearchConfig field, from its declaration; an unset flag (None) takes the preset's value."""
     defaults = SearchConfig()
-    group = parser.add_argument_group("search (defaults: README, 'Choosing the objective'; the paper's with --preset paper)")
+    group = parser.add_argument_group("search (defaults: docs/objectives.md; the paper's with --preset paper)")
     group.add_argument("--preset", choices=tuple(PRESETS), default="default",
                        help="named settings to start from; flags given here override them")
     for s in settings(SearchConfig):
@@ -61,7 +61,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     for s in settings(ModelConfig):
         add_setting_flag(group, s, s.default)
-    server = parser.add_argument_group("inference server (instead of a local model; README, 'Serving a large model')")
+    server = parser.add_argument_group("inference server (instead of a local model; docs/serving.md)")
     server.add_argument("--server-url", default=None, metavar="URL",
                         help="an OpenAI-compatible server's root, e.g. http://gpu-box:8000/v1 (vLLM, SGLang, llama.cpp, "
                              "llama-cpp-python); same as --model ENGINE+URL::MODEL")

@@ -7,8 +7,8 @@ field here.
 Temperatures follow the paper's appendix D (T_0=10, T_min=0.01, beta=0.99) and section 2.3
 (K=8 random initial labels, group-mates weighted 100 when sampling). The objective, the
 calibration, alpha and the stopping rule default to what labeled two shared sentiment samples
-(Yelp and Amazon review sentences) best at full coverage with the bundled model (README, "Choosing
-the objective": mean / centered, as accurate as chance / centered and twice as quick to label
+(Yelp and Amazon review sentences) best at full coverage with the bundled model (docs/objectives.md,
+"Choosing the objective": mean / centered, as accurate as chance / centered and twice as quick to label
 everything), not to the paper's text: with the paper's sum a small model's search stops adding
 labels after a few dozen, and without centering its lean to one label word wins.
 """
@@ -68,7 +68,7 @@ class SearchConfig:
                                     label="Use consistency (I(D) and fixes)")
     scorer: str = setting("exact", "exact (cached, same numbers as naive), naive (reference) or prequential "
                                    "(approximate)", label="Scorer", choices=SCORERS)
-    # mean / centered: chance's accuracy in half the steps (README)
+    # mean / centered: chance's accuracy in half the steps (docs/objectives.md)
     objective: str = setting("mean", "sum: the paper's text; chance: each term against a coin flip; mean: mean "
                                      "signed log-odds (released code)", label="Objective", choices=OBJECTIVES)
     clock: str = setting("iteration", "iteration: the paper's cooling; accepted: by accepted changes, "
@@ -187,7 +187,7 @@ class LearnerConfig:
     learner: str = setting("head", "head: logistic head on frozen hidden states (seconds on CPU); lora: LoRA "
                                     "adapters through TRL (minutes on CPU)", label="Learner", choices=LEARNERS)
     # 2/3 of the depth, as the CCS probe (evaluation/ccs.py) and for the same reasons; measured in the
-    # README ("Scalable ICM"): blocks 9-15 of Gemma 3 270M read sentiment best, the last ones less
+    # docs/scalable.md: blocks 9-15 of Gemma 3 270M read sentiment best, the last ones less
     layer: int = setting(-1, "head: the block whose output it reads (-1: the one at 2/3 of the depth)",
                          label="Head layer (-1 = 2/3 of depth)", low=-1, high=1000, flag="--head-layer")
     l2: float = setting(0.1, "head: L2 penalty on its weights over standardized features (per example)",

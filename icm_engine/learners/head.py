@@ -9,7 +9,7 @@ so an untrained head is the model's zero-shot reading (b absorbs its lean to one
 training moves it away at an L2 cost. That prior is why this learner can measure mutual
 predictability for the scalable search: a plain linear probe on 640 dimensions predicts *any*
 hyperplane labeling as well as the true one, while this head predicts best the labelings that
-agree with what the model already reads (README, "Scalable ICM"). Fit by Newton's method, exactly
+agree with what the model already reads (docs/scalable.md). Fit by Newton's method, exactly
 and deterministically: a few steps of a (d+1)-square solve.
 """
 from __future__ import annotations
