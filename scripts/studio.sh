@@ -77,6 +77,21 @@ llama_server() {
   fi
 }
 
+# The tests do not wait for the llama.cpp build: it runs beside them (setsid: it outlives a test run
+# that ends first, and the next run finds the wheel), and the one test that needs the server waits
+# for it (tests/test_server_backend.py reads building.pid). A run that deselects that test with -k or
+# a path still starts it once, so the wheel is there the next time.
+llama_server_beside() {
+  local dir="$ICM_HOME/llama-server" venv="$ICM_HOME/llama-server/venv-$LLAMA_CPP_VERSION"
+  if "$venv/bin/python" -c "import llama_cpp.server" 2>/dev/null; then return 0; fi
+  mkdir -p "$dir"
+  if [ -f "$dir/building.pid" ] && kill -0 "$(cat "$dir/building.pid")" 2>/dev/null; then return 0; fi  # already building
+  echo "[studio] the llama.cpp server builds beside the tests (once; log $dir/background.log); its test waits for it"
+  setsid bash -c 'echo $$ >"$1/building.pid"; bash "$0" llama-server >"$1/background.log" 2>&1; rm -f "$1/building.pid"' \
+    "$0" "$dir" </dev/null >/dev/null 2>&1 &
+  for _ in 1 2 3 4 5 6 7 8 9 10; do [ -f "$dir/building.pid" ] && break; sleep 0.2; done
+}
+
 case "${1:-}" in
   app)
     setup
@@ -86,8 +101,8 @@ case "${1:-}" in
   test)
     setup
     browser
-    llama_server
     shift
+    llama_server_beside "$@"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   setup)

@@ -311,8 +311,26 @@ SERVER_TOLERANCE_NATS = 0.5  # each label log-probability
 SERVER_MEAN_TOLERANCE_NATS = 0.15  # their mean over all prompts and labels
 
 
+BUILD_WAIT_SECONDS = 1200  # the build takes about 4 minutes alone; beside the tests on 2 cores, longer
+
+
+def _wait_for_a_build_beside_us(home: Path) -> None:
+    """scripts/studio.sh test builds the server beside the tests; wait while that build runs."""
+    pid_file, deadline, said = home / "building.pid", time.time() + BUILD_WAIT_SECONDS, False
+    while time.time() < deadline:
+        try:
+            os.kill(int(pid_file.read_text().strip()), 0)
+        except (OSError, ValueError):
+            return  # no build, a finished one, or a pid file left by a killed one
+        if not said:
+            print(f"\nwaiting for the llama.cpp server build beside the tests ({home / 'background.log'})", flush=True)
+            said = True
+        time.sleep(2)
+
+
 def _server_python() -> tuple[str | None, str]:
     home = Path.home() / ".cache" / "icm_studio" / "llama-server"
+    _wait_for_a_build_beside_us(home)
     found = os.environ.get("ICM_LLAMA_SERVER_PYTHON") or next(iter(sorted(glob.glob(str(home / "venv-*/bin/python")))), None)
     why = (home / "unavailable.txt").read_text().strip() if (home / "unavailable.txt").is_file() else "not built yet"
     return found, why
