@@ -30,10 +30,10 @@ def free_port() -> int:
 
 
 def start_studio(port: int, env: dict, log) -> subprocess.Popen:
-    """`streamlit run app/Home.py` on port, headless; its output goes to log (a file: an unread
+    """`streamlit run app/studio.py` on port, headless; its output goes to log (a file: an unread
     pipe would block the server). The database is the one env's ICM_STUDIO_DB names."""
     return subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", "app/studio.py", "--server.port", str(port),
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
