@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy, choose_run, go_to, settle  # noqa: E402
+from studio_browser import (  # scripts/ is on the path of a script run from it
+    CHROMIUM, CHROMIUM_ARGS, ROOT, choose_run, free_port, go_to, settle, start_studio, stop_studio, wait_healthy,
+)
 
 
 def small_png(path: Path) -> None:
@@ -48,15 +45,13 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = args.port or _free_port()
+    port = args.port or free_port()
     env = dict(os.environ, ICM_STUDIO_DB=str(Path(args.db).resolve()), PYTHONPATH=str(ROOT))
     log = open(Path(tempfile.gettempdir()) / "trust_screenshots_server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
-                               "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    server = start_studio(port, env, log)
     url = f"http://localhost:{port}"
     try:
-        _wait_healthy(url, server, timeout=120)
+        wait_healthy(url, server, timeout=120)
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
@@ -85,11 +80,7 @@ def main() -> None:
                 print(f"saved {out}/trust_{name}_top.png and trust_{name}_full.png")
             browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_studio(server, timeout=30)
         log.close()
 
 

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from icm_engine.runs.export import export
 from tests.conftest import add_polarity_dataset, fake_run_config
 
-HOME = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+ENTRY = Path(__file__).resolve().parent.parent / "app" / "studio.py"
 TIMEOUT = 30
 
 
@@ -45,7 +45,7 @@ def finished_run(manager, steps: int = 12, **search) -> int:
 
 def test_the_app_opens_on_home_which_points_to_the_next_step(tmp_path, monkeypatch):
     monkeypatch.setenv("ICM_STUDIO_DB", str(tmp_path / "home.duckdb"))
-    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ENTRY), default_timeout=TIMEOUT).run()
     try:
         assert not at.exception
         assert at.title[0].value == "ICM Studio"

@@ -14,21 +14,19 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from scripts.studio_browser import (
+    CHROMIUM, CHROMIUM_ARGS, choose, choose_run, free_port, go_to, picked, settle, start_studio, stop_studio,
+    wait_healthy,
+)
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update"]
 # For screenshots of a real run, point these at a converted bundled model's folder (e.g.
 # ~/.cache/icm_studio/models/gemma3-270m) and a larger sample; CI uses the tiny model.
 MODEL_OVERRIDE = os.environ.get("ICM_BROWSER_MODEL")
@@ -37,54 +35,27 @@ STEP_WAIT_S = 150 if MODEL_OVERRIDE else 30  # a real model takes seconds per st
 STEPS = 2000  # more than the test waits for: the search is still running when the test acts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}; see its log")
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (install it with `apt-get install -y chromium`)")
     pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     tmp = tmp_path_factory.mktemp("studio")
-    port = _free_port()
+    port = free_port()
     # One torch thread: the tiny model's matmuls are too small to gain from more, and on a 2-core CI
     # box next to Chromium, OpenMP threads spinning for a busy core made each step ~20x slower.
     env = dict(os.environ, ICM_STUDIO_DB=str(tmp / "icm.duckdb"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    log = open(tmp / "server.log", "w")  # a file, not a pipe: an unread pipe would block the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
+    log = open(tmp / "server.log", "w")
+    server = start_studio(port, env, log)
     from tests.tiny_model import build_tiny_model_dir
 
     model_dir = MODEL_OVERRIDE or build_tiny_model_dir(tmp / "tiny-llama")  # built while the server starts
     url = f"http://localhost:{port}"
     try:
-        _wait_healthy(url, server)
+        wait_healthy(url, server)
         yield {"url": url, "model": str(model_dir), "tmp": tmp}
     finally:
-        server.terminate()  # SIGTERM: streamlit stops, atexit pauses the worker and closes DuckDB
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_studio(server, timeout=20)
         log.close()
         print(f"server log: {tmp / 'server.log'}")
 
@@ -99,41 +70,6 @@ def shots(studio):
         target.mkdir(parents=True, exist_ok=True)
         for file in folder.glob("*.png"):
             shutil.copy2(file, target / file.name)
-
-
-# -- small helpers over Streamlit's DOM ---------------------------------------------------------
-
-def settle(page, timeout: float = 30_000) -> None:
-    """Wait until no script run is in flight (Streamlit's status widget shows while one is)."""
-    page.wait_for_timeout(150)
-    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=timeout)
-
-
-def go_to(page, title: str, drawn=None) -> float:
-    """Click a page in the sidebar; seconds until its title (and `drawn`, a locator, if given) shows."""
-    started = time.perf_counter()
-    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
-    heading = "ICM Studio" if title == "Home" else title  # Home's title is the studio's name
-    page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=30_000)
-    if drawn is not None:
-        drawn.wait_for(timeout=30_000)
-    return time.perf_counter() - started
-
-
-def choose(page, label: str, option, tries: int = 3) -> None:
-    """Open a selectbox and pick an option (a name or a compiled pattern). A rerun landing between
-    the two clicks redraws the box and closes its list: open it again then."""
-    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
-    name = {"name": option} if isinstance(option, re.Pattern) else {"name": option, "exact": True}
-    for attempt in range(tries):
-        box.click()
-        try:
-            page.get_by_role("option", **name).click(timeout=10_000)
-            return
-        except Exception:
-            if attempt == tries - 1:
-                raise
-            settle(page)
 
 
 def fill_number(page, label: str, value) -> None:
@@ -340,20 +276,6 @@ def test_bad_uploads_get_a_message_naming_the_file_and_place(studio, shots):
             page.locator("input[type=file]").set_input_files(str(folder / name))
             page.get_by_text(message, exact=False).first.wait_for()
             snap(page, shots / f"upload_{Path(name).stem}.png")
-
-
-def choose_run(page, label: str, run_id: int) -> None:
-    """Pick run #run_id in a run picker (its option text ends with the run's changing state)."""
-    choose(page, label, re.compile(rf"^#{run_id} "))
-    settle(page)
-
-
-def picked(page, label: str) -> str:
-    """The option a selectbox shows: its text, or the value of its input where Streamlit draws it there."""
-    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
-    inputs = box.locator("input")
-    shown = inputs.first.input_value() if inputs.count() else ""
-    return shown or box.inner_text().removeprefix(label).strip()
 
 
 def metric(page, name: str) -> str:

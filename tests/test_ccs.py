@@ -138,7 +138,7 @@ def test_diagnose_adds_the_ccs_baseline_and_exports_each_baselines_labels(tmp_pa
 def test_a_model_the_studio_shares_between_runs_passes_hidden_states_through():
     import threading
 
-    from icm_engine.runs.manager import SharedBackend
+    from icm_engine.backends.shared import SharedBackend
 
     examples, gold = polarity_examples(20, seed=5)
     shared = SharedBackend(HiddenFakeLM(strength=6), threading.Lock())

@@ -73,10 +73,10 @@ def test_the_app_serves_localhost_only_when_started_outside_the_checkout(tmp_pat
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    home = app.HOME
+    entry = app.ENTRY
     env = dict(os.environ, ICM_STUDIO_DB=str(tmp_path / "icm.duckdb"))
     # cwd outside the checkout: the repo's .streamlit/config.toml does not apply, as for an installed package
-    studio = subprocess.Popen(app.app_command(home, "localhost", port), cwd=tmp_path, env=env,
+    studio = subprocess.Popen(app.app_command(entry, "localhost", port), cwd=tmp_path, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60

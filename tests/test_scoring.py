@@ -86,6 +86,15 @@ def test_context_policy_error_says_what_to_do():
         scorer.evaluate(list(range(10)), {i: 0 for i in range(10)})
 
 
+def test_an_empty_batch_answers_zero_rows_of_two_labels():
+    """Every backend answers no queries with [0, 2] (or [0, n] for n label words it was given)."""
+    backend = FakeLM()
+    assert backend.label_logprobs([]).shape == (0, 2)
+    assert backend.sequence_label_logprobs(("Review: good.",), [], SINGLE.label_words).shape == (0, 2)
+    assert backend.sequence_label_logprobs(("Review: good.",), [], (" a", " b", " c")).shape == (0, 3)
+    assert backend.stats.model_calls == 0
+
+
 def test_prequential_reads_each_label_after_its_predecessors_only(tiny_backend, sentiment):
     order, labels = [3, 8, 1, 5], {3: 1, 8: 0, 1: 1, 5: 0}
     approx = Scorer(tiny_backend, sentiment.task, sentiment.examples, mode="prequential").evaluate(order, labels)

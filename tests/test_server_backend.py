@@ -235,6 +235,15 @@ def test_backend_sends_in_prefix_order_with_bounded_concurrency(stub, monkeypatc
     lm.close()
 
 
+def test_backend_answers_an_empty_batch_with_zero_rows_of_two_labels(stub):
+    lm = connect(f"openai+{stub.url}::stub", progress=lambda *a: None)
+    stub.prompts.clear()
+    assert lm.label_logprobs([]).shape == (0, 2) and lm.label_logprobs([]).dtype == np.float64
+    assert lm.sequence_label_logprobs(("d0:",), [], LABELS).shape == (0, 2)
+    assert stub.prompts == [] and lm.stats.model_calls == 0
+    lm.close()
+
+
 def test_bench_reports_server_throughput_and_cache_hits(stub, capsys):
     from icm_engine.cli import bench
 

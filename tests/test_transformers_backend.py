@@ -206,6 +206,17 @@ def test_sequence_label_logprobs_reads_each_prefix(loaded, kind):
         lm.sequence_label_logprobs(segments, [len(segments)], LABELS)
 
 
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_an_empty_batch_answers_zero_rows_of_two_labels(loaded, prefix_cache):
+    """The scorer reads columns 0 and 1 of every answer: no queries is [0, 2], never [0, 0]."""
+    lm = make_lm(loaded, "llama", prefix_cache=prefix_cache)
+    for empty in (lm.label_logprobs([]), lm.sequence_label_logprobs(("Review: fun.",), [], LABELS)):
+        assert empty.shape == (0, 2) and empty.dtype == np.float64
+    states, scores = lm.read_label_position([], [1], LABELS)
+    assert states.shape == (1, 0, 64) and scores.shape == (0, 2)
+    assert lm.stats.model_calls == 0
+
+
 def test_fallback_to_model_head_stays_exact(loaded, monkeypatch):
     """Architectures whose logits the deferred head can't reproduce use the model's own head."""
     lm = make_lm(loaded, "gemma3")
@@ -282,20 +293,20 @@ def test_memory_pressure_evicts_what_is_missing_and_keeps_a_quarter(loaded, monk
     """Under pressure from other processes the store gives back what the machine lacks, keeps
     its budget (it may grow back once memory frees) and never empties itself: a store emptied
     batch after batch would recompute every prompt from scratch."""
-    from icm_engine.backends import transformers_backend as tb
+    from icm_engine.backends.transformers_backend import memory
 
     lm = make_lm(loaded, "llama", cache_budget_mb=1)
     demos = random_demos(random.Random(5), 8, words=6)
     lm.label_logprobs(loo_queries(demos))
     held, budget = lm.cache_store.nbytes, lm.cache_store.budget_bytes
     assert held > 0.5 * budget
-    monkeypatch.setattr(tb, "_available_memory_bytes", lambda: tb.CPU_LOW_MEMORY_MB * 2**20 - 1000)
-    lm._relieve_memory_pressure()  # 1000 bytes missing: an entry or so goes
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: memory.CPU_LOW_MEMORY_MB * 2**20 - 1000)
+    memory.relieve_memory_pressure(lm.cache_store)  # 1000 bytes missing: an entry or so goes
     assert 0.5 * held < lm.cache_store.nbytes < held and lm.cache_store.budget_bytes == budget
-    monkeypatch.setattr(tb, "_available_memory_bytes", lambda: 1)  # far too little: keep a quarter
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1)  # far too little: keep a quarter
     for _ in range(3):
-        lm._relieve_memory_pressure()
-    assert tb.CPU_PRESSURE_KEEP_FRACTION * budget <= lm.cache_store.nbytes < 0.5 * held
+        memory.relieve_memory_pressure(lm.cache_store)
+    assert memory.CPU_PRESSURE_KEEP_FRACTION * budget <= lm.cache_store.nbytes < 0.5 * held
     assert_matches_naive(lm, loo_queries(demos))  # what is left still scores exactly
 
 
@@ -321,12 +332,12 @@ def test_an_addition_runs_as_one_batch_over_different_prefixes(loaded, kind):
 
 
 def test_small_batch_budget_splits_rows_and_stays_exact(loaded, monkeypatch):
-    import icm_engine.backends.transformers_backend as backend_module
+    from icm_engine.backends.transformers_backend import memory
 
     lm = make_lm(loaded, "gemma3")
     demos = random_demos(random.Random(12), 7, words=6)
     assert_matches_naive(lm, loo_queries(demos[:6]))
-    monkeypatch.setattr(backend_module, "CPU_BATCH_BYTES", 3 * 200 * lm._kv_bytes_per_token)  # ~3 rows a batch
+    monkeypatch.setattr(memory, "CPU_BATCH_BYTES", 3 * 200 * memory.kv_bytes_per_token(lm.model))  # ~3 rows a batch
     before = lm.stats.snapshot()
     assert_matches_naive(lm, loo_queries(demos))
     assert lm.stats.since(before).model_calls >= 2
@@ -369,15 +380,15 @@ def test_new_tokens_run_in_chunks_of_the_smallest_sliding_window():
 def test_chunked_batch_forward_matches_naive(loaded, monkeypatch):
     """Rows whose new parts span several windows (the tiny Gemma's is 16 tokens), read at
     positions inside different chunks, after a relabel near the start."""
-    from icm_engine.backends import transformers_backend
+    from icm_engine.backends.transformers_backend import scoring
 
-    spans, real_chunk_spans = [], transformers_backend.chunk_spans
+    spans, real_chunk_spans = [], scoring.chunk_spans
 
     def recording_chunk_spans(width, windows):
         spans.append(real_chunk_spans(width, windows))
         return spans[-1]
 
-    monkeypatch.setattr(transformers_backend, "chunk_spans", recording_chunk_spans)
+    monkeypatch.setattr(scoring, "chunk_spans", recording_chunk_spans)
     lm = make_lm(loaded, "gemma3")
     demos = random_demos(random.Random(7), 9)
     lm.label_logprobs(loo_queries(demos))

@@ -11,7 +11,8 @@ from icm_engine.evaluation.trust import recorded_verdicts
 from icm_engine.runs.manager import RunManager
 
 from .. import actions, charts, readers, services
-from ..services import run_picker, run_view
+from ..services import run_view
+from ..widgets import run_picker
 
 SORTS = {"example": True, "flips": False, "confidence": True, "uid": True}
 
@@ -63,7 +64,7 @@ def _verdict(manager: RunManager, view, example: int) -> None:
 
 
 def _detail(manager: RunManager, view, example: int) -> None:
-    scalable = view.run["config"]["search"].get("algorithm", "icl") == "scalable"
+    scalable = view.settings.search.algorithm == "scalable"
     uid = view.uids[example]
     st.subheader(f"Example {uid}")
     _verdict(manager, view, example)

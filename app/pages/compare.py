@@ -7,7 +7,8 @@ from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers
 from .. import services
-from ..services import label_matrix, run_picker, run_view
+from ..services import label_matrix, run_view
+from ..widgets import run_picker
 
 
 def render_compare(manager: RunManager) -> None:

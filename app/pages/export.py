@@ -10,7 +10,7 @@ from icm_engine.runs.manager import RunManager
 
 from .. import services
 from ..finetune_panel import render_finetune
-from ..services import run_picker
+from ..widgets import run_picker
 
 FORMATS = {  # format -> (description, file suffix, mime type)
     "csv": ("CSV of every example: inputs, label, where it came from, confidence, last change", "csv", "text/csv"),

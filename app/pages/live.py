@@ -6,7 +6,8 @@ import streamlit as st
 from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers
-from ..services import is_live, label_matrix, run_picker, run_view
+from ..services import label_matrix, run_view
+from ..widgets import is_live, run_picker
 
 # Redrawing five plotly charts costs the browser ~0.3-1 s of main-thread time on a small, busy
 # machine (measured on 2 cores); every 2 s keeps the charts current and the page quick to answer.

@@ -16,7 +16,8 @@ from icm_engine.runs.manager import RunManager
 from icm_engine.runs.models import list_bundled_models
 
 from .. import readers, services
-from ..services import CURRENT_RUN, is_live, run_picker, run_view, show_status
+from ..services import run_view
+from ..widgets import CURRENT_RUN, is_live, run_picker, show_status
 
 LOCAL_PATH = "a local path…"
 SERVER = "an inference server…"

@@ -7,7 +7,8 @@ from icm_engine.core.tasks import LABEL_NAMES
 from icm_engine.runs.manager import RunManager
 
 from .. import actions, readers
-from ..services import run_picker, run_view
+from ..services import run_view
+from ..widgets import run_picker
 
 ACTIONS = ("Pin True", "Pin False", "Unpin", "Exclude", "Include")
 

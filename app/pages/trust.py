@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from icm_engine.core.config import RunConfig
 from icm_engine.evaluation.baseline_export import SUFFIX, slug
 from icm_engine.core.tasks import LABEL_NAMES
 from icm_engine.evaluation.trust import REVIEW_ROWS, accuracy_estimate, audit_sample, recorded_verdicts
@@ -13,14 +12,14 @@ from icm_engine.evaluation.trust_report import (
 from icm_engine.runs.manager import RunManager
 
 from .. import services
-from ..services import run_picker
+from ..widgets import run_picker
 
 VERDICTS = ("not judged", "correct", "incorrect")
 
 
 def _backend(manager: RunManager, run: dict):
     """The run's model through the manager, so a model a run already loaded is shared, not loaded twice."""
-    with st.spinner(f"Loading {RunConfig.from_dict(run['config']).model.name}…"):
+    with st.spinner(f"Loading {services.run_settings(run).model.name}…"):
         return manager.model_for(int(run["run_id"]))
 
 

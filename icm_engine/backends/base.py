@@ -28,6 +28,13 @@ class HiddenStatesUnavailable(RuntimeError):
     message says why. Whatever needs them (the CCS probe) reports itself unavailable instead."""
 
 
+def empty_label_rows(n_labels: int = 2) -> np.ndarray:
+    """The answer to an empty batch, float64 [0, n_labels]. An empty label_logprobs batch names no
+    label words, so it answers for two: every task has two (core.tasks.Task checks it), and the
+    scorer's arithmetic on columns 0 and 1 then holds for no rows as for many."""
+    return np.zeros((0, n_labels), dtype=np.float64)
+
+
 @dataclass
 class BackendStats:
     """Counters a backend keeps so each search step can report its cost."""
@@ -67,7 +74,8 @@ class LanguageModel(ABC):
     @abstractmethod
     def label_logprobs(self, queries: Sequence[LabelQuery]) -> np.ndarray:
         """Return float64 [len(queries), n_labels]: log P(first token of each label word | prompt),
-        normalized over the whole vocabulary (the caller renormalizes over label words)."""
+        normalized over the whole vocabulary (the caller renormalizes over label words). No queries:
+        empty_label_rows(), [0, 2]."""
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
@@ -87,7 +95,7 @@ class LanguageModel(ABC):
         asks one prompt per position, which gives the same numbers.
         """
         queries = [LabelQuery(tuple(segments[: k + 1]), label_words) for k in read_after]
-        return self.label_logprobs(queries)
+        return self.label_logprobs(queries) if queries else empty_label_rows(len(label_words))
 
     @property
     def hidden_layer_count(self) -> int:

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from . import server_protocol as protocol
-from .base import BackendStats, HiddenStatesUnavailable, LabelQuery, LanguageModel, ModelInfo
+from .base import BackendStats, HiddenStatesUnavailable, LabelQuery, LanguageModel, ModelInfo, empty_label_rows
 
 # Settings a user may change without a code edit (documented in docs/serving.md); none of them changes a
 # number the server computes, so they are recorded in the run's model info, not its config.
@@ -147,7 +147,7 @@ class ServerLM(LanguageModel):
 
     def label_logprobs(self, queries: Sequence[LabelQuery]) -> np.ndarray:
         if not queries:
-            return np.zeros((0, 0), dtype=np.float64)
+            return empty_label_rows()
         with self._lock:
             return self._label_logprobs(queries)
 

@@ -11,7 +11,7 @@ from .options import add_db_option
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 UPLOAD_LIMIT_MB = 200  # larger tables load through `icm run --data PATH`
-HOME = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+ENTRY = Path(__file__).resolve().parents[2] / "app" / "studio.py"
 
 
 def add_parser(subparsers) -> None:
@@ -29,7 +29,7 @@ def run(args) -> int:
     if args.host not in LOCAL_HOSTS:
         print(f"warning: serving ICM Studio on {args.host}:{args.port}: anyone who can reach it can start runs "
               f"and change the database (there is no login)", file=sys.stderr)
-    return serve(app_command(HOME, args.host, args.port), env, str(HOME.parent.parent))
+    return serve(app_command(ENTRY, args.host, args.port), env, str(ENTRY.parent.parent))
 
 
 def serve(command: list[str], env: dict, cwd: str) -> int:
@@ -42,10 +42,10 @@ def serve(command: list[str], env: dict, cwd: str) -> int:
     return subprocess.call(command, env=env, cwd=cwd)
 
 
-def app_command(home: Path, host: str, port: int) -> list[str]:
+def app_command(entry: Path, host: str, port: int) -> list[str]:
     """The streamlit command line. The safety settings are passed here, not only in the checkout's
     .streamlit/config.toml, which Streamlit reads only when started from the checkout: an installed
     package would otherwise serve on every interface."""
-    return [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
+    return [sys.executable, "-m", "streamlit", "run", str(entry), "--server.address", host, "--server.port", str(port),
             "--server.maxUploadSize", str(UPLOAD_LIMIT_MB), "--server.headless", "true",
             "--browser.gatherUsageStats", "false"]

@@ -28,7 +28,7 @@ def make_learner(backend: LanguageModel, task: Task, config: LearnerConfig) -> L
     from ..learners.lora import LoraLearner
 
     # LoRA trains a copy of the weights themselves: the studio's shared, locked handle on a model
-    # (manager.SharedBackend) hands over the model it wraps.
+    # (backends.shared.SharedBackend) hands over the model it wraps.
     return LoraLearner(getattr(backend, "inner", backend), task, config)
 
 

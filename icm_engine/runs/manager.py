@@ -18,11 +18,10 @@ import uuid
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
-
-from ..backends.base import BackendStats, LanguageModel, ModelInfo
+from ..backends.base import LanguageModel, ModelInfo
+from ..backends.shared import SharedBackend
 from ..core.config import ModelConfig, RunConfig
 from ..core.records import StepRecord
 from ..core.search import Search
@@ -69,58 +68,6 @@ class RunStatus:
 # The fields of RunStatus a worker keeps up to date while it holds a run.
 _WORKER_FIELDS = ("state", "message", "progress", "iteration", "steps", "labeled", "error", "traceback",
                   "steering_error", "steps_taken", "applying")
-
-
-class SharedBackend(LanguageModel):
-    """One run's handle on a model that several runs share: one call at a time, costs counted per run.
-
-    Backends keep caches that are not thread-safe, and a Search reports each step's cost from
-    `backend.stats`, which would otherwise mix the calls of every run on the model.
-    """
-
-    def __init__(self, inner: LanguageModel, lock: threading.Lock) -> None:
-        self.inner, self._lock = inner, lock
-        self.name, self.revision = inner.name, inner.revision
-        self.info = inner.info
-        self.stats = BackendStats()
-
-    def _counted(self, call: Callable, *args):
-        with self._lock:
-            before = self.inner.stats.snapshot()
-            result = call(*args)
-            used = self.inner.stats.since(before)
-        self.stats.model_calls += used.model_calls
-        self.stats.tokens_forwarded += used.tokens_forwarded
-        self.stats.seconds += used.seconds
-        return result
-
-    def label_logprobs(self, queries) -> np.ndarray:
-        return self._counted(self.inner.label_logprobs, queries)
-
-    def sequence_label_logprobs(self, segments, read_after: Sequence[int], label_words) -> np.ndarray:
-        return self._counted(self.inner.sequence_label_logprobs, segments, read_after, label_words)
-
-    def count_tokens(self, text: str) -> int:
-        with self._lock:
-            return self.inner.count_tokens(text)
-
-    @property
-    def context_window(self) -> int:
-        return self.inner.context_window
-
-    @property
-    def hidden_layer_count(self) -> int:
-        return self.inner.hidden_layer_count
-
-    def hidden_states(self, prompts, layers) -> np.ndarray:
-        return self._counted(self.inner.hidden_states, prompts, layers)
-
-    def read_label_position(self, prompts, layers, label_words) -> tuple[np.ndarray, np.ndarray]:
-        return self._counted(self.inner.read_label_position, prompts, layers, label_words)
-
-    def naive(self) -> LanguageModel:
-        view = self.inner.naive()
-        return self if view is self.inner else SharedBackend(view, self._lock)
 
 
 class _Worker:

@@ -1,14 +1,15 @@
-"""ICM Studio: the Streamlit entry point (`icm app`, or `streamlit run app/Home.py`).
+"""ICM Studio: the Streamlit entry point (`icm app`, or `streamlit run app/studio.py`).
 
 Thin on purpose: it opens the one cached RunManager for $ICM_STUDIO_DB and routes to the pages
-(app/pages/*.py, each a render_*(manager) function). The engine decides; pages only render.
+(app/pages/*.py, each a render_*(manager) function; the first, Home, is app/pages/home.py). The
+engine decides; pages only render.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# `streamlit run app/Home.py` puts app/ on sys.path, not the repository root the packages live in.
+# `streamlit run app/studio.py` puts app/ on sys.path, not the repository root the packages live in.
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
@@ -25,8 +26,9 @@ from app.pages.live import render_live  # noqa: E402
 from app.pages.run import render_run  # noqa: E402
 from app.pages.steer import render_steer  # noqa: E402
 from app.pages.trust import render_trust  # noqa: E402
-from app.services import db_path, get_manager  # noqa: E402
+from app.services import get_manager  # noqa: E402
 from icm_engine.store.database import StoreError  # noqa: E402
+from icm_engine.store.location import default_db  # noqa: E402
 
 FAVICON = Path(__file__).resolve().parent / "static" / "favicon.png"
 PAGES = [  # (title, url path, icon, renderer); the first is where the app opens
@@ -47,7 +49,7 @@ def main() -> None:
     # a local file: an icon name makes Streamlit fetch the favicon from a font CDN, which fails offline
     st.set_page_config(page_title="ICM Studio", page_icon=str(FAVICON), layout="wide")
     try:
-        manager = get_manager(db_path())
+        manager = get_manager(default_db())
     except StoreError as error:  # e.g. `icm run` holds the file: say so; a reload tries again
         st.error(str(error))
         st.stop()
