@@ -108,7 +108,8 @@ def test_gguf_conversion_is_atomic_and_reused(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "_convert_gguf", failing_convert)
     with pytest.raises(RuntimeError, match="killed"):
         models._converted_dir("fake", lambda scratch: gguf, "rev1", quiet)
-    assert list((tmp_path / "cache").iterdir()) == []  # no cache, no temp dir left behind
+    # no cache, no temp dir left behind (only the conversions' lock file)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".fake.lock"]
 
     monkeypatch.setattr(models, "_convert_gguf", fake_convert)
     target = models._converted_dir("fake", lambda scratch: gguf, "rev1", quiet)
@@ -117,7 +118,7 @@ def test_gguf_conversion_is_atomic_and_reused(monkeypatch, tmp_path):
     models._converted_dir("fake", lambda scratch: gguf, "rev1", quiet)
     assert len(conversions) == 1
     models._converted_dir("fake", lambda scratch: gguf, "rev2", quiet)
-    assert len(conversions) == 2 and [p.name for p in (tmp_path / "cache").iterdir()] == ["fake"]
+    assert len(conversions) == 2 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".fake.lock", "fake"]
 
 
 def _bundled_installed(package: str) -> bool:

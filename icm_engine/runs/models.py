@@ -11,6 +11,7 @@ torch and transformers are imported inside functions, so importing this module s
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -206,6 +207,22 @@ def _converted_dir(
     if _cache_is_current(target, revision):
         return target
     root.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per model: a second process (two runs started together, two test
+    # workers) waits for the first and then finds the cache current, instead of converting again
+    # and moving the first one's files away while it reads them. The lock goes with the process.
+    with open(root / f".{cache_name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another process converting {cache_name}", 0.02)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if _cache_is_current(target, revision):
+            return target
+        return _convert_into(root, target, cache_name, gguf_source, revision, progress)
+
+
+def _convert_into(root: Path, target: Path, cache_name: str, gguf_source: Callable[[Path], Path], revision: str,
+                  progress: Progress) -> Path:
     for stale in root.glob(f".{cache_name}.tmp-*"):  # left by killed conversions
         if time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
