@@ -37,7 +37,7 @@ browser() {
 # studio's). The default native build crashed in libggml-cpu at the first forward pass on our
 # machines; a portable AVX2 build runs. Without a compiler the test skips, saying why.
 LLAMA_CPP_VERSION=0.3.36
-LLAMA_CPP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF"
+LLAMA_CPP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DLLAVA_BUILD=OFF"
 ICM_HOME="$HOME/.cache/icm_studio"
 llama_server() {
   local wheels="$ICM_HOME/wheels" dir="$ICM_HOME/llama-server"
@@ -103,7 +103,16 @@ case "${1:-}" in
     browser
     shift
     llama_server_beside "$@"
-    exec "$VENV/bin/python" -m pytest "$@"
+    # One pytest worker per core (pytest-xdist), whole files to a worker so a file's model loads
+    # once, and one torch thread each: two threads per worker on two busy cores spin-wait (20x
+    # slower forwards). ICM_TEST_WORKERS=1, or your own -n, overrides.
+    workers=${ICM_TEST_WORKERS:-$(nproc)}
+    parallel=()
+    case " $* " in
+      *" -n "* | *" -n="* | *"--numprocesses"* | *"no:xdist"*) ;;
+      *) if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadfile); fi ;;
+    esac
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} exec "$VENV/bin/python" -m pytest "${parallel[@]}" "$@"
     ;;
   setup)
     setup
