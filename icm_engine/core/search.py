@@ -117,7 +117,7 @@ class Search(Steering):
         return sorted(labels, key=lambda i: labels[i].position)
 
     def snapshot(self) -> SearchSnapshot:
-        current = self._current
+        parts = None if self._current is None else self._current.parts(self.alpha)
         return SearchSnapshot(
             iteration=self.iteration,
             labels={i: replace(state) for i, state in self.labels.items()},
@@ -126,9 +126,9 @@ class Search(Steering):
             next_position=self.next_position,
             alpha=self.alpha,
             t0=self.t0,
-            u=None if current is None else current.utility(self.alpha),
-            ap=None if current is None else self.alpha * current.predictability,
-            inconsistencies=None if current is None else current.inconsistencies,
+            u=None if parts is None else parts.u,
+            ap=None if parts is None else parts.alpha_p,
+            inconsistencies=None if parts is None else parts.i,
             progress=replace(self.progress),
         )
 
@@ -214,8 +214,7 @@ class Search(Steering):
         labels = {int(i): LabelState(label=int(y), position=p) for p, (i, y) in enumerate(zip(chosen, initial))}
         self.next_position = len(labels)
         evaluation = self._evaluate(labels)
-        u_initial = evaluation.utility(self.alpha)
-        ap_initial, i_initial = self.alpha * evaluation.predictability, evaluation.inconsistencies
+        initial = evaluation.parts(self.alpha)
         initial_labels = self.label_map(labels)
         labels, evaluation, fixes = self._consistency_fix(labels, evaluation)
         self._store_scores(labels, evaluation)
@@ -223,13 +222,9 @@ class Search(Steering):
         flips += self._fix_flips(initial_labels, labels, fixes)
         self.labels, self._current, self.iteration = labels, evaluation, 0
         self._note_labeled()
-        return self._record(
-            StepRecord(
-                iteration=0, kind="init", fixes=fixes, u_before=u_initial, ap_before=ap_initial, i_before=i_initial,
-                accepted=True, flips=flips,
-            ),
-            started, calls,
-        )
+        record = StepRecord(iteration=0, kind="init", fixes=fixes, accepted=True, flips=flips)
+        record.score_before(initial)
+        return self._record(record, started, calls)
 
     def _sampling_weights(self, candidates: Sequence[int]) -> np.ndarray:
         weights = np.ones(len(candidates))
@@ -250,11 +245,9 @@ class Search(Steering):
         n = self.iteration + 1
         temp = self.temperature_now(n)
         current = self._current_evaluation()
-        u_before = current.utility(self.alpha)
-        record = StepRecord(
-            iteration=n, kind="propose", temperature=temp, u_before=u_before,
-            ap_before=self.alpha * current.predictability, i_before=current.inconsistencies,
-        )
+        before = current.parts(self.alpha)
+        record = StepRecord(iteration=n, kind="propose", temperature=temp)
+        record.score_before(before)
         candidates = [i for i in range(self.n_examples) if i not in self.excluded and not self._pinned(i)]
         if not candidates:
             self.iteration = n
@@ -275,7 +268,7 @@ class Search(Steering):
         record.proposal_logp = (float(logp[0]), float(logp[1]))
         if proposed == old:
             # D unchanged: U(D-hat) = U(D), delta 0, accepted without asking the model again.
-            record.u_after, record.ap_after, record.i_after = u_before, record.ap_before, record.i_before
+            record.score_after(before)
             record.delta, record.accept_prob, record.accepted = 0.0, 1.0, True
             record.note = "proposal equals current label"
             self.iteration = n
@@ -288,9 +281,7 @@ class Search(Steering):
         evaluation = self._evaluate(labels)
         before_fix = self.label_map(labels)
         labels, evaluation, record.fixes = self._consistency_fix(labels, evaluation)
-        record.u_after = evaluation.utility(self.alpha)
-        record.ap_after, record.i_after = self.alpha * evaluation.predictability, evaluation.inconsistencies
-        record.delta = record.u_after - u_before
+        record.score_change(evaluation.parts(self.alpha))
         record.accept_prob = acceptance_probability(record.delta, temp)
         record.draw = float(self.rng.random())
         record.accepted = record.delta > 0 or record.draw < record.accept_prob
@@ -328,8 +319,7 @@ class Search(Steering):
             record.note = "nothing left to label"
             return self._record(record, started, calls)
         current = self._current_evaluation()
-        record.u_before, record.ap_before = current.utility(self.alpha), self.alpha * current.predictability
-        record.i_before = current.inconsistencies
+        record.score_before(current.parts(self.alpha))
         raw = self.scorer.predict_many(self.order(), self.label_map(), todo)
         logp = normalize(raw, self.scorer.calibration, current.center())
         labels = {i: replace(state) for i, state in self.labels.items()}
@@ -340,9 +330,7 @@ class Search(Steering):
         evaluation = self._evaluate(labels)
         before_fix = self.label_map(labels)
         labels, evaluation, record.fixes = self._consistency_fix(labels, evaluation, only=set(todo))
-        record.u_after, record.ap_after = evaluation.utility(self.alpha), self.alpha * evaluation.predictability
-        record.i_after = evaluation.inconsistencies
-        record.delta = record.u_after - record.u_before
+        record.score_change(evaluation.parts(self.alpha))
         record.flips = [Flip(i, None, labels[i].label, "final_pass") for i in todo]
         record.flips += [f for f in self._fix_flips(before_fix, labels, record.fixes) if f.example not in set(todo)]
         record.note = f"labeled {len(todo)} examples the search left, given the final D of {len(self.labels)}"
@@ -377,7 +365,5 @@ class Search(Steering):
         record.seconds = time.perf_counter() - started
         record.labeled_count = len(self.labels)
         if record.u_after is None and self._current is not None and record.kind == "init":
-            record.u_after = self._current.utility(self.alpha)
-            record.ap_after = self.alpha * self._current.predictability
-            record.i_after = self._current.inconsistencies
+            record.score_after(self._current.parts(self.alpha))
         return record
