@@ -109,7 +109,7 @@ def utility_of(prepared, l2):
 
     def u(labels):
         labels = {i: int(y) for i, y in enumerate(labels)}
-        return search._utility(labels, search._cross_fit(labels))[0]
+        return search._utility_parts(labels, search._cross_fit(labels)).u
     return u
 
 

@@ -65,6 +65,16 @@ class LabelState:
     pinned: bool = False
 
 
+@dataclass(frozen=True)
+class UtilityParts:
+    """U(D) with the two terms it is made of, as a StepRecord stores them. Built only by
+    scoring.utility_parts, the one place the formula U = alpha * P - I is written."""
+
+    u: float
+    alpha_p: float  # alpha * P(D)
+    i: int  # I(D)
+
+
 @dataclass
 class StepRecord:
     iteration: int
@@ -92,6 +102,17 @@ class StepRecord:
     seconds: float = 0.0
     note: str = ""  # for people to read; nothing parses it (a set_param event's values are in params)
     params: list[ParamChange] = field(default_factory=list)  # a set_param event's changes, in order
+
+    def score_before(self, parts: UtilityParts) -> None:
+        self.u_before, self.ap_before, self.i_before = parts.u, parts.alpha_p, parts.i
+
+    def score_after(self, parts: UtilityParts) -> None:
+        self.u_after, self.ap_after, self.i_after = parts.u, parts.alpha_p, parts.i
+
+    def score_change(self, after: UtilityParts) -> None:
+        """U after the step and delta = U(after) - U(before), the difference acceptance reads."""
+        self.score_after(after)
+        self.delta = self.u_after - self.u_before
 
     def to_dict(self) -> dict:
         return asdict(self)

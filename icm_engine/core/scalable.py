@@ -28,8 +28,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .config import SearchConfig
-from .records import Flip, LabelState, SearchProgress, SearchSnapshot, StepRecord
-from .scoring import normalize, predictability
+from .records import Flip, LabelState, SearchProgress, SearchSnapshot, StepRecord, UtilityParts
+from .scoring import normalize, predictability, utility_parts
 from .search import acceptance_probability, temperature
 from .steering import Steering
 from .tasks import ConsistencyIndex, Example, is_inconsistent
@@ -114,12 +114,13 @@ class ScalableSearch(Steering):
         return self.stopped and not self.unlabeled()
 
     def snapshot(self) -> SearchSnapshot:
-        u, ap, inconsistencies = self._utility(self.label_map()) if self._cross is not None else (None, None, None)
+        parts = self._utility_parts(self.label_map()) if self._cross is not None else None
         return SearchSnapshot(
             iteration=self.iteration, labels={i: replace(s) for i, s in self.labels.items()},
             excluded=set(self.excluded), rng_state=self.rng.bit_generator.state,
-            next_position=self.next_position, alpha=self.alpha, t0=self.t0, u=u, ap=ap,
-            inconsistencies=inconsistencies, progress=replace(self.progress))
+            next_position=self.next_position, alpha=self.alpha, t0=self.t0,
+            u=None if parts is None else parts.u, ap=None if parts is None else parts.alpha_p,
+            inconsistencies=None if parts is None else parts.i, progress=replace(self.progress))
 
     # folds ---------------------------------------------------------------------------------
     def _round(self, iteration: int) -> int:
@@ -156,13 +157,13 @@ class ScalableSearch(Steering):
                 raw[int(i)] = np.asarray(row, dtype=np.float64)
         return raw
 
-    def _utility(self, labels: dict[int, int], raw: dict[int, np.ndarray] | None = None) -> tuple[float, float, int]:
+    def _utility_parts(self, labels: dict[int, int], raw: dict[int, np.ndarray] | None = None) -> UtilityParts:
+        """U(D) with P from cross-fitted log-probs (`raw`, by default the current folds' ones)."""
         raw = self._cross if raw is None else raw
         targets = sorted(raw)
         logp = normalize(np.stack([raw[t] for t in targets]), self.config.calibration) if targets else np.zeros((0, 2))
-        ap = self.alpha * predictability(logp, [labels[t] for t in targets], self.config.objective)
-        inconsistencies = len(self.consistency.inconsistent_pairs(labels))
-        return ap - inconsistencies, ap, inconsistencies
+        p_of_d = predictability(logp, [labels[t] for t in targets], self.config.objective)
+        return utility_parts(self.alpha, p_of_d, len(self.consistency.inconsistent_pairs(labels)))
 
     # Algorithm 4 -------------------------------------------------------------------------
     def _fix_max_prob(self, proposed: dict[int, int], confidence: dict[int, float]) -> tuple[dict[int, int], list[int]]:
@@ -210,12 +211,11 @@ class ScalableSearch(Steering):
         self.folds = self._partition(np.random.default_rng(self._round_seed(0)))
         self._cross = self._cross_fit(labels)
         self._store_logp()
-        u, ap, inconsistencies = self._utility(labels)
         self.progress.labeled_at = 0
-        record = StepRecord(iteration=0, kind="init", accepted=True, flips=flips, u_after=u, ap_after=ap,
-                            i_after=inconsistencies,
+        record = StepRecord(iteration=0, kind="init", accepted=True, flips=flips,
                             note=f"labeled {len(labels)} by {self.fits.learner.initial_source} ({self.config.calibration}); "
                                  f"{len(fixed)} fixed by Algorithm 4; {len(self.folds)} folds")
+        record.score_after(self._utility_parts(labels))
         return self._record(record, started, fits)
 
     def step(self) -> StepRecord:
@@ -233,10 +233,10 @@ class ScalableSearch(Steering):
             self._cross = self._cross_fit(self.label_map())
             self._store_logp()
         labels_now = self.label_map()
-        u_before, ap_before, i_before = self._utility(labels_now)
+        before = self._utility_parts(labels_now)
         temp = temperature(n, self.t0, self.config.t_min, self.config.beta)
-        record = StepRecord(iteration=n, kind="fold", temperature=temp, u_before=u_before, ap_before=ap_before,
-                            i_before=i_before)
+        record = StepRecord(iteration=n, kind="fold", temperature=temp)
+        record.score_before(before)
         fold = [int(i) for i in self.folds[fold_number % len(self.folds)] if int(i) in self.labels]
         movable = [i for i in fold if not self.labels[i].pinned]
         held = set(fold)
@@ -254,15 +254,14 @@ class ScalableSearch(Steering):
         proposed, fixed = self._fix_max_prob(proposed, confidences)
         changed = [i for i in fold if proposed[i] != labels_now[i]]
         if not changed:
-            record.u_after, record.ap_after, record.i_after = u_before, ap_before, i_before
+            record.score_after(before)
             record.delta, record.accept_prob, record.accepted = 0.0, 1.0, True
             record.note = f"round {round_number + 1}, fold {fold_number + 1} of {len(self.folds)}: fit on {len(train)}, " \
                           f"relabeled {len(movable)}, none changed"
             self.iteration = n
             return self._record(record, started, fits)
         cross = self._cross_fit(proposed)
-        record.u_after, record.ap_after, record.i_after = self._utility(proposed, cross)
-        record.delta = record.u_after - u_before
+        record.score_change(self._utility_parts(proposed, cross))
         record.accept_prob = acceptance_probability(record.delta, temp)
         record.draw = float(self.rng.random())
         record.accepted = record.delta > 0 or record.draw < record.accept_prob

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..backends.base import LabelQuery, LanguageModel
 from .prompts import Prompts
+from .records import UtilityParts
 from .tasks import ConsistencyIndex, Example, Task
 
 CONTEXT_POLICIES = ("drop_oldest", "error")
@@ -78,6 +79,13 @@ def predictability(logp: np.ndarray, labels: Sequence[int], objective: str = "su
     raise ValueError(f"unknown objective {objective!r}")
 
 
+def utility_parts(alpha: float, predictability: float, inconsistencies: int) -> UtilityParts:
+    """U(D) = alpha * P(D) - I(D): the one place it is computed. alpha * P is formed first and I
+    subtracted from it, the order every stored run was scored in, so stored numbers replay bit for bit."""
+    alpha_p = alpha * predictability
+    return UtilityParts(u=alpha_p - inconsistencies, alpha_p=alpha_p, i=inconsistencies)
+
+
 @dataclass
 class Evaluation:
     """Scores of one labeled set: raw label log-probs per example, P(D) and I(D)."""
@@ -87,8 +95,12 @@ class Evaluation:
     inconsistencies: int
     dropped_demos: int = 0  # demonstrations left out to fit the context window, summed over prompts
 
+    def parts(self, alpha: float) -> UtilityParts:
+        return utility_parts(alpha, self.predictability, self.inconsistencies)
+
     def utility(self, alpha: float) -> float:
-        return alpha * self.predictability - self.inconsistencies
+        """U alone, for comparing candidates (ConsistencyFix, the bench)."""
+        return self.parts(alpha).u
 
     def center(self) -> np.ndarray | None:
         if not self.raw:

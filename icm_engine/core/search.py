@@ -117,7 +117,7 @@ class Search(Steering):
         return sorted(labels, key=lambda i: labels[i].position)
 
     def snapshot(self) -> SearchSnapshot:
-        current = self._current
+        parts = None if self._current is None else self._current.parts(self.alpha)
         return SearchSnapshot(
             iteration=self.iteration,
             labels={i: replace(state) for i, state in self.labels.items()},
@@ -126,9 +126,9 @@ class Search(Steering):
             next_position=self.next_position,
             alpha=self.alpha,
             t0=self.t0,
-            u=None if current is None else current.utility(self.alpha),
-            ap=None if current is None else self.alpha * current.predictability,
-            inconsistencies=None if current is None else current.inconsistencies,
+            u=None if parts is None else parts.u,
+            ap=None if parts is None else parts.alpha_p,
+            inconsistencies=None if parts is None else parts.i,
             progress=replace(self.progress),
         )
 
@@ -214,8 +214,7 @@ class Search(Steering):
         labels = {int(i): LabelState(label=int(y), position=p) for p, (i, y) in enumerate(zip(chosen, initial))}
         self.next_position = len(labels)
         evaluation = self._evaluate(labels)
-        u_initial = evaluation.utility(self.alpha)
-        ap_initial, i_initial = self.alpha * evaluation.predictability, evaluation.inconsistencies
+        initial = evaluation.parts(self.alpha)
         initial_labels = self.label_map(labels)
         labels, evaluation, fixes = self._consistency_fix(labels, evaluation)
         self._store_scores(labels, evaluation)
@@ -223,13 +222,9 @@ class Search(Steering):
         flips += self._fix_flips(initial_labels, labels, fixes)
         self.labels, self._current, self.iteration = labels, evaluation, 0
         self._note_labeled()
-        return self._record(
-            StepRecord(
-                iteration=0, kind="init", fixes=fixes, u_before=u_initial, ap_before=ap_initial, i_before=i_initial,
-                accepted=True, flips=flips,
-            ),
-            started, calls,
-        )
+        record = StepRecord(iteration=0, kind="init", fixes=fixes, accepted=True, flips=flips)
+        record.score_before(initial)
+        return self._record(record, started, calls)
 
     def _sampling_weights(self, candidates: Sequence[int]) -> np.ndarray:
         weights = np.ones(len(candidates))
@@ -241,28 +236,49 @@ class Search(Steering):
         return weights
 
     def step(self) -> StepRecord:
-        """Algorithm 1, lines 4-16, once."""
+        """Algorithm 1, lines 4-16, once: pick an example, propose the label the model finds most
+        likely, score D with it (after ConsistencyFix), accept or reject, record what happened."""
         if not self.initialized:
             return self.initialize()
         if self.stopped and self.config.final_pass and self.unlabeled():
             return self.final_pass()
         started, calls = time.perf_counter(), self._backend_stats()
         n = self.iteration + 1
-        temp = self.temperature_now(n)
+        record = StepRecord(iteration=n, kind="propose", temperature=self.temperature_now(n))
         current = self._current_evaluation()
-        u_before = current.utility(self.alpha)
-        record = StepRecord(
-            iteration=n, kind="propose", temperature=temp, u_before=u_before,
-            ap_before=self.alpha * current.predictability, i_before=current.inconsistencies,
-        )
+        before = current.parts(self.alpha)
+        record.score_before(before)
+        example = self._pick_example()
+        if example is None:
+            record.note = "nothing left to propose: every example is pinned or excluded"
+            return self._finish(record, started, calls)
+        self._propose(record, example, current)
+        if record.proposed_label == record.old_label:
+            # D unchanged: U(D-hat) = U(D), delta 0, accepted without asking the model again.
+            record.score_after(before)
+            record.delta, record.accept_prob, record.accepted = 0.0, 1.0, True
+            record.note = "proposal equals current label"
+            return self._finish(record, started, calls)
+        labels, evaluation, before_fix = self._score_proposal(record)
+        if self._metropolis_accepts(record):
+            self._accept(record, labels, evaluation, before_fix)
+        self.iteration = n
+        self._note_labeled()
+        return self._record(record, started, calls)
+
+    def _pick_example(self) -> int | None:
+        """Algorithm 1, line 5: one example at random among those a proposal may change (neither
+        pinned nor excluded), unlabeled partners of labeled examples weighted up (_sampling_weights);
+        None when there is none. Draws from the RNG once."""
         candidates = [i for i in range(self.n_examples) if i not in self.excluded and not self._pinned(i)]
         if not candidates:
-            self.iteration = n
-            record.note = "nothing left to propose: every example is pinned or excluded"
-            return self._record(record, started, calls)
+            return None
         weights = self._sampling_weights(candidates)
-        example = candidates[int(self.rng.choice(len(candidates), p=weights / weights.sum()))]
-        old = self.labels[example].label if example in self.labels else None
+        return candidates[int(self.rng.choice(len(candidates), p=weights / weights.sum()))]
+
+    def _propose(self, record: StepRecord, example: int, current: Evaluation) -> None:
+        """Algorithm 1, line 6: the label argmax P(y | x, D minus x), calibrated as the run is;
+        fills the record's example, old and proposed labels, and the log-probs that chose."""
         if example in current.raw and self.scorer.mode != "prequential":
             # A labeled example's prompt (D minus it, then its query) is the one its term of U was
             # scored with: the same numbers, without asking the model again.
@@ -270,42 +286,55 @@ class Search(Steering):
         else:
             raw = self.scorer.predict(self.order(), self.label_map(), example)
         logp = normalize(raw, self.scorer.calibration, current.center())[0]
-        proposed = int(np.argmax(logp))
-        record.example, record.old_label, record.proposed_label = example, old, proposed
+        record.example = example
+        record.old_label = self.labels[example].label if example in self.labels else None
+        record.proposed_label = int(np.argmax(logp))
         record.proposal_logp = (float(logp[0]), float(logp[1]))
-        if proposed == old:
-            # D unchanged: U(D-hat) = U(D), delta 0, accepted without asking the model again.
-            record.u_after, record.ap_after, record.i_after = u_before, record.ap_before, record.i_before
-            record.delta, record.accept_prob, record.accepted = 0.0, 1.0, True
-            record.note = "proposal equals current label"
-            self.iteration = n
-            return self._record(record, started, calls)
+
+    def _score_proposal(self, record: StepRecord) -> tuple[dict[int, LabelState], Evaluation, dict[int, int]]:
+        """Algorithm 1, lines 7-8: D-hat = D with the proposal (a new example goes last in the
+        demonstration order), made consistent by ConsistencyFix, then scored; fills the record's
+        fixes, U after and delta. Returns D-hat, its evaluation, and its labels before the fixes
+        (what the fix flips are measured from)."""
         labels = {i: replace(state) for i, state in self.labels.items()}
-        if example in labels:
-            labels[example].label = proposed
+        if record.example in labels:
+            labels[record.example].label = record.proposed_label
         else:
-            labels[example] = LabelState(label=proposed, position=self.next_position)
+            labels[record.example] = LabelState(label=record.proposed_label, position=self.next_position)
         evaluation = self._evaluate(labels)
         before_fix = self.label_map(labels)
         labels, evaluation, record.fixes = self._consistency_fix(labels, evaluation)
-        record.u_after = evaluation.utility(self.alpha)
-        record.ap_after, record.i_after = self.alpha * evaluation.predictability, evaluation.inconsistencies
-        record.delta = record.u_after - u_before
-        record.accept_prob = acceptance_probability(record.delta, temp)
+        record.score_change(evaluation.parts(self.alpha))
+        return labels, evaluation, before_fix
+
+    def _metropolis_accepts(self, record: StepRecord) -> bool:
+        """Algorithm 1, lines 9-14: accept when U rose, else with probability exp(delta / T). The
+        uniform draw is taken even when U rose, so every scored proposal uses the RNG alike and a
+        replay draws the same numbers; the draw is recorded so the decision can be checked."""
+        record.accept_prob = acceptance_probability(record.delta, record.temperature)
         record.draw = float(self.rng.random())
         record.accepted = record.delta > 0 or record.draw < record.accept_prob
-        if record.accepted:
-            if example not in self.labels:
-                self.next_position += 1
-            flips = [Flip(example, old, proposed, "proposal")] + self._fix_flips(before_fix, labels, record.fixes)
-            record.flips = [f for f in flips if f.cause != "fix" or f.old != f.new]
-            self._store_scores(labels, evaluation)
-            if self.label_map(labels) != self.label_map():
-                self.progress.accepted_changes += 1
-                self.progress.last_change = n
-            self.labels, self._current = labels, evaluation
-        self.iteration = n
-        self._note_labeled()
+        return record.accepted
+
+    def _accept(self, record: StepRecord, labels: dict[int, LabelState], evaluation: Evaluation,
+                before_fix: dict[int, int]) -> None:
+        """D <- D-hat, recording its flips; the accepted clock and the stopping rule count only an
+        acceptance that changed a label (ConsistencyFix may have undone the proposal itself)."""
+        if record.example not in self.labels:
+            self.next_position += 1
+        flips = [Flip(record.example, record.old_label, record.proposed_label, "proposal")]
+        flips += self._fix_flips(before_fix, labels, record.fixes)
+        record.flips = [f for f in flips if f.cause != "fix" or f.old != f.new]
+        self._store_scores(labels, evaluation)
+        if self.label_map(labels) != self.label_map():
+            self.progress.accepted_changes += 1
+            self.progress.last_change = record.iteration
+        self.labels, self._current = labels, evaluation
+
+    def _finish(self, record: StepRecord, started: float, calls) -> StepRecord:
+        """A step that left D as it was: count the iteration and record it (labeled_at is left to a
+        step that changes D, as in every stored run)."""
+        self.iteration = record.iteration
         return self._record(record, started, calls)
 
     def _note_labeled(self) -> None:
@@ -328,8 +357,7 @@ class Search(Steering):
             record.note = "nothing left to label"
             return self._record(record, started, calls)
         current = self._current_evaluation()
-        record.u_before, record.ap_before = current.utility(self.alpha), self.alpha * current.predictability
-        record.i_before = current.inconsistencies
+        record.score_before(current.parts(self.alpha))
         raw = self.scorer.predict_many(self.order(), self.label_map(), todo)
         logp = normalize(raw, self.scorer.calibration, current.center())
         labels = {i: replace(state) for i, state in self.labels.items()}
@@ -340,9 +368,7 @@ class Search(Steering):
         evaluation = self._evaluate(labels)
         before_fix = self.label_map(labels)
         labels, evaluation, record.fixes = self._consistency_fix(labels, evaluation, only=set(todo))
-        record.u_after, record.ap_after = evaluation.utility(self.alpha), self.alpha * evaluation.predictability
-        record.i_after = evaluation.inconsistencies
-        record.delta = record.u_after - record.u_before
+        record.score_change(evaluation.parts(self.alpha))
         record.flips = [Flip(i, None, labels[i].label, "final_pass") for i in todo]
         record.flips += [f for f in self._fix_flips(before_fix, labels, record.fixes) if f.example not in set(todo)]
         record.note = f"labeled {len(todo)} examples the search left, given the final D of {len(self.labels)}"
@@ -377,7 +403,5 @@ class Search(Steering):
         record.seconds = time.perf_counter() - started
         record.labeled_count = len(self.labels)
         if record.u_after is None and self._current is not None and record.kind == "init":
-            record.u_after = self._current.utility(self.alpha)
-            record.ap_after = self.alpha * self._current.predictability
-            record.i_after = self._current.inconsistencies
+            record.score_after(self._current.parts(self.alpha))
         return record
