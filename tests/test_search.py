@@ -179,3 +179,20 @@ def test_centered_calibration_removes_a_label_bias():
     assert (plain.argmax(axis=1) == 1).all()  # a biased model says True to everything
     assert (centered.argmax(axis=1) == [1, 1, 0]).all()  # relative to its habit, the third is False
     np.testing.assert_allclose(np.exp(centered).sum(axis=1), 1.0)
+
+
+def test_stop_progress_counts_labels_then_quiet_steps_and_ends_full():
+    search, _ = make_search(n=12, steps=400, stop="labeled", final_pass=False)
+    search.initialize()
+    seen = []
+    while not search.done:
+        search.step()
+        seen.append(search.stop_progress())
+    phases = [phase for phase, _, _ in seen]
+    labeling = [done for phase, done, total in seen if phase == "labeled"]
+    assert phases[0] == "labeled" and phases[-1] == "quiet steps" and "labeled" not in phases[phases.index("quiet steps"):]
+    assert labeling == sorted(labeling) and all(total == 12 for phase, _, total in seen if phase == "labeled")
+    assert seen[-1][1] == seen[-1][2] == 12  # one quiet sweep of 12 steps: the rule that stopped it
+    capped, _ = make_search(n=12, steps=5, stop="steps")
+    run_all(capped)
+    assert capped.stop_progress() == ("steps", 5, 5)

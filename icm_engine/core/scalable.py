@@ -113,6 +113,17 @@ class ScalableSearch(Steering):
     def done(self) -> bool:
         return self.stopped and not self.unlabeled()
 
+    def stop_progress(self) -> tuple[str, int, int]:
+        """(phase, done, total) toward the stop, as Search.stop_progress: every example starts
+        labeled here, so ("quiet steps", steps since the last accepted change, a round of folds),
+        or ("steps", iteration, cap) under stop="steps" or once extended."""
+        if self.config.stop == "labeled" and self.progress.extended_until is None:
+            quiet = max(1, math.ceil(self.config.patience_sweeps)) * self.config.folds
+            since = max(self.iteration, 0) - self.progress.last_change
+            return "quiet steps", (quiet if self.done else min(since, quiet)), quiet
+        cap = max(self.config.steps, self.progress.extended_until or 0)
+        return "steps", (cap if self.done else max(self.iteration, 0)), cap
+
     def snapshot(self) -> SearchSnapshot:
         parts = self._utility_parts(self.label_map()) if self._cross is not None else None
         return SearchSnapshot(
