@@ -103,14 +103,15 @@ case "${1:-}" in
     browser
     shift
     llama_server_beside "$@"
-    # One pytest worker per core (pytest-xdist), whole files to a worker so a file's model loads
-    # once, and one torch thread each: two threads per worker on two busy cores spin-wait (20x
-    # slower forwards). ICM_TEST_WORKERS=1, or your own -n, overrides.
+    # One pytest worker per core (pytest-xdist), tests shared out one by one except the groups
+    # that share one expensive fixture (the browser tests' studio, the kill tests' reference run),
+    # and one torch thread each: two threads per worker on two busy cores spin-wait (20x slower
+    # forwards). ICM_TEST_WORKERS=1, or your own -n, overrides.
     workers=${ICM_TEST_WORKERS:-$(nproc)}
     parallel=()
     case " $* " in
       *" -n "* | *" -n="* | *"--numprocesses"* | *"no:xdist"*) ;;
-      *) if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadfile); fi ;;
+      *) if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadgroup); fi ;;
     esac
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} exec "$VENV/bin/python" -m pytest "${parallel[@]}" "$@"
     ;;

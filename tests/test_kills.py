@@ -23,6 +23,8 @@ import pytest
 
 from icm_engine.store.database import Store
 
+# both tests compare against one uninterrupted run (a module fixture): one worker under pytest-xdist
+pytestmark = pytest.mark.xdist_group("kills")
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 # Each kill is a fresh process that imports torch and loads the model (~7 s here): 8 kills with

@@ -360,7 +360,9 @@ def llama_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("llama") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "gemma3-270m-q4",
-                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
+                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                                    # as many threads as the suite gives each worker (studio.sh: one per core)
+                                    "--n_threads", os.environ.get("OMP_NUM_THREADS", "2"),
                                     "--logits_all", "true"], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 180
