@@ -103,8 +103,8 @@ case "${1:-}" in
     browser
     shift
     llama_server_beside "$@"
-    # One pytest worker per core (pytest-xdist), tests shared out one by one except the groups
-    # that share one expensive fixture (the browser tests' studio, the kill tests' reference run),
+    # One pytest worker per core (pytest-xdist), tests shared out one by one except a group that
+    # shares one expensive fixture (the kill tests' uninterrupted reference run),
     # and one torch thread each: two threads per worker on two busy cores spin-wait (20x slower
     # forwards). ICM_TEST_WORKERS=1, or your own -n, overrides.
     workers=${ICM_TEST_WORKERS:-$(nproc)}

@@ -24,8 +24,7 @@ from scripts.studio_browser import (
     wait_healthy,
 )
 
-# one studio server for the file: with pytest-xdist its tests stay on one worker (--dist loadgroup)
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 # For screenshots of a real run, point these at a converted bundled model's folder (e.g.
