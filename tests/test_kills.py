@@ -27,10 +27,10 @@ from icm_engine.store.database import Store
 pytestmark = pytest.mark.xdist_group("kills")
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-# Each kill is a fresh process that imports torch and loads the model (~7 s here): 8 kills with
-# replay and 5 plain keep the suite quick and still land in initialization, between steps and
+# Each kill is a fresh process that imports torch and loads the model (~7 s here): 6 kills with
+# replay and 3 plain keep the suite quick and still land in initialization, between steps and
 # inside steps (the seeds are fixed); ICM_TEST_KILLS=20 (and up) for a longer hunt.
-KILLS = int(os.environ.get("ICM_TEST_KILLS", "8"))
+KILLS = int(os.environ.get("ICM_TEST_KILLS", "6"))
 # What a step costs and when it was written differ between processes; everything it decided must not.
 COST_COLUMNS = {"created_at", "seconds", "model_calls", "tokens_forwarded"}
 

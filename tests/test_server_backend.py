@@ -163,15 +163,20 @@ class StubVLLM(BaseHTTPRequestHandler):
         try:
             time.sleep(server.delay_s)
             if fail:
-                return self._send(503, {"error": {"message": "warming up"}})
-            label = body["allowed_token_ids"][0]
-            logprob = -0.1 * (len(body["prompt"]) % 7) - (0.5 if label == server.vocab.get(" True") else 2.0)
-            logprobs = None if server.no_logprobs else {"tokens": [f"token_id:{label}"], "token_logprobs": [logprob]}
-            usage = {"prompt_tokens": len(body["prompt"]), "prompt_tokens_details": {"cached_tokens": len(body["prompt"]) // 2}}
-            self._send(200, {"choices": [{"text": "", "logprobs": logprobs}], "usage": usage})
+                code, payload = 503, {"error": {"message": "warming up"}}
+            else:
+                label = body["allowed_token_ids"][0]
+                logprob = -0.1 * (len(body["prompt"]) % 7) - (0.5 if label == server.vocab.get(" True") else 2.0)
+                logprobs = None if server.no_logprobs else {"tokens": [f"token_id:{label}"], "token_logprobs": [logprob]}
+                usage = {"prompt_tokens": len(body["prompt"]),
+                         "prompt_tokens_details": {"cached_tokens": len(body["prompt"]) // 2}}
+                code, payload = 200, {"choices": [{"text": "", "logprobs": logprobs}], "usage": usage}
         finally:
+            # out of flight before the answer leaves: a client that has read it may send its next
+            # request before this thread runs again (a busy machine counted 4 of 3 allowed)
             with server.lock:
                 server.in_flight -= 1
+        self._send(code, payload)
 
 
 @pytest.fixture
