@@ -321,13 +321,19 @@ def test_results_and_config_are_stored_and_the_figure_builds(run, tmp_path):
     assert written[0].stat().st_size > 1000
 
 
-def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
-    examples, gold = polarity_examples(24, seed=2)
+def _reviews_and_eval_parser(tmp_path, n: int, seed: int):
+    """A CSV of n polarity reviews with a gold column, and a parser that knows `eval`."""
+    examples, gold = polarity_examples(n, seed=seed)
     table = tmp_path / "reviews.csv"
     pd.DataFrame({"text": [f"{e.fields['text']} item {k}" for k, e in enumerate(examples)],
                   "gold": [gold[k] for k in range(len(examples))]}).to_csv(table, index=False)
     parser = argparse.ArgumentParser()
     eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    return table, parser
+
+
+def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
+    table, parser = _reviews_and_eval_parser(tmp_path, 24, seed=2)
     db, out = tmp_path / "icm.duckdb", tmp_path / "fig.html"
     args = parser.parse_args(["eval", "--task", "sentiment", "--data", str(table), "--search-size", "6", "--test-size", "8",
                               "--steps", "12", "--seeds", "2", "--db", str(db), "--out", str(out)])
@@ -345,12 +351,7 @@ def test_cli_on_an_uploaded_table_with_a_gold_column(tmp_path, capsys):
 
 
 def test_cli_eval_reports_progress_from_start_to_end_as_lines_in_a_log(tmp_path, capsys):
-    examples, gold = polarity_examples(16, seed=3)
-    table = tmp_path / "reviews.csv"
-    pd.DataFrame({"text": [f"{e.fields['text']} item {k}" for k, e in enumerate(examples)],
-                  "gold": [gold[k] for k in range(len(examples))]}).to_csv(table, index=False)
-    parser = argparse.ArgumentParser()
-    eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    table, parser = _reviews_and_eval_parser(tmp_path, 16, seed=3)
     args = parser.parse_args(["eval", "--task", "sentiment", "--data", str(table), "--search-size", "6", "--test-size", "8",
                               "--steps", "12", "--seeds", "2", "--db", str(tmp_path / "icm.duckdb"),
                               "--out", str(tmp_path / "fig.html"), "--finetune", "head"])
