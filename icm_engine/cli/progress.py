@@ -65,7 +65,7 @@ class Progress:
             if note:
                 bar.set_postfix_str(note, refresh=False)
             bar.refresh()
-        elif done == 0 or done >= total or now - stage["printed"] >= self.every or what in self.keep:
+        elif not stage["printed"] or done >= total or now - stage["printed"] >= self.every or what in self.keep:
             self._line(what, stage, now)  # a kept stage is coarse (an evaluation's jobs): each step is news
         if done >= total and what not in self.keep:
             self._finish(what)
