@@ -279,9 +279,9 @@ def test_store_counts_the_buffer_that_entries_of_one_batch_share():
     small = PrefixKVStore(budget_bytes=300)
     for r, layers in enumerate(rows):
         small.put(np.array([r, 1, 2, 3]), layers)
-    small.put(np.array([9, 9]), (torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)))  # 32 more: 272
+    small.put(np.array([9, 9]), ((torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)),))  # 32 more: 272
     assert small.nbytes == 272 and small.evictions == 0
-    small.put(np.array([8, 8]), (torch.zeros(1, 1, 8, 2), torch.zeros(1, 1, 8, 2)))  # 128 more: over
+    small.put(np.array([8, 8]), ((torch.zeros(1, 1, 8, 2), torch.zeros(1, 1, 8, 2)),))  # 128 more: over
     # evicting one or two rows frees nothing; all three go before the budget holds
     assert small.evictions == 3 and small.nbytes == 32 + 128 and len(small) == 2
     assert small.release(30) == 32  # low memory: the least recently used entry goes, the budget stays

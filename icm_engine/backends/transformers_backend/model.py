@@ -39,6 +39,7 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         max_context: int | None = None,
         cache_budget_mb: float | None = None,
         prefix_cache: bool = True,
+        kv_dtype: str = "compute",
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -56,7 +57,7 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         self._windows = sliding_windows(self._text_config)
         if prefix_cache:
             budget_bytes = memory.cache_budget_bytes(self.device, cache_budget_mb)
-            self._store: PrefixKVStore | None = PrefixKVStore(budget_bytes)
+            self._store: PrefixKVStore | None = PrefixKVStore(budget_bytes, kv_dtype)
         else:
             self._store = None
 
