@@ -101,3 +101,17 @@ def test_the_held_entry_goes_too_when_nothing_else_is_left():
 
 def _stored(store: PrefixKVStore):
     return [entry.tokens for entry in store._entries.values()]
+
+
+def test_a_row_of_a_large_batch_buffer_is_stored_as_its_own_copy_under_a_tight_budget():
+    """Rows of a batched forward view one padded buffer; where that buffer would take more than
+    half the budget, the row is copied out, so a tight budget still keeps something."""
+    buffer = torch.ones(8, 1, 10, 2)  # 8 rows x 10 tokens: 640 bytes, keys and values alike
+    row = ((buffer[3:4, :, :6], buffer[3:4, :, :6]),)  # 6 tokens: 48 + 48 bytes of its own
+    store = PrefixKVStore(budget_bytes=200)
+    assert store.put(np.arange(6), row) and store.nbytes == 96
+    past, n = store.longest_prefix(np.arange(6))
+    assert n == 6 and past[0][0].data_ptr() != buffer.data_ptr() and (past[0][0] == 1).all()
+    roomy = PrefixKVStore(budget_bytes=10_000)  # the buffer fits easily: the row stays a view
+    roomy.put(np.arange(6), row)
+    assert roomy.nbytes == 640

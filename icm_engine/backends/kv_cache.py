@@ -186,6 +186,12 @@ class PrefixKVStore:
         dtype = layers[0][0].dtype if layers else torch.float32
         packed = tuple((pack(k, self.kv_dtype), pack(v, self.kv_dtype)) for k, v in layers)
         blocks = _storages(packed)
+        if sum(blocks.values()) > self.budget_bytes // 2:
+            # A row of a batched forward views the whole padded buffer: under a tight budget that
+            # buffer would crowd out everything else, or not fit at all, so keep a copy of the row.
+            packed = tuple(tuple(tuple(t.clone(memory_format=torch.contiguous_format) for t in part) for part in pair)
+                           for pair in packed)
+            blocks = _storages(packed)
         if sum(blocks.values()) > self.budget_bytes:
             return False
         self._entries[self._next_id] = _Entry(tokens, packed, dtype, blocks)
