@@ -250,6 +250,7 @@ class Search(Steering):
         n = self.iteration + 1
         temp = self.temperature_now(n)
         current = self._current_evaluation()
+        self.scorer.hold(self.order(), self.label_map())  # what this step's prompts start with
         u_before = current.utility(self.alpha)
         record = StepRecord(
             iteration=n, kind="propose", temperature=temp, u_before=u_before,

@@ -84,6 +84,17 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         its own stats, so a comparison can report both costs."""
         return TransformersLM(self.model, self.tokenizer, self.info, self._max_context, prefix_cache=False)
 
+    def hold_prefix(self, segments: Sequence[str]) -> None:
+        """The store evicts last the entry covering the longest prefix of these segments (see
+        LanguageModel.hold_prefix); a sequence over the context window is held as far as it goes."""
+        if self._store is None:
+            return
+        pieces = [] if self._bos_id is None else [self._bos_id]
+        for segment in segments:
+            pieces.extend(self._tokenize_segment(segment))
+        with self._lock:
+            self._store.hold(np.asarray(pieces[: self.context_window], dtype=np.int64) if segments else None)
+
     def clear_cache(self) -> None:
         with self._lock:
             if self._store is not None:
