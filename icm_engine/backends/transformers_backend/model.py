@@ -84,6 +84,13 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         its own stats, so a comparison can report both costs."""
         return TransformersLM(self.model, self.tokenizer, self.info, self._max_context, prefix_cache=False)
 
+    def with_kv_dtype(self, kv_dtype: str) -> "TransformersLM":
+        """The fast scorer on the same weights with its own store, of the same budget, keeping keys
+        and values in kv_dtype (`icm bench --kv-dtypes` compares them in one process)."""
+        budget_mb = (self._store.budget_bytes if self._store is not None else memory.default_budget_bytes(self.device)) / 2**20
+        return TransformersLM(self.model, self.tokenizer, self.info, self._max_context, cache_budget_mb=budget_mb,
+                              kv_dtype=kv_dtype)
+
     def hold_prefix(self, segments: Sequence[str]) -> None:
         """The store evicts last the entry covering the longest prefix of these segments (see
         LanguageModel.hold_prefix); a sequence over the context window is held as far as it goes."""
