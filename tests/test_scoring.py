@@ -15,12 +15,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_backend(tmp_path_factory):
-    from icm_engine.core.config import ModelConfig
-    from icm_engine.runs.models import load_model
+def tiny_dir(tmp_path_factory):
     from tests.tiny_model import build_tiny_model_dir
 
-    return load_model(ModelConfig(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))), device="cpu", dtype="float32"))
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def load_tiny(path, **settings):
+    from icm_engine.core.config import ModelConfig
+    from icm_engine.runs.models import load_model
+
+    cache_budget_mb = settings.pop("cache_budget_mb", None)
+    return load_model(ModelConfig(str(path), device="cpu", dtype="float32", **settings),
+                      progress=lambda *_: None, cache_budget_mb=cache_budget_mb)
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_dir):
+    return load_tiny(tiny_dir)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +77,42 @@ def test_a_search_on_the_fast_scorer_scores_every_state_as_the_naive_one(tiny_ba
         search.step()
         reference = naive.evaluate(search.order(), search.label_map())
         assert abs(search._current_evaluation().utility(search.alpha) - reference.utility(search.alpha)) <= 1e-3
+
+
+def test_a_search_under_a_budget_far_below_its_working_set_scores_as_the_naive_one(tmp_path, sentiment):
+    """Room for about two of a step's 10-14 prompts: every scoring step evicts, a miss recomputes,
+    and the numbers stay the reference's. The order the step starts from stays covered."""
+    from icm_engine.backends.transformers_backend import memory
+    from tests.tiny_model import build_tiny_model_dir
+
+    # 2048 positions: every prompt fits whole (a dropped demonstration would leave nothing held)
+    backend = load_tiny(build_tiny_model_dir(tmp_path / "tiny", max_positions=2048), cache_budget_mb=0.5)
+    examples = sentiment.examples[:14]
+    fast, naive = Scorer(backend, sentiment.task, examples), Scorer(backend.naive(), sentiment.task, examples)
+    store = backend.cache_store
+    search = Search(fast, SearchConfig(seed=1, steps=10, k_init=10, alpha=1.0, t0=1.0, stop="steps",
+                                      final_pass=False))  # some proposals rejected, some accepted
+    search.initialize()
+    one_prompt = memory.kv_bytes_per_token(backend.model) * sum(
+        backend.count_tokens(s) for s in fast.prompt(search.order(), search.label_map(), search.order()[0])[0].segments)
+    assert 1.5 * one_prompt < store.budget_bytes < 3 * one_prompt
+    scored_steps = 0
+    while not search.done:
+        before_order, before_labels, evictions = search.order(), search.label_map(), store.evictions
+        before = backend.stats.snapshot()
+        record = search.step()
+        if backend.stats.since(before).tokens_forwarded:
+            scored_steps += 1
+            assert store.evictions > evictions
+        current = search._current_evaluation()
+        reference = naive.evaluate(search.order(), search.label_map())
+        assert abs(current.utility(search.alpha) - reference.utility(search.alpha)) <= 1e-3
+        for i in current.raw:
+            np.testing.assert_allclose(current.raw[i], reference.raw[i], atol=1e-4, rtol=0)
+        if not record.accepted:  # the step started from this order and held it: its prompts are still covered
+            last = fast.prompt(before_order, before_labels, before_order[-1])[0]
+            assert store.match_length(backend._prompt_tokens(last.segments)) == len(backend._prompt_tokens(last.segments))
+    assert scored_steps >= 5
 
 
 def test_context_policy_drop_oldest_keeps_the_latest_demonstrations():

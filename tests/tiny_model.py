@@ -52,8 +52,9 @@ def _save(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
-def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random LlamaForCausalLM (2 layers, hidden 64) and its tokenizer under path."""
+def build_tiny_model_dir(path: str | Path, seed: int = 0, max_positions: int = 512) -> Path:
+    """Save a tiny random LlamaForCausalLM (2 layers, hidden 64) and its tokenizer under path;
+    its context window is max_positions tokens."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -65,7 +66,7 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

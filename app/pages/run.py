@@ -78,13 +78,13 @@ def _model_config() -> ModelConfig:
     if choice == SERVER:
         name = make_server_spec(url.strip(), served.strip(), engine) if url.strip() and served.strip() else ""
     with st.expander("Device and precision"):
-        cols = st.columns(4)
+        cols = st.columns(5)
         chosen = {}
-        for col, field in zip(cols, ("device", "dtype", "quantization")):
+        for col, field in zip(cols, ("device", "dtype", "quantization", "kv_dtype")):
             s = _model_setting(field)
-            chosen[field] = col.selectbox(s.label, s.choices, key=widget_key(s), help=s.help)
+            chosen[field] = col.selectbox(s.label, s.choices, key=widget_key(s), help=s.help, format_func=s.describe)
         s = _model_setting("max_context")  # 0 stands for None: the model's own window
-        max_context = cols[3].number_input(s.label, s.low, s.high, 0, key=widget_key(s), help=s.help)
+        max_context = cols[4].number_input(s.label, s.low, s.high, 0, key=widget_key(s), help=s.help)
     return ModelConfig(name=name, **chosen, max_context=int(max_context) or None)
 
 

@@ -119,6 +119,12 @@ class LanguageModel(ABC):
         """The reference view of this model: one independent forward per prompt, nothing cached."""
         return self
 
+    def hold_prefix(self, segments: Sequence[str]) -> None:
+        """A hint, not a request: the prompts asked next start with leading parts of `segments`
+        (the current demonstration order), so a backend with a bounded prefix cache keeps what
+        covers it longest; no segments: nothing to hold. Backends without such a cache ignore
+        it; numbers never depend on it."""
+
     def close(self) -> None:
         """Release memory held by caches or weights; optional."""
 

@@ -179,7 +179,7 @@ def sliding_windows(config) -> list[int | None]:
     return [window if kind == "sliding_attention" else None for kind in layer_types]
 
 
-def batch_cache(pasts: Sequence[tuple[LayerKV, ...] | None], past_length: int, windows: Sequence[int | None],
+def batch_cache(pasts: Sequence[Sequence[LayerKV] | None], past_length: int, windows: Sequence[int | None],
                 new_length: int):
     """A DynamicCache of BatchLayers: one per model layer, each over every row's past of that layer,
     with room for new_length new tokens (given in one forward or in chunks)."""

@@ -60,6 +60,11 @@ class SharedBackend(LanguageModel):
     def read_label_position(self, prompts, layers, label_words) -> tuple[np.ndarray, np.ndarray]:
         return self._counted(self.inner.read_label_position, prompts, layers, label_words)
 
+    def hold_prefix(self, segments) -> None:
+        # the last run to ask wins: runs sharing a model take turns, step by step
+        with self._lock:
+            self.inner.hold_prefix(segments)
+
     def naive(self) -> LanguageModel:
         view = self.inner.naive()
         return self if view is self.inner else SharedBackend(view, self._lock)

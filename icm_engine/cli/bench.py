@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.config import SearchConfig
+from ..core.config import KV_DTYPES, SearchConfig
 from ..core.records import LabelState, SearchSnapshot
 from ..core.scoring import Scorer
 from ..core.search import Search, acceptance_probability
@@ -65,8 +65,12 @@ def _group_pairs(scorer: Scorer, order: list[int]):
             yield inside[0], inside[1]
 
 
-def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, run_naive: bool, progress=None):
+def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, run_naive: bool, progress=None,
+                       naive_memo: dict | None = None):
+    """Cost and max |dU| per step type. naive_memo keeps the naive reference's answers by labeled
+    sets, so that another fast scorer (another kv dtype) drawn from the same seed reuses them."""
     progress = progress or (lambda done, total, what, note="": None)
+    naive_memo = {} if naive_memo is None else naive_memo
     measurements, measured = repeats * 3 * (2 if run_naive else 1), 0
     progress(0, measurements, "step types measured")
     pool = list(range(len(fast.examples)))
@@ -85,7 +89,10 @@ def compare_step_types(fast: Scorer, naive: Scorer, n: int, rng, repeats: int, r
             measured += 1
             progress(measured, measurements, "step types measured", f"{kind}: fast {tokens:,} tokens in {seconds:.1f} s")
             if run_naive:
-                naive_evals, tokens, seconds = _measure(naive, candidates)
+                key = tuple((tuple(o), tuple(sorted(l.items()))) for o, l in candidates)
+                if key not in naive_memo:
+                    naive_memo[key] = _measure(naive, candidates)
+                naive_evals, tokens, seconds = naive_memo[key]
                 results[kind]["naive"].add(tokens, seconds)
                 measured += 1
                 progress(measured, measurements, "step types measured", f"{kind}: naive {tokens:,} tokens in {seconds:.1f} s")
@@ -170,6 +177,31 @@ def _server_summary(backend, seconds: float) -> str:
             f"{backend.prompt_tokens / max(seconds, 1e-9):,.0f} prompt tokens/s ({backend.concurrency} in flight); {cache}")
 
 
+def _store_summary(backend) -> str:
+    store = getattr(backend, "cache_store", None)
+    if store is None:
+        return "prefix store: none (the server keeps its own cache)"
+    return (f"prefix store ({store.kv_dtype}): peak {store.peak_nbytes / 2**20:,.1f} MiB of a "
+            f"{store.budget_bytes / 2**20:,.0f} MiB budget, {store.evictions} evictions")
+
+
+def _compare_kv_dtypes(backend, task, examples, kv_dtypes: list[str], args, naive: Scorer, naive_memo: dict) -> None:
+    """The step types again, from the same seed, with the store in each kv dtype: the naive answers
+    come from naive_memo, so only the fast scorer runs again."""
+    print(f"\nkey/value storage dtypes (n = {args.n}, the same step types and naive reference; max |dU| in nats):")
+    print(f"{'kv dtype':10s} {'add':>9s} {'relabel':>9s} {'fix':>9s} {'store peak MiB':>15s} {'fast s/step':>12s}")
+    for kv_dtype in kv_dtypes:
+        view = backend.with_kv_dtype(kv_dtype)
+        scorer = Scorer(view, task, examples)
+        with Progress() as progress:
+            results = compare_step_types(scorer, naive, args.n, np.random.default_rng(args.seed), args.repeats,
+                                         not args.no_naive, progress, naive_memo)
+        seconds = np.mean([r["fast"].per_step()[1] for r in results.values()])
+        print(f"{kv_dtype:10s} " + " ".join(f"{results[k]['max_du'] / 50:9.2e}" for k in ("add", "relabel", "fix"))
+              + f" {view.cache_store.peak_nbytes / 2**20:15,.1f} {seconds:12.2f}")
+        view.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """`icm bench` on its own (scripts/gpu_check.sh runs it so)."""
     parser = argparse.ArgumentParser(prog="icm bench", description=__doc__)
@@ -192,6 +224,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mix-steps", type=int, default=20, help="steps of a real search for the step-type mix")
     parser.add_argument("--no-naive", action="store_true", help="skip the (slow) naive reference")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kv-dtypes", default="", metavar="LIST",
+                        help="also measure the step types with the prefix store in each of these key/value dtypes "
+                             f"(comma-separated, of {', '.join(KV_DTYPES)}) against the same naive reference: "
+                             "max |dU| and the store's peak bytes per dtype")
 
 
 def run(args) -> int:
@@ -199,6 +235,9 @@ def run(args) -> int:
     from ..data.datasets import load_any
     from ..runs.models import load_model
 
+    kv_dtypes = [d for d in args.kv_dtypes.split(",") if d]
+    if any(d not in KV_DTYPES for d in kv_dtypes):  # refused before the model loads
+        raise SystemExit(f"icm bench: --kv-dtypes takes a comma-separated list of {', '.join(KV_DTYPES)}")
     backend = load_model(model_config(args))
     loaded = load_any(args.data, task=args.task)
     task = load_task(args.task) if args.task else loaded.task
@@ -214,13 +253,18 @@ def run(args) -> int:
     raw = backend.raw_throughput(1024)
     print(f"raw model throughput (one 1024-token forward): {raw:,.0f} tokens/s")
 
+    naive_memo: dict = {}
     with Progress() as progress:
-        results = compare_step_types(fast, naive, args.n, rng, args.repeats, not args.no_naive, progress)
+        results = compare_step_types(fast, naive, args.n, rng, args.repeats, not args.no_naive, progress, naive_memo)
     print(f"\n{'step type':10s} {'fast tok':>10s} {'fast s':>8s} {'naive tok':>10s} {'naive s':>8s} {'speedup':>8s} {'max|dU|':>9s} {'in nats':>9s}")
     for kind, r in results.items():
         ft, fs = r["fast"].per_step()
         nt, ns = r["naive"].per_step()
         print(f"{kind:10s} {ft:10.0f} {fs:8.2f} {nt:10.0f} {ns:8.2f} {ns / fs:8.1f}x {r['max_du']:9.2e} {r['max_du'] / 50:9.2e}")
+
+    print(_store_summary(backend))
+    if kv_dtypes and not _is_server(backend):
+        _compare_kv_dtypes(backend, task, loaded.examples, kv_dtypes, args, naive, naive_memo)
 
     with Progress() as progress:
         counts, cost, agreement, compared = run_mix(fast, prequential, args.n, args.mix_steps, args.seed, rng, progress)

@@ -153,6 +153,9 @@ def preset(name: str, **overrides) -> SearchConfig:
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16")
 QUANTIZATIONS = ("auto", "none", "nf4")
+# How the prefix store keeps keys/values (backends/kv_cache.py); "compute" is exact, the others
+# trade a little accuracy for memory (measured in docs/speed.md, "Storage dtype").
+KV_DTYPES = ("compute", "bfloat16", "int8")
 DEFAULT_MODEL = "gemma3-270m"
 
 
@@ -169,6 +172,13 @@ class ModelConfig:
     max_context: int | None = setting(None, "cap on prompt tokens (a llama-cpp-python server: the n_ctx it was "
                                             "started with)", label="Max context (0 = model's own)",
                                       kind=int, low=0, high=1_000_000)
+    # compute by measurement: bfloat16 storage moved U by up to 5e-2 nats on Gemma 3 270M, int8 by 0.19
+    # (n = 16, docs/speed.md "Storage dtype"); a run asks for the smaller ones knowingly
+    kv_dtype: str = setting("compute", "how the prefix cache stores keys/values: compute (as the model computes "
+                                       "them, exact), bfloat16 (half the memory), int8 (about a quarter)",
+                            label="Key/value cache dtype", choices=KV_DTYPES,
+                            choice_names={"compute": "as computed (exact)", "bfloat16": "bfloat16 (half the memory)",
+                                          "int8": "int8 (a quarter)"})
 
 
 LEARNERS = ("head", "lora")

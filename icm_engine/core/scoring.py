@@ -181,6 +181,21 @@ class Scorer:
                     f"window of {self.backend.context_window} tokens: shorten it or use a longer-context model")
 
     # scoring -----------------------------------------------------------------------------
+    def hold(self, order: Sequence[int], labels: Mapping[int, int]) -> None:
+        """Tell the backend the labeled set the next proposals start from, so that a bounded
+        cache keeps what they reuse: each of their prompts begins with a leading part of its
+        demonstrations, all of which the last example's prompt holds. Once the context window
+        drops demonstrations, prompts start at different ones and no one prefix serves them
+        all: then nothing is held (measured in docs/speed.md, "Eviction")."""
+        segments: tuple[str, ...] = ()
+        if order:
+            try:
+                query, dropped = self.prompt(order, labels, order[-1])
+                segments = () if dropped else query.segments
+            except ContextOverflowError:  # the last example alone does not fit
+                pass
+        self.backend.hold_prefix(segments)
+
     def predict(self, order: Sequence[int], labels: Mapping[int, int], target: int) -> np.ndarray:
         """Raw label log-probs for `target` given D minus target (Algorithm 1, line 6)."""
         return self.predict_many(order, labels, [target])[0]

@@ -246,6 +246,7 @@ class Search(Steering):
         n = self.iteration + 1
         record = StepRecord(iteration=n, kind="propose", temperature=self.temperature_now(n))
         current = self._current_evaluation()
+        self.scorer.hold(self.order(), self.label_map())  # what this step's prompts start with
         before = current.parts(self.alpha)
         record.score_before(before)
         example = self._pick_example()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..backends.base import ModelInfo
 from ..backends.server_protocol import is_server_spec
-from ..core.config import DEVICES, DTYPES, QUANTIZATIONS, ModelConfig
+from ..core.config import DEVICES, DTYPES, KV_DTYPES, QUANTIZATIONS, ModelConfig
 
 if TYPE_CHECKING:  # the real import happens inside load_model, keeping torch out of import time
     from ..backends.openai_server import ServerLM
@@ -101,6 +101,8 @@ def load_model(
 
     progress = progress or print_progress
     device, dtype, quantization = resolve_settings(config.device, config.dtype, config.quantization)
+    if config.kv_dtype not in KV_DTYPES:  # refused before the model loads, not after
+        raise ValueError(f"kv_dtype must be one of {KV_DTYPES}, got {config.kv_dtype!r}")
     started = time.perf_counter()
     model_dir, revision, source = _resolve_source(name, progress)
     progress(f"loading {name} ({dtype}, quantization {quantization}) on {device}", 0.9)
@@ -123,9 +125,10 @@ def load_model(
         dtype=dtype,
         quantization=quantization,
         extra={"source": source, "path": str(model_dir), "architecture": type(model).__name__,
-               "load_seconds": round(time.perf_counter() - started, 2)},
+               "load_seconds": round(time.perf_counter() - started, 2), "kv_dtype": config.kv_dtype},
     )
-    lm = TransformersLM(model, tokenizer, info, max_context=max_context, cache_budget_mb=cache_budget_mb)
+    lm = TransformersLM(model, tokenizer, info, max_context=max_context, cache_budget_mb=cache_budget_mb,
+                        kv_dtype=config.kv_dtype)
     info.extra["context_window"] = lm.context_window
     progress(f"{name} ready", 1.0)
     return lm

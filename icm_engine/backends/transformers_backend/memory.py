@@ -81,11 +81,13 @@ def batch_bytes(device: torch.device) -> int:
     return GPU_BATCH_BYTES if device.type == "cuda" else CPU_BATCH_BYTES
 
 
-def kv_bytes_per_token(model) -> int:
-    """Bytes of keys and values one token takes over all layers (for sizing batches)."""
+def kv_bytes_per_token(model, kv_dtype: str = "compute") -> int:
+    """Bytes of keys and values one token takes over all layers: as computed (for sizing batches),
+    or as the prefix store keeps them in kv_dtype (int8's per-token scales left out: a few %)."""
     config = model.config.get_text_config()
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = next(model.parameters()).element_size()
     element = element if element >= 2 else 2  # quantized weights: keys/values are still 16-bit
+    element = {"bfloat16": 2, "int8": 1}.get(kv_dtype, element)
     return 2 * config.num_hidden_layers * heads * head_dim * element

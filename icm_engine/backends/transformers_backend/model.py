@@ -39,6 +39,7 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         max_context: int | None = None,
         cache_budget_mb: float | None = None,
         prefix_cache: bool = True,
+        kv_dtype: str = "compute",
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -56,7 +57,7 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         self._windows = sliding_windows(self._text_config)
         if prefix_cache:
             budget_bytes = memory.cache_budget_bytes(self.device, cache_budget_mb)
-            self._store: PrefixKVStore | None = PrefixKVStore(budget_bytes)
+            self._store: PrefixKVStore | None = PrefixKVStore(budget_bytes, kv_dtype)
         else:
             self._store = None
 
@@ -82,6 +83,24 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         """The reference scorer on the same weights: one uncached forward per query. It keeps
         its own stats, so a comparison can report both costs."""
         return TransformersLM(self.model, self.tokenizer, self.info, self._max_context, prefix_cache=False)
+
+    def with_kv_dtype(self, kv_dtype: str) -> "TransformersLM":
+        """The fast scorer on the same weights with its own store, of the same budget, keeping keys
+        and values in kv_dtype (`icm bench --kv-dtypes` compares them in one process)."""
+        budget_mb = (self._store.budget_bytes if self._store is not None else memory.default_budget_bytes(self.device)) / 2**20
+        return TransformersLM(self.model, self.tokenizer, self.info, self._max_context, cache_budget_mb=budget_mb,
+                              kv_dtype=kv_dtype)
+
+    def hold_prefix(self, segments: Sequence[str]) -> None:
+        """The store evicts last the entry covering the longest prefix of these segments (see
+        LanguageModel.hold_prefix); a sequence over the context window is held as far as it goes."""
+        if self._store is None:
+            return
+        pieces = [] if self._bos_id is None else [self._bos_id]
+        for segment in segments:
+            pieces.extend(self._tokenize_segment(segment))
+        with self._lock:
+            self._store.hold(np.asarray(pieces[: self.context_window], dtype=np.int64) if segments else None)
 
     def clear_cache(self) -> None:
         with self._lock:

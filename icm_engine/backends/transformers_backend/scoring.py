@@ -124,7 +124,7 @@ class Scoring:
         results: list[torch.Tensor | None] = [None] * len(jobs)
         max_bytes = memory.batch_bytes(self.device)
         bytes_per_token = memory.kv_bytes_per_token(self.model)
-        for wave in plan_waves(jobs, self._store, bytes_per_token):
+        for wave in plan_waves(jobs, self._store, memory.kv_bytes_per_token(self.model, self._store.kv_dtype)):
             fetched = [self._store.longest_prefix(job.tokens, limit=job.reuse_limit) for job in wave]
             reused = [n for _, n in fetched]
             for batch in split_batches(wave, reused, bytes_per_token, max_bytes, memory.MAX_BATCH_ROWS):
@@ -210,15 +210,15 @@ class Scoring:
         return (logits.gather(1, index) - log_normalizer).cpu().numpy()
 
 
-def _full_layer_cache(past: tuple[LayerKV, ...] | None):
+def _full_layer_cache(past: Sequence[LayerKV] | None):
     """A DynamicCache of plain (full-attention) layers, seeded with past states.
 
     Built without the model config on purpose: from a config, transformers gives sliding-window
     layers a cache that keeps only the last window-1 tokens, which we could not store and slice.
     With full layers the model still applies its sliding window, through the mask it builds from
     config.sliding_window and absolute positions, so the attention is exactly that of an uncached
-    forward. The seeded tensors are views into the store; the layers' updates concatenate into
-    new tensors and never write into them.
+    forward. The seeded tensors are views into the store (or copies unpacked from its storage
+    dtype); the layers' updates concatenate into new tensors and never write into them.
     """
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
