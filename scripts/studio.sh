@@ -55,7 +55,7 @@ llama_server() {
     echo "[studio] building llama-cpp-python $LLAMA_CPP_VERSION from source (once, ~4 min; log $dir/build.log)"
     local scratch
     scratch=$(mktemp -d "$wheels/.build-XXXXXX")
-    if CMAKE_ARGS="$LLAMA_CPP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" wheel -q --no-deps --no-binary llama-cpp-python \
+    if CMAKE_ARGS="$LLAMA_CPP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$scratch" >"$dir/build.log" 2>&1; then
       mv "$scratch"/llama_cpp_python-*.whl "$wheels"/  # whole or not at all: a killed build leaves no wheel
       wheel=$(ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -1)
