@@ -106,23 +106,15 @@ class ScalableSearch(Steering):
             return False
         if self.iteration >= self.config.steps:
             return True
-        quiet = max(1, math.ceil(self.config.patience_sweeps)) * self.config.folds
-        return self.config.stop == "labeled" and self.iteration - self.progress.last_change >= quiet
+        return self.config.stop == "labeled" and self.iteration - self.progress.last_change >= self._quiet_steps()
 
     @property
     def done(self) -> bool:
         return self.stopped and not self.unlabeled()
 
-    def stop_progress(self) -> tuple[str, int, int]:
-        """(phase, done, total) toward the stop, as Search.stop_progress: every example starts
-        labeled here, so ("quiet steps", steps since the last accepted change, a round of folds),
-        or ("steps", iteration, cap) under stop="steps" or once extended."""
-        if self.config.stop == "labeled" and self.progress.extended_until is None:
-            quiet = max(1, math.ceil(self.config.patience_sweeps)) * self.config.folds
-            since = max(self.iteration, 0) - self.progress.last_change
-            return "quiet steps", (quiet if self.done else min(since, quiet)), quiet
-        cap = max(self.config.steps, self.progress.extended_until or 0)
-        return "steps", (cap if self.done else max(self.iteration, 0)), cap
+    def _quiet_steps(self) -> int:
+        """Steps without an accepted change that end a stop="labeled" run: whole rounds of F folds."""
+        return max(1, math.ceil(self.config.patience_sweeps)) * self.config.folds
 
     def snapshot(self) -> SearchSnapshot:
         parts = self._utility_parts(self.label_map()) if self._cross is not None else None

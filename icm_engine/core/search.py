@@ -84,23 +84,12 @@ class Search(Steering):
         if self.iteration >= self.config.steps:
             return True
         if self.config.stop == "labeled" and not self.unlabeled():
-            patience = math.ceil(self.config.patience_sweeps * len(self.active()))
-            return self.iteration - self.progress.last_change >= patience
+            return self.iteration - self.progress.last_change >= self._quiet_steps()
         return False
 
-    def stop_progress(self) -> tuple[str, int, int]:
-        """(phase, done, total) toward the search's own stop, for progress bars: ("labeled", labeled,
-        active) while stop="labeled" has examples to label, then ("quiet steps", steps since the last
-        accepted change, patience), which falls back when a change is accepted; ("steps", iteration, cap)
-        under stop="steps" or once extended. The cap (config.steps) can end either phase sooner."""
-        if self.config.stop == "labeled" and self.progress.extended_until is None:
-            if self.unlabeled():
-                return "labeled", len(self.labels), len(self.active())
-            patience = math.ceil(self.config.patience_sweeps * len(self.active()))
-            quiet = max(self.iteration, 0) - self.progress.last_change
-            return "quiet steps", (patience if self.done else min(quiet, patience)), patience
-        cap = max(self.config.steps, self.progress.extended_until or 0)
-        return "steps", (cap if self.done else max(self.iteration, 0)), cap
+    def _quiet_steps(self) -> int:
+        """Steps without an accepted change that end a stop="labeled" search: patience_sweeps sweeps."""
+        return math.ceil(self.config.patience_sweeps * len(self.active()))
 
     @property
     def done(self) -> bool:

@@ -6,7 +6,8 @@ Each action changes the search's state and returns a StepRecord that the runner 
 a change of alpha, T0 or the step budget lists each parameter's old and new value in the record's
 params (ParamChange), which the store keeps as rows and replay redoes. A search that mixes this in
 has labels, excluded, next_position, alpha, t0, config, iteration and progress, and says in
-_invalidate_scores what it must rescore after a change of D.
+_invalidate_scores what it must rescore after a change of D and in _quiet_steps how many steps
+without an accepted change end its stop="labeled" rule.
 """
 from __future__ import annotations
 
@@ -31,6 +32,21 @@ class Steering:
     def label_map(self, labels: dict[int, LabelState] | None = None) -> dict[int, int]:
         labels = self.labels if labels is None else labels
         return {i: state.label for i, state in labels.items()}
+
+    def stop_progress(self) -> tuple[str, int, int]:
+        """(phase, done, total) toward the search's own stop, for progress bars: ("labeled", labeled,
+        active) while stop="labeled" has examples to label, then ("quiet steps", steps since the last
+        accepted change, _quiet_steps()), which falls back when a change is accepted; ("steps",
+        iteration, cap) under stop="steps" or once extended. The cap (config.steps) can end either
+        phase sooner."""
+        if self.config.stop == "labeled" and self.progress.extended_until is None:
+            if self.unlabeled():
+                return "labeled", len(self.labels), len(self.active())
+            window = self._quiet_steps()
+            quiet = max(self.iteration, 0) - self.progress.last_change
+            return "quiet steps", (window if self.done else min(quiet, window)), window
+        cap = max(self.config.steps, self.progress.extended_until or 0)
+        return "steps", (cap if self.done else max(self.iteration, 0)), cap
 
     # a person's actions -------------------------------------------------------------------
     def _pinned(self, example: int) -> bool:
@@ -107,6 +123,10 @@ class Steering:
         )
 
     def _invalidate_scores(self) -> None:
+        raise NotImplementedError
+
+    def _quiet_steps(self) -> int:
+        """How many steps without an accepted change end a stop="labeled" search."""
         raise NotImplementedError
 
 
