@@ -146,12 +146,9 @@ def replay_with_progress(store, run_id: int, backend, steps: int | None = None):
     """The run's search rebuilt by replay (runs.replay), with a progress bar and its verdict printed."""
     from ..runs.replay import ReplayDiverged, replay
 
-    replayed = 0
     with Progress() as progress:
-        def count(done: int, total: int) -> None:  # the replay reads the events once and says how many
-            nonlocal replayed
-            replayed += 1
-            progress(replayed, total, f"replaying run {run_id}: events")
+        def count(done: int, total: int) -> None:  # events redone so far, of the stored ones
+            progress(done, total, f"replaying run {run_id}: events")
 
         try:
             search, report = replay(store, run_id, backend, steps=steps, on_event=count)
