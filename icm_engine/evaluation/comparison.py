@@ -238,7 +238,8 @@ class IcmOutcome:
 def run_icm(backend: LanguageModel, task: Task, examples: Sequence[Example], config: SearchConfig,
             log: Log | None = None, what: str = "icm", progress: Progress | None = None) -> IcmOutcome:
     """One search over `examples` (inputs only) until its stopping rule, then its final pass.
-    progress, if given, hears the labeled count after every step."""
+    progress, if given, hears after every step how far the search is toward its own stop
+    (Search.stop_progress: examples labeled, then quiet steps)."""
     scorer = make_scorer(backend, task, list(examples), RunConfig(task=task.name, dataset="eval", search=config))
     search = Search(scorer, config)
     every = max(1, len(examples) // 2)  # a line every half sweep: searches are the slow part on CPU
