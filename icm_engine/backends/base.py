@@ -14,6 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
+# How a local backend's prefix store may keep keys/values (kv_cache.py); "compute" is exact, the
+# others trade a little accuracy for memory (measured in docs/speed.md, "Storage dtype"). Declared
+# here, without torch, so that core/config.py offers the same choices as a setting.
+KV_DTYPES = ("compute", "bfloat16", "int8")
+
 
 @dataclass(frozen=True)
 class LabelQuery:

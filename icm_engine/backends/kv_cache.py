@@ -18,7 +18,7 @@ dequantizes to the same numbers, and appending to a prompt never changes what it
 (a scale per channel over the sequence would change with every token appended). Gemma 3
 normalizes its keys (q/k norm), so no channel dominates a token's scale there. Neither is exact:
 on Gemma 3 270M bfloat16 moved a step's U by up to 0.05 nats and int8 by up to 0.19
-(docs/speed.md), so "compute" is the default. core/config.py offers the same KV_DTYPES.
+(docs/speed.md), so "compute" is the default. KV_DTYPES is declared in base.py.
 
 Eviction: least recently used first, except the entry that covers the longest prefix of the
 `hold` sequence (the scorer's current demonstration order, which every next proposal's prompts
@@ -33,10 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .base import KV_DTYPES
+
 # Per layer: (keys, values), each [batch=1, kv_heads, seq_len, head_dim].
 LayerKV = tuple[torch.Tensor, torch.Tensor]
 
-KV_DTYPES = ("compute", "bfloat16", "int8")
 _INT8_LEVELS = 127  # symmetric: -127..127, so that negating a value never overflows
 
 

@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from ..backends.base import KV_DTYPES  # re-exported: the settings' choices
 from .settings import setting, settings
 
 CALIBRATIONS = ("none", "centered")
@@ -153,9 +154,6 @@ def preset(name: str, **overrides) -> SearchConfig:
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16")
 QUANTIZATIONS = ("auto", "none", "nf4")
-# How the prefix store keeps keys/values (backends/kv_cache.py); "compute" is exact, the others
-# trade a little accuracy for memory (measured in docs/speed.md, "Storage dtype").
-KV_DTYPES = ("compute", "bfloat16", "int8")
 DEFAULT_MODEL = "gemma3-270m"
 
 
