@@ -26,7 +26,8 @@ def render_steer(manager: RunManager) -> None:
         return
     status = manager.status(run_id)
     view = run_view(manager, run_id)
-    st.caption(f"Run #{run_id} is {status.state} at iteration {status.iteration}. Actions apply between two "
+    where = "before its first step" if status.iteration is None or status.iteration < 0 else f"at iteration {status.iteration}"
+    st.caption(f"Run #{run_id} is {status.state} {where}. Actions apply between two "
                "steps; a run that is not loaded loads its model first.")
     current = {int(r.example): (int(r.label), bool(r.pinned)) for r in view.labels.itertuples()}
 
