@@ -325,7 +325,7 @@ SERVER_TOLERANCE_NATS = 0.5  # each label log-probability
 SERVER_MEAN_TOLERANCE_NATS = 0.15  # their mean over all prompts and labels
 
 
-BUILD_WAIT_SECONDS = 1200  # the build takes about 4 minutes alone; beside the tests on 2 cores, longer
+BUILD_WAIT_SECONDS = 1200  # the build takes about 2.5 minutes alone; beside the tests on 2 cores, longer
 
 
 def _wait_for_a_build_beside_us(home: Path) -> None:
@@ -345,7 +345,9 @@ def _wait_for_a_build_beside_us(home: Path) -> None:
 def _server_python() -> tuple[str | None, str]:
     home = Path.home() / ".cache" / "icm_studio" / "llama-server"
     _wait_for_a_build_beside_us(home)
-    found = os.environ.get("ICM_LLAMA_SERVER_PYTHON") or next(iter(sorted(glob.glob(str(home / "venv-*/bin/python")))), None)
+    # a venv counts once the server package is in it (studio.sh makes the venv first, then builds into it)
+    built = sorted(glob.glob(str(home / "venv-*/lib/python*/site-packages/llama_cpp/server")))
+    found = os.environ.get("ICM_LLAMA_SERVER_PYTHON") or next((str(Path(p).parents[4] / "bin" / "python") for p in built), None)
     why = (home / "unavailable.txt").read_text().strip() if (home / "unavailable.txt").is_file() else "not built yet"
     return found, why
 
@@ -422,14 +424,16 @@ def test_llama_server_label_logprobs_and_search_agree_with_local(llama_server, l
     server = connect(f"openai+{llama_server}::gemma3-270m-q4", max_context=2048, progress=lambda *a: None)
     assert server.engine == "llama-cpp-python" and server.info.revision.startswith("llama-cpp-python 0.3.")
     assert server.label_token_ids(LABELS) == local_gemma.label_token_ids(LABELS)
-    loaded = load_any("sample:sentiment_yelp", task="sentiment_single", limit=8)
+    # Few, short prompts: the server must return logits at every position for logprobs (--logits_all),
+    # and Gemma's 262k-word vocabulary makes that ~1 s a request on one core.
+    loaded = load_any("sample:sentiment_yelp", task="sentiment_single", limit=6)
     texts = [loaded.task.render_query(e) for e in loaded.examples]
     assert [server.count_tokens(t) for t in texts] == [local_gemma.count_tokens(t) for t in texts]
 
-    # Label log-probabilities of leave-one-out prompts with 0 to 5 demonstrations.
+    # Label log-probabilities of leave-one-out prompts with 3 and 4 demonstrations, and of zero-shot ones.
     scorer = Scorer(local_gemma, loaded.task, loaded.examples)
-    labels = {i: i % 2 for i in range(6)}
-    queries = [scorer.prompt(list(range(6)), labels, i)[0] for i in range(8)]
+    labels = {i: i % 2 for i in range(4)}
+    queries = [scorer.prompt(list(range(4)), labels, i)[0] for i in range(6)]
     queries += [LabelQuery((texts[i],), LABELS) for i in range(4)]
     ours, theirs = server.label_logprobs(queries), local_gemma.label_logprobs(queries)
     difference = np.abs(ours - theirs)
@@ -445,7 +449,7 @@ def test_llama_server_label_logprobs_and_search_agree_with_local(llama_server, l
         store = Store(":memory:")
         dataset_id = store.add_dataset(loaded.name, loaded.task.to_dict(), loaded.examples, loaded.gold)
         config = RunConfig(task=loaded.task.name, dataset="sample:sentiment_yelp",
-                           search=SearchConfig(seed=0, steps=4, k_init=4, stop="steps", final_pass=False),
+                           search=SearchConfig(seed=0, steps=3, k_init=3, stop="steps", final_pass=False),
                            model=ModelConfig(name=backend.info.name))
         run_id = create_run(store, dataset_id, config, backend)
         begin = time.perf_counter()
@@ -457,6 +461,7 @@ def test_llama_server_label_logprobs_and_search_agree_with_local(llama_server, l
     assert stored["revision"].startswith("llama-cpp-python") and stored["extra"]["mechanism"].startswith("forced label token")
     shown = " ".join(f"{i}:{server_labels.get(i, '-')}/{local_labels.get(i, '-')}" for i in range(len(loaded.examples)))
     same = sum(server_labels.get(i) == local_labels.get(i) for i in range(len(loaded.examples)))
-    _say(request, f"[server] 4-step search on 8 claims, labels server/local: {shown}; {same}/8 agree; "
+    _say(request, f"[server] 3-step search on {len(loaded.examples)} claims, labels server/local: {shown}; "
+                  f"{same}/{len(loaded.examples)} agree; "
                   f"{server_s:.1f} s through the server, {local_s:.1f} s locally; test {time.perf_counter() - started:.0f} s")
-    assert same >= 6
+    assert same >= len(loaded.examples) - 1
