@@ -51,6 +51,18 @@ def before_first_step(state: str | None) -> str:
     return "No steps yet: start the run (Resume or Step on the Run page)."
 
 
+def store_usage(cache, hit_rate: float | None) -> str | None:
+    """The key/value prefix store of a run's model, in words: what it holds of its budget and how
+    much of the prompts it served. None where the run has no store (a server, a fake model, no worker)."""
+    if cache is None:
+        return None
+    mib = 2**20
+    served = "no prompt tokens yet" if hit_rate is None else f"{hit_rate:.0%} of this run's prompt tokens read from it"
+    return (f"Key/value store ({cache.kv_dtype}, shared by the runs on this model): {cache.held_bytes / mib:,.0f} MiB "
+            f"held of a {cache.budget_bytes / mib:,.0f} MiB budget (peak {cache.peak_bytes / mib:,.0f} MiB, "
+            f"{cache.evictions} evictions); {served}.")
+
+
 def coverage(n_examples: int, labels: pd.DataFrame, excluded: set[int]) -> dict:
     """How much of the dataset is labeled: labeled, total, excluded, and the active (not excluded) count."""
     active = n_examples - len(excluded)

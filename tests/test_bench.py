@@ -25,7 +25,7 @@ def test_bench_prints_costs_ratios_differences_memory_and_throughput(tmp_path, c
         assert max_du <= 1e-3 and float(row.group(7)) == pytest.approx(max_du / 50, rel=0.01)
     assert "search throughput" in out and "mix speedup" in out and "peak memory" in out
     assert re.search(r"prequential .* agrees with exact accept/reject on \d+%", out)
-    assert re.search(r"prefix store \(compute\): peak [\d.,]+ MiB of a [\d,]+ MiB budget, \d+ evictions", out)
+    assert re.search(r"prefix store \(compute\): peak [\d.,]+ MiB of a [\d,]+ MiB budget, \d+ evictions, \d+% of prompt tokens read from it", out)
     peaks = {}
     for kv_dtype in ("compute", "int8"):  # the same steps against the same naive answers, per storage dtype
         row = re.search(rf"^{kv_dtype}\s+(\S+)\s+(\S+)\s+(\S+)\s+([\d.,]+)\s+([\d.]+)$", out, re.M)

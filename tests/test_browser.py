@@ -170,6 +170,10 @@ def test_load_run_watch_pin_and_export(studio, shots):
         # redraws every few seconds and, caught mid-redraw, holds only the charts drawn so far (CI saw 4).
         page.locator(".js-plotly-plot").nth(4).wait_for(timeout=30_000)
         page.get_by_text("Agreement with gold (audit only: never used by the search)").first.wait_for(timeout=30_000)
+        # the model's key/value store: its budget and how much of this run's prompts it served
+        store = page.get_by_text(re.compile(r"Key/value store \(compute, shared by the runs on this model\)")).first
+        served = re.search(r"MiB held of a ([\d,]+) MiB budget.*; (\d+)% of this run's prompt tokens", store.inner_text())
+        assert served and int(served.group(2)) > 0, store.inner_text()
         snap(page, shots / "04_live_later.png")
         lap("charts moved")
 

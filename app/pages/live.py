@@ -75,6 +75,10 @@ def render_live(manager: RunManager) -> None:
         st.caption(f"Run #{run_id} · {now.state} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))
         if now.state == "loading":
             st.progress(now.progress or 0.0, text=now.message or "loading the model…")
+        store = readers.store_usage(now.cache, now.hit_rate)
+        if store:
+            st.caption(store, help="Every prompt continues the longest prefix the store holds; the rest is "
+                                   "forwarded. Budget: ICM_KV_CACHE_MB, else half the memory free at load.")
         draw_live(manager, run_id, now.state)
         if is_live(now) != is_live(status):
             st.rerun(scope="app")  # the run started or stopped moving: switch refreshing on or off

@@ -47,16 +47,35 @@ class BackendStats:
     model_calls: int = 0  # forward passes run
     tokens_forwarded: int = 0  # tokens pushed through the model (cache hits excluded)
     seconds: float = 0.0
+    tokens_reused: int = 0  # prompt tokens read from a prefix store instead of forwarded
 
     def snapshot(self) -> "BackendStats":
-        return BackendStats(self.model_calls, self.tokens_forwarded, self.seconds)
+        return BackendStats(self.model_calls, self.tokens_forwarded, self.seconds, self.tokens_reused)
 
     def since(self, earlier: "BackendStats") -> "BackendStats":
         return BackendStats(
             self.model_calls - earlier.model_calls,
             self.tokens_forwarded - earlier.tokens_forwarded,
             self.seconds - earlier.seconds,
+            self.tokens_reused - earlier.tokens_reused,
         )
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Share of prompt tokens the prefix store served (None before any token)."""
+        total = self.tokens_reused + self.tokens_forwarded
+        return self.tokens_reused / total if total else None
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """A backend's prefix store as it stands: what the studio's Live page shows beside the hit rate."""
+
+    held_bytes: int
+    budget_bytes: int
+    peak_bytes: int
+    evictions: int
+    kv_dtype: str
 
 
 class LanguageModel(ABC):
@@ -65,6 +84,10 @@ class LanguageModel(ABC):
     name: str = "unnamed"
     revision: str | None = None
     stats: BackendStats
+
+    def cache_usage(self) -> CacheUsage | None:
+        """The prefix store's occupancy and budget; None for a backend without one."""
+        return None
 
     @property
     def info(self) -> "ModelInfo":

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .base import BackendStats, LanguageModel
+from .base import BackendStats, CacheUsage, LanguageModel
 
 
 class SharedBackend(LanguageModel):
@@ -34,6 +34,7 @@ class SharedBackend(LanguageModel):
         self.stats.model_calls += used.model_calls
         self.stats.tokens_forwarded += used.tokens_forwarded
         self.stats.seconds += used.seconds
+        self.stats.tokens_reused += used.tokens_reused
         return result
 
     def label_logprobs(self, queries) -> np.ndarray:
@@ -59,6 +60,10 @@ class SharedBackend(LanguageModel):
 
     def read_label_position(self, prompts, layers, label_words) -> tuple[np.ndarray, np.ndarray]:
         return self._counted(self.inner.read_label_position, prompts, layers, label_words)
+
+    def cache_usage(self) -> CacheUsage | None:
+        with self._lock:  # one store for every run on this model
+            return self.inner.cache_usage()
 
     def hold_prefix(self, segments) -> None:
         # the last run to ask wins: runs sharing a model take turns, step by step

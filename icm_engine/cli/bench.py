@@ -178,11 +178,13 @@ def _server_summary(backend, seconds: float) -> str:
 
 
 def _store_summary(backend) -> str:
-    store = getattr(backend, "cache_store", None)
-    if store is None:
+    usage = backend.cache_usage()
+    if usage is None:
         return "prefix store: none (the server keeps its own cache)"
-    return (f"prefix store ({store.kv_dtype}): peak {store.peak_nbytes / 2**20:,.1f} MiB of a "
-            f"{store.budget_bytes / 2**20:,.0f} MiB budget, {store.evictions} evictions")
+    hit_rate = backend.stats.hit_rate
+    served = "" if hit_rate is None else f", {hit_rate:.0%} of prompt tokens read from it"
+    return (f"prefix store ({usage.kv_dtype}): peak {usage.peak_bytes / 2**20:,.1f} MiB of a "
+            f"{usage.budget_bytes / 2**20:,.0f} MiB budget, {usage.evictions} evictions{served}")
 
 
 def _compare_kv_dtypes(backend, task, examples, kv_dtypes: list[str], args, naive: Scorer, naive_memo: dict) -> None:

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-from ..backends.base import LanguageModel, ModelInfo
+from ..backends.base import CacheUsage, LanguageModel, ModelInfo
 from ..backends.shared import SharedBackend
 from ..core.config import ModelConfig, RunConfig
 from ..core.records import StepRecord
@@ -63,11 +63,13 @@ class RunStatus:
     active: bool = False  # a worker thread holds the run
     busy: bool = False  # steering queued or being applied, or steps still wanted
     pausing: bool = False  # pause asked: it takes effect when the step in flight ends
+    cache: CacheUsage | None = None  # the model's prefix store (shared by the runs on that model)
+    hit_rate: float | None = None  # share of this worker's prompt tokens the store served
 
 
 # The fields of RunStatus a worker keeps up to date while it holds a run.
 _WORKER_FIELDS = ("state", "message", "progress", "iteration", "steps", "labeled", "error", "traceback",
-                  "steering_error", "steps_taken", "applying")
+                  "steering_error", "steps_taken", "applying", "cache", "hit_rate")
 
 
 class _Worker:
@@ -81,7 +83,8 @@ class _Worker:
         self._steering: deque[tuple[Future, str, tuple]] = deque()
         self.now = {"state": "loading", "message": "waiting to load the model", "progress": None,
                     "iteration": None, "steps": steps_total, "labeled": 0, "error": None,
-                    "traceback": None, "steering_error": None, "steps_taken": 0, "applying": None}
+                    "traceback": None, "steering_error": None, "steps_taken": 0, "applying": None,
+                    "cache": None, "hit_rate": None}
         self.thread = threading.Thread(target=self._main, name=f"icm-run-{run_id}", daemon=True)
 
     # -- called from any thread ------------------------------------------------------------
@@ -156,6 +159,7 @@ class _Worker:
         self._progress(f"{what}: {done} of {total} examples", done / max(total, 1))
 
     def _after_open(self, search: Search, backend: LanguageModel) -> None:
+        self.backend = backend  # this run's handle: its stats count this run's calls only
         self.manager._record_model(self.run_id, backend)
         self._set(state="finished" if search.done else "paused", message="", progress=None,
                   iteration=search.iteration, labeled=len(search.labels))
@@ -168,8 +172,9 @@ class _Worker:
         with self._cond:
             if self._budget:  # None (to the end) and 0 (pause asked) stay as they are
                 self._budget -= 1
+        backend = self.backend
         self._set(iteration=search.iteration, labeled=len(search.labels),
-                  steps_taken=self.now["steps_taken"] + 1)
+                  steps_taken=self.now["steps_taken"] + 1, cache=backend.cache_usage(), hit_rate=backend.stats.hit_rate)
         self._apply_steering(search)  # between two steps: the only moment the Search is not in use
 
     def _apply_steering(self, search: Search) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from icm_engine.backends.base import BackendStats, LanguageModel, ModelInfo
+from icm_engine.backends.base import BackendStats, CacheUsage, LanguageModel, ModelInfo
 from icm_engine.backends.kv_cache import PrefixKVStore
 from icm_engine.backends.prefix_batches import sliding_windows
 
@@ -102,6 +102,13 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
         with self._lock:
             self._store.hold(np.asarray(pieces[: self.context_window], dtype=np.int64) if segments else None)
 
+    def cache_usage(self) -> CacheUsage | None:
+        store = self._store
+        if store is None:
+            return None
+        return CacheUsage(held_bytes=store.nbytes, budget_bytes=store.budget_bytes, peak_bytes=store.peak_nbytes,
+                          evictions=store.evictions, kv_dtype=store.kv_dtype)
+
     def clear_cache(self) -> None:
         with self._lock:
             if self._store is not None:
@@ -174,8 +181,9 @@ class TransformersLM(Scoring, HiddenStates, LanguageModel):
 
     # ----- bookkeeping -----
 
-    def _count(self, n_tokens: int, start: float) -> None:
+    def _count(self, n_tokens: int, start: float, reused: int = 0) -> None:
         synchronize(self.device)  # a GPU's queued work belongs to this forward's time
         self.stats.model_calls += 1
         self.stats.tokens_forwarded += n_tokens
+        self.stats.tokens_reused += reused
         self.stats.seconds += time.perf_counter() - start

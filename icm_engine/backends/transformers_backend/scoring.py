@@ -114,7 +114,7 @@ class Scoring:
                 input_ids=ids, position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=keep
             )
             rows = out.logits[0]
-        self._count(len(tokens) - reused, start)
+        self._count(len(tokens) - reused, start, reused)
         self._store.put(tokens, tuple((layer.keys, layer.values) for layer in cache.layers))
         return rows
 
@@ -162,7 +162,7 @@ class Scoring:
             span = slice(past_length - n, past_length + new)
             self._store.put(job.tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
                                               for layer in cache.layers))
-        self._count(sum(new_lengths), start)
+        self._count(sum(new_lengths), start, sum(reused))
         if self.device.type == "cpu":
             memory.relieve_memory_pressure(self._store)
 
