@@ -109,7 +109,7 @@ case "${1:-}" in
     browser
     # One pytest worker per core and one more (pytest-xdist): about a quarter of the suite waits on
     # Chromium, the studio's server, the llama.cpp server or killed subprocesses, and the extra worker
-    # fills those waits (measured on 2 cores: 252 s of test time with 3 workers, 326 s with 2). Tests
+    # fills those waits (measured on 2 cores: 252-277 s of test time with 3 workers, 326 s with 2). Tests
     # are shared out one by one except a group that shares one expensive fixture (the kill tests'
     # uninterrupted reference run); one torch thread each: two threads per worker on two busy cores
     # spin-wait (20x slower forwards). ICM_TEST_WORKERS=1, or your own -n, overrides.

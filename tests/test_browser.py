@@ -24,7 +24,9 @@ from scripts.studio_browser import (
     wait_healthy,
 )
 
-pytestmark = pytest.mark.browser
+# One worker runs them all, one after another: one studio and one Chromium at a time. Two of each
+# beside the other workers starved a page switch past its 30 s on the 2-core machine.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 ROOT = Path(__file__).resolve().parent.parent
 # For screenshots of a real run, point these at a converted bundled model's folder (e.g.
