@@ -62,8 +62,9 @@ class SharedBackend(LanguageModel):
         return self._counted(self.inner.read_label_position, prompts, layers, label_words)
 
     def cache_usage(self) -> CacheUsage | None:
-        with self._lock:  # one store for every run on this model
-            return self.inner.cache_usage()
+        # Five counters of the one store every run on this model shares, read for display between
+        # steps: taking the lock would make this run wait for another run's whole call to read them.
+        return self.inner.cache_usage()
 
     def hold_prefix(self, segments) -> None:
         # the last run to ask wins: runs sharing a model take turns, step by step
