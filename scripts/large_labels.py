@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--runs", type=int, nargs="+", required=True)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of head self-labeling")
-    parser.add_argument("--zero-shot-steps", type=int, default=50,
+    parser.add_argument("--zero-shot-steps", type=int, default=0,
                         help="also run the last run's scalable search from the model's zero-shot reading for this "
                              "many steps (0: not)")
     args = parser.parse_args()
@@ -65,8 +65,15 @@ def main() -> None:
     prepared = learner.prepare(examples)
     print(f"baselines on all {len(examples)} examples of run {args.runs[-1]}'s dataset "
           f"(hidden states read in {time.perf_counter() - began:.0f} s):")
+    context = prepared.extra.get("context", [])
+    if context:  # the learner reads after demonstrations: the bare query's reading too, as zero-shot prompting asks
+        began = time.perf_counter()
+        bare = decide(learner.prepare(examples, context=[]).prior, "centered")
+        print(f"  zero-shot prompting, the bare query (centered): {np.mean(bare == gold):.3f}, share True {bare.mean():.2f} "
+              f"({time.perf_counter() - began:.0f} s)")
     labels = decide(prepared.prior, "centered")
-    print(f"  zero-shot labels (centered): {np.mean(labels == gold):.3f}, share True {labels.mean():.2f}")
+    print(f"  zero-shot labels (centered) read after {len(context)} demonstrations labeled by the model's own "
+          f"zero-shot reading: {np.mean(labels == gold):.3f}, share True {labels.mean():.2f}")
     every = np.arange(len(examples))
     for round_number in range(1, args.rounds + 1):
         trained = learner.fit(prepared, every, labels)

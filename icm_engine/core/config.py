@@ -198,6 +198,11 @@ class LearnerConfig:
     # docs/scalable.md: blocks 9-15 of Gemma 3 270M read sentiment best, the last ones less
     layer: int = setting(-1, "head: the block whose output it reads (-1: the one at 2/3 of the depth)",
                          label="Head layer (-1 = 2/3 of depth)", low=-1, high=1000, flag="--head-layer")
+    # docs/scalable.md, "The reading context": with 8 demonstrations before the query Gemma 3 270M reads
+    # Amazon sentiment at 0.93 instead of 0.75, whatever their labels (zero-shot, random or gold)
+    context: int = setting(8, "head: demonstrations before each example when the model reads it (examples of "
+                              "the same data labeled by the model's own zero-shot reading; 0: the bare query)",
+                           label="Head reading context", low=0, high=256, flag="--head-context")
     l2: float = setting(0.1, "head: L2 penalty on its weights over standardized features (per example)",
                         label="Head L2", low=0.0, high=1e6, flag="--head-l2")
     lora_rank: int = setting(16, "lora: adapter rank r (the paper's 70B runs: 16)", label="LoRA rank", low=1, high=1024)
@@ -211,6 +216,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
             raise ValueError(f"learner must be one of {LEARNERS}, got {self.learner!r}")
+        if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 0:
+            raise ValueError(f"context must be a whole number of demonstrations, 0 or more; got {self.context!r}")
         if self.l2 < 0 or self.lora_rank < 1 or self.learning_rate <= 0 or self.epochs <= 0 or self.batch_size < 1:
             raise ValueError("l2 must be >= 0; lora_rank, batch_size >= 1; learning_rate and epochs > 0")
 

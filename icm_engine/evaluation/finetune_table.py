@@ -42,8 +42,10 @@ class FinetuneRows:
         for name in learners:
             learner = make_learner(backend, task, replace(settings, learner=name))
             began = time.perf_counter()
-            prepared = (learner.prepare(list(search_examples), self._stage(f"finetune {name}: preparing search split")),
-                        learner.prepare(list(tests), self._stage(f"finetune {name}: preparing test split")))
+            search_prepared = learner.prepare(list(search_examples), self._stage(f"finetune {name}: preparing search split"))
+            # the test split is read after the search split's context, as a trained head reads new data
+            prepared = (search_prepared, learner.prepare(list(tests), self._stage(f"finetune {name}: preparing test split"),
+                                                         context=search_prepared.extra.get("context")))
             log(f"finetune {name}: prepared {len(search_examples)} search and {len(tests)} test inputs "
                 f"in {time.perf_counter() - began:.1f} s")
             self.learners[name] = (learner, prepared)

@@ -42,6 +42,7 @@ class Trained(ABC):
 
     kind: str
     loss_curve: list[float]  # training loss after each optimizer step (head: each Newton step)
+    context: list[tuple[str, int]] = []  # demonstrations it reads each example after (the head's; prepare with them)
 
     @abstractmethod
     def label_logprobs(self, prepared: Prepared, indices: Sequence[int]) -> np.ndarray:
@@ -64,8 +65,11 @@ class Learner(ABC):
         return [self.task.render_query(e) for e in examples]
 
     @abstractmethod
-    def prepare(self, examples: Sequence[Example], progress: TrainProgress | None = None) -> Prepared:
-        ...
+    def prepare(self, examples: Sequence[Example], progress: TrainProgress | None = None,
+                context: Sequence[tuple[str, int]] | None = None) -> Prepared:
+        """context: the (query, label) demonstrations to read each example after, for learners that read
+        in context (the head): None lets the learner choose from `examples`; a trained model's `context`
+        reads new data as it was trained."""
 
     @abstractmethod
     def fit(self, prepared: Prepared, indices: Sequence[int], labels: Sequence[int],

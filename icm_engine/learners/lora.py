@@ -41,7 +41,8 @@ class LoraLearner(Learner):
                              "(an inference server): fine-tune with the head learner, or load the model locally")
         self.backend, self.config = backend, config
 
-    def prepare(self, examples: Sequence[Example], progress: TrainProgress | None = None) -> Prepared:
+    def prepare(self, examples: Sequence[Example], progress: TrainProgress | None = None,
+                context: Sequence[tuple[str, int]] | None = None) -> Prepared:  # trains on bare queries: no context
         return Prepared(list(examples), self.prompts(examples))
 
     def zero_shot(self, prepared: Prepared) -> np.ndarray:

@@ -91,7 +91,7 @@ def predict(db_path, model_id: str, backend: LanguageModel, examples: Sequence[E
             progress: TrainProgress | None = None) -> tuple[list[int], np.ndarray]:
     """Labels (argmax) and P(True) of `examples` from a saved fine-tuned model."""
     _, _, learner, trained = load_finetuned(db_path, model_id, backend)
-    prepared = learner.prepare(list(examples), progress)
+    prepared = learner.prepare(list(examples), progress, context=trained.context)
     logp = trained.label_logprobs(prepared, range(len(examples)))
     return logp.argmax(axis=1).tolist(), np.exp(logp[:, 1])
 

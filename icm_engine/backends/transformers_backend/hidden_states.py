@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from icm_engine.backends.base import LanguageModel
+from icm_engine.backends.kv_cache import common_prefix_length
+from icm_engine.backends.prefix_batches import Job
 
 from . import memory
 from .device import attention_kernels
@@ -34,9 +36,7 @@ class HiddenStates:
         unpadded forward (to float rounding)."""
         layers = [int(layer) for layer in layers]
         count = self.hidden_layer_count
-        for layer in layers:
-            if not 0 <= layer <= count:
-                raise ValueError(f"layer {layer} is outside 0..{count} (0: embeddings, {count}: the last block)")
+        self._check_layers(layers)
         prompts = [self._prompt_tokens(p) for p in prompts]
         width_of = self._text_config.hidden_size
         out = np.zeros((len(layers), len(prompts), width_of), dtype=np.float32)
@@ -70,6 +70,12 @@ class HiddenStates:
                 begin = end
         return out
 
+    def _check_layers(self, layers: Sequence[int]) -> None:
+        count = self.hidden_layer_count
+        for layer in layers:
+            if not 0 <= int(layer) <= count:
+                raise ValueError(f"layer {layer} is outside 0..{count} (0: embeddings, {count}: the last block)")
+
     def read_label_position(self, prompts: Sequence[tuple[str, ...]], layers: Sequence[int],
                             label_words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         """hidden_states and the label words' logits from the same forward: the last block's state (after
@@ -83,7 +89,10 @@ class HiddenStates:
             head = self.model.get_output_embeddings()
             if not self._deferred_head_ok or not hasattr(head, "weight"):  # two forwards, as any backend does
                 return LanguageModel.read_label_position(self, prompts, layers, label_words)
-            states = self.hidden_states(prompts, [*layers, count])
+            if self._store is not None and prompts:
+                states = self._cached_states(prompts, layers)
+            else:
+                states = self.hidden_states(prompts, [*layers, count])
             ids = torch.as_tensor(self.label_token_ids(tuple(label_words)), device=self.device)
             with torch.inference_mode():
                 rows = head.weight[ids].float()
@@ -93,3 +102,20 @@ class HiddenStates:
                 if softcap:
                     logits = torch.tanh(logits / softcap) * softcap
         return states[:-1], logits.double().cpu().numpy()
+
+    def _cached_states(self, prompts: Sequence[tuple[str, ...]], layers: Sequence[int]) -> np.ndarray:
+        """hidden_states(prompts, [*layers, last]) through the prefix store: prompts that share leading
+        segments (a reading context of demonstrations before each query) forward that context once.
+        Same numbers as the uncached path to float rounding (tests/test_finetune.py)."""
+        self._check_layers(layers)
+        tokens = [self._prompt_tokens(p) for p in prompts]
+        jobs = [Job(i, t, [len(t) - 1]) for i, t in enumerate(tokens)]
+        shared = min(common_prefix_length(tokens[0], t) for t in tokens)
+        with torch.inference_mode(), attention_kernels(self.device):
+            if shared > 1 and len(tokens) > 1:  # the context, stored once; each prompt's own tail is read and dropped
+                self._forward_jobs([Job(0, tokens[0][:shared], [shared - 1])])
+            # Storing every prompt would fill the store with states never asked again (1,000 prompts
+            # after an 8-demonstration context: 20 GB of keys/values for Gemma 3 270M).
+            read = self._forward_jobs(jobs, [int(layer) for layer in layers], keep=False)
+        # each job: [1 position, len(layers) + 1, d] -> [len(layers) + 1, n, d]
+        return torch.cat(read).transpose(0, 1).float().cpu().numpy()

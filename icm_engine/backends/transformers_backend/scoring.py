@@ -118,9 +118,12 @@ class Scoring:
         self._store.put(tokens, tuple((layer.keys, layer.values) for layer in cache.layers))
         return rows
 
-    def _forward_jobs(self, jobs: list[Job]) -> list[torch.Tensor]:
+    def _forward_jobs(self, jobs: list[Job], layers: Sequence[int] = (), keep: bool = True) -> list[torch.Tensor]:
         """Final hidden states at each job's positions, [len(positions), d] per job (by job.index),
-        forwarding only what the store lacks, many jobs per forward (see prefix_batches)."""
+        forwarding only what the store lacks, many jobs per forward (see prefix_batches). With
+        `layers`: [len(positions), len(layers) + 1, d], the outputs of those blocks (0: embeddings)
+        and then the final hidden state. keep=False: the jobs' own states are not stored (prompts
+        read once, whose shared prefix the caller stored first)."""
         results: list[torch.Tensor | None] = [None] * len(jobs)
         max_bytes = memory.batch_bytes(self.device)
         bytes_per_token = memory.kv_bytes_per_token(self.model)
@@ -128,10 +131,11 @@ class Scoring:
             fetched = [self._store.longest_prefix(job.tokens, limit=job.reuse_limit) for job in wave]
             reused = [n for _, n in fetched]
             for batch in split_batches(wave, reused, bytes_per_token, max_bytes, memory.MAX_BATCH_ROWS):
-                self._forward_batch([wave[k] for k in batch], [fetched[k] for k in batch], results)
+                self._forward_batch([wave[k] for k in batch], [fetched[k] for k in batch], results, layers, keep)
         return results
 
-    def _forward_batch(self, jobs: list[Job], fetched: list, results: list) -> None:
+    def _forward_batch(self, jobs: list[Job], fetched: list, results: list, layers: Sequence[int] = (),
+                       keep: bool = True) -> None:
         """One forward of several jobs, each continuing its own stored prefix; stores each row."""
         start = time.perf_counter()
         reused = [n for _, n in fetched]
@@ -152,13 +156,19 @@ class Scoring:
             out = self.model.base_model(
                 input_ids=ids[:, first:end], position_ids=position_ids[:, first:end],
                 attention_mask=attention_mask[:, : past_length + end], cache=cache, use_cache=True,
+                output_hidden_states=bool(layers),
             )
             for row, (job, n) in enumerate(zip(jobs, reused)):
                 for k, position in enumerate(job.positions):
                     if first <= position - n < end:
-                        read[row][k] = out.last_hidden_state[row, position - n - first]
+                        at = position - n - first
+                        final = out.last_hidden_state[row, at]
+                        read[row][k] = (torch.stack([*(out.hidden_states[layer][row, at] for layer in layers), final])
+                                        if layers else final)
         for row, (job, n, new) in enumerate(zip(jobs, reused, new_lengths)):
             results[job.index] = torch.stack(read[row])
+            if not keep:
+                continue
             span = slice(past_length - n, past_length + new)
             self._store.put(job.tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
                                               for layer in cache.layers))
