@@ -18,6 +18,9 @@ from icm_engine.core.tasks import LABEL_NAMES, Example, Task
 
 STALL_WINDOW = 50  # proposals without one accepted change, with examples still unlabeled, before the Live page says so
 UNLABELED = -1  # raster value of an example that is not in D at that iteration
+# Examples above which the in-context search takes hours on a CPU with a small model, while the scalable
+# one labels 1,000 sentences in about 6 minutes (docs/scalable.md): the Data and Run pages say so.
+LARGE_DATASET = 500
 
 
 def search_curves(events: pd.DataFrame) -> pd.DataFrame:

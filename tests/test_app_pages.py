@@ -100,6 +100,26 @@ def test_data_page_maps_columns_of_an_upload_and_a_custom_task(manager):
     assert manager.store.load_gold(dataset_id) == {0: 1, 1: 0}
 
 
+def test_a_large_upload_loads_whole_and_the_run_form_opens_on_the_scalable_algorithm(manager):
+    """Over LARGE_DATASET rows the Data page advises the scalable search and loads every row by default;
+    the Run form, opening on that dataset, starts at Algorithm: scalable (an in-context search would take hours)."""
+    from app.readers import LARGE_DATASET
+
+    rows = [{"text": f"review number {k} was {'great' if k % 2 else 'awful'}", "label": k % 2} for k in range(LARGE_DATASET + 100)]
+    at = open_page(manager, "data")
+    at.radio(key="data.source").set_value("Upload a table").run()
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    at.file_uploader(key="data.upload").set_value(("reviews.jsonl", data, "application/jsonl")).run()
+    assert any("pick the scalable algorithm" in i.value for i in at.info), [i.value for i in at.info]
+    at.selectbox(key="data.upload.task").set_value("sentiment_single").run()
+    assert at.number_input(key="data.upload.limit").value == 0
+    at.button(key="data.upload.load").click().run()
+    assert not at.error, at.error[0].value
+    assert int(manager.store.datasets()["n_examples"].iloc[0]) == LARGE_DATASET + 100
+    run_page = open_page(manager, "run")
+    assert run_page.selectbox(key="run.algorithm").value == "scalable"
+
+
 def test_run_page_starts_a_run_in_the_background_and_steps_it(manager):
     add_polarity_dataset(manager)
     at = open_page(manager, "run")
@@ -487,17 +507,6 @@ def test_an_upload_matching_no_task_says_what_is_missing_and_waits_for_a_mapping
     assert at.button(key="data.upload.load").disabled
     at.selectbox(key="data.map.text").set_value("foo").run()
     assert not at.button(key="data.upload.load").disabled
-
-
-def test_a_large_upload_proposes_a_sample(manager):
-    rows = "".join(f"review {i},{i % 2}\n" for i in range(600))
-    at = open_page(manager, "data")
-    at.radio(key="data.source").set_value("Upload a table").run()
-    at.file_uploader(key="data.upload").set_value(("big.csv", f"text,gold\n{rows}".encode(), "text/csv")).run()
-    assert "600 rows" in at.info[0].value and "many hours" in at.info[0].value
-    assert at.number_input(key="data.upload.limit").value == 200
-    at.button(key="data.upload.load").click().run()
-    assert manager.store.datasets()["n_examples"].tolist() == [200]
 
 
 def test_audit_shows_a_past_change_with_the_demonstrations_and_score_of_its_step(manager):

@@ -11,13 +11,10 @@ from icm_engine.data.base import DatasetError, LoadedDataset
 from icm_engine.runs.manager import RunManager
 
 from .. import services
+from ..readers import LARGE_DATASET
 
 NONE = "(none)"
 CUSTOM = "custom…"
-
-
-LARGE_TABLE = 500  # rows; above it the page proposes a sample to search first
-SUGGESTED_SAMPLE = 200
 
 
 def _column_choice(label: str, columns: list[str], guess: list[str], key: str, optional: bool = True) -> str | None:
@@ -116,12 +113,11 @@ def _from_upload(manager: RunManager) -> None:
         needs = "; ".join(f"{n} needs {', '.join(load_task(n).fields)}" for n in builtin_task_names())
         st.warning(f"No built-in task matches the columns of {upload.name} ({', '.join(columns)}): {needs}. "
                    "Pick a task and map its fields to columns below, or define a custom task.")
-    if len(table) > LARGE_TABLE:
-        st.info(f"{len(table):,} rows. The in-context search (Algorithm 1) holds every label in one prompt: on a CPU "
-                f"with a small model it takes many hours over all of them, so a sample of {SUGGESTED_SAMPLE} is proposed "
-                f"below for it. Set the number to 0 to load all and pick the scalable algorithm on the Run page "
-                f"(Algorithm 3: a learner fit on the other folds; 1,000 sentences in about 10 minutes here), "
-                f"optionally started from an in-context run on a first batch (docs/scalable.md).")
+    if len(table) > LARGE_DATASET:
+        st.info(f"{len(table):,} rows. Load them all and pick the scalable algorithm on the Run page (Algorithm 3: "
+                f"a learner fit on the other folds scores each fold; 1,000 sentences in about 6 minutes here, "
+                f"docs/scalable.md). The in-context search (Algorithm 1) holds every label in one prompt: over all "
+                f"of them it takes hours on a CPU with a small model, so for it set a number of rows below.")
     task = _pick_task(fits[0] if fits else CUSTOM, key="data.upload.task")
     if task is None:
         return
@@ -145,7 +141,7 @@ def _from_upload(manager: RunManager) -> None:
         key_column = None if expand else _column_choice("Key column", columns, ["key", task.key_field or ""],
                                                         "data.map.key")
     limit = st.number_input("Use the first N rows; 0 = all", 0, 10_000_000,
-                            SUGGESTED_SAMPLE if len(table) > LARGE_TABLE else 0, key="data.upload.limit")
+                            0, key="data.upload.limit")
     name = st.text_input("Dataset name", Path(upload.name).stem, key="data.upload.name")
     unmapped = [f for f, c in mapping.items() if c is None]
     if unmapped:

@@ -33,6 +33,10 @@ MORE_ROWS = (("clock", "t0", "t_min", "beta"), ("k_init", "balanced_init", "grou
              ("scorer", "use_consistency"))
 
 
+def _setting(name: str) -> Setting:
+    return next(s for s in settings(SearchConfig) if s.name == name)
+
+
 def widget_key(s: Setting) -> str:
     return f"run.{s.option}"
 
@@ -158,6 +162,9 @@ def _start_form(manager: RunManager) -> None:
     rows = {int(r["dataset_id"]): r for _, r in stored.iterrows()}
     tasks = {d: services.dataset_task(manager, d).name for d in ids}
     _preset_picker()
+    newest = int(rows[ids[0]]["n_examples"])
+    if newest > readers.LARGE_DATASET:  # the form opens on the newest dataset: start it on the algorithm that fits
+        st.session_state.setdefault(widget_key(_setting("algorithm")), "scalable")
     with st.form("run.form"):
         # the task comes with the dataset: it was fixed when the data was loaded
         dataset_id = st.selectbox("Dataset and task", ids, key="run.dataset", format_func=lambda d: (
@@ -180,6 +187,9 @@ def _start_form(manager: RunManager) -> None:
             st.error(f"Could not start: {error}")
             return
         st.session_state[CURRENT_RUN] = run_id
+        if config.search.algorithm == "icl" and int(rows[dataset_id]["n_examples"]) > readers.LARGE_DATASET:
+            st.warning(f"Run {run_id} searches {rows[dataset_id]['n_examples']} examples in context: on a CPU with a "
+                       "small model that takes hours. The scalable algorithm labels 1,000 sentences in about 6 minutes.")
         # kept in the session: the live status below reruns the page as soon as the run's state moves
         st.session_state["run.started"] = run_id
 
