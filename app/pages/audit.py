@@ -102,8 +102,9 @@ def _detail(manager: RunManager, view, example: int) -> None:
                 "Include it again on the Steer page.")
         return
     if scalable:
-        st.markdown("**What the fold's model reads** (its query alone: the other folds' labels are in its weights, "
-                    "not in a prompt)")
+        st.markdown("**What the fold's model reads**: this query, after the head's reading context (the demonstrations "
+                    "the initial label's note names, labeled by the model's own zero-shot reading); the other folds' "
+                    "labels are in its weights, not in the prompt")
         st.code(view.task.render_query(view.examples[example]), language=None, wrap_lines=True)
         return
     st.markdown("**The prompt the model sees for this example now** (demonstrations in position order, then the "

@@ -21,7 +21,7 @@ class PreparedFolds:
                  seed_labels: tuple[Sequence[int], Sequence[int]] | None = None, seed_name: str = "") -> None:
         self.learner, self.prepared, self.seed, self.seed_labels = learner, prepared, seed, seed_labels
         self.initial_source = (f"a {learner.kind} fit on the {len(seed_labels[0])} labels of {seed_name or 'a seed run'}"
-                               if seed_labels else "the model's own zero-shot reading")
+                               if seed_labels else "the model's own zero-shot reading") + _context_note(prepared)
 
     def initial(self) -> np.ndarray:
         if self.seed_labels is None:
@@ -33,3 +33,13 @@ class PreparedFolds:
     def fit_predict(self, train: np.ndarray, labels: np.ndarray, test: np.ndarray) -> np.ndarray:
         trained = self.learner.fit(self.prepared, train, labels, seed=self.seed)
         return trained.label_logprobs(self.prepared, test)
+
+
+def _context_note(prepared: Prepared) -> str:
+    """Which demonstrations every example was read after (the head's reading context), by example id."""
+    context = prepared.extra.get("context") or []
+    if not context:
+        return ""
+    uid_of = {prompt: example.uid for prompt, example in zip(prepared.prompts, prepared.examples)}
+    shown = ", ".join(f"{uid_of.get(query, '?')} {'True' if label else 'False'}" for query, label in context)
+    return f"; each example read after {len(context)} demonstrations labeled by the model's zero-shot reading ({shown})"
