@@ -171,3 +171,35 @@ def test_export_page_fine_tunes_a_run_through_its_button_and_shows_the_loss_curv
         assert listed["id"].tolist() == ["ft-1"] and int(listed["labels"].iloc[0]) == len(manager.store.labels(run_id))
     finally:
         manager.shutdown()
+
+
+def test_the_head_reads_each_example_after_a_context_chosen_without_gold_and_new_data_after_the_same(tiny, monkeypatch):
+    """The reading context: `context` distinct examples of the data, labeled by the model's own zero-shot
+    reading and alternating; a context member is read without its own demonstration; a trained head
+    reads new data after the very demonstrations it was trained with, and refuses inputs read otherwise."""
+    _, backend = tiny
+    task = load_task("sentiment_single")
+    examples, labels = reviews(20)
+    learner = make_learner(backend, task, LearnerConfig(learner="head", context=4))
+    asked = []
+    reading = backend.read_label_position
+    monkeypatch.setattr(backend, "read_label_position", lambda prompts, *a: asked.extend(prompts) or reading(prompts, *a))
+    prepared = learner.prepare(examples)
+    context = prepared.extra["context"]
+    queries = [task.render_query(e) for e in examples]
+    assert len(context) == 4 and [y for _, y in context] == [0, 1, 0, 1]
+    assert len({q for q, _ in context}) == 4 and all(q in queries for q, _ in context)
+    read = {prompt[-1]: prompt[:-1] for prompt in asked[-len(examples):]}  # the last call: every example once
+    full = tuple(part for q, y in context for part in (q, task.render_label(y)))
+    for query, segments in read.items():
+        member = query in {q for q, _ in context}
+        assert len(segments) == len(full) - (2 if member else 0) and (member or segments == full)
+        assert query not in segments  # no example is shown itself
+
+    trained = learner.fit(prepared, range(20), labels)
+    new, _ = reviews(26)
+    fresh = learner.prepare(new[20:], context=trained.context)
+    assert fresh.extra["context"] == trained.context
+    assert trained.label_logprobs(fresh, range(6)).shape == (6, 2)
+    with pytest.raises(ValueError, match="after its own 4 demonstrations"):
+        trained.label_logprobs(learner.prepare(new[20:], context=[]), range(6))
