@@ -6,18 +6,18 @@ same position) plus w.x + b, x the standardized hidden state of the chosen block
     logit(x_i) = prior_i + w . x_i + b,    minimizing  mean_i logloss(y_i, logit) + (l2 / 2) |w|^2
 
 so an untrained head is the model's zero-shot reading (b absorbs its lean to one label word) and
-training moves it away at an L2 cost.
+training moves it away at an L2 cost. That prior is why this learner can measure mutual
+predictability for the scalable search: a plain linear probe on 640 dimensions predicts *any*
+hyperplane labeling as well as the true one, while this head predicts best the labelings that
+agree with what the model already reads (docs/scalable.md). Fit by Newton's method, exactly
+and deterministically: a few steps of a (d+1)-square solve.
 
 The model reads each example after a *reading context*: `config.context` demonstrations of the same
 data, labeled by the model's own zero-shot reading (the most confident of each label in a sample,
 alternating). A small base model reads the task from the format shown far better than from a bare
 query (Gemma 3 270M on Amazon sentiment: 0.93 instead of 0.75), and the demonstrations' labels hardly
 matter (docs/scalable.md); no gold is read. A context member is read with its own demonstration
-left out. The context is part of the features: a trained head keeps it and reads new data after it. That prior is why this learner can measure mutual
-predictability for the scalable search: a plain linear probe on 640 dimensions predicts *any*
-hyperplane labeling as well as the true one, while this head predicts best the labelings that
-agree with what the model already reads (docs/scalable.md). Fit by Newton's method, exactly
-and deterministically: a few steps of a (d+1)-square solve.
+left out. The context is part of the features: a trained head keeps it and reads new data after it.
 """
 from __future__ import annotations
 
