@@ -200,7 +200,7 @@ def _compare_kv_dtypes(backend, task, examples, kv_dtypes: list[str], args, naiv
                                          not args.no_naive, progress, naive_memo)
         seconds = np.mean([r["fast"].per_step()[1] for r in results.values()])
         print(f"{kv_dtype:10s} " + " ".join(f"{results[k]['max_du'] / 50:9.2e}" for k in ("add", "relabel", "fix"))
-              + f" {view.cache_store.peak_nbytes / 2**20:15,.1f} {seconds:12.2f}")
+              + f" {view.cache_usage().peak_bytes / 2**20:15,.1f} {seconds:12.2f}")
         view.close()
 
 

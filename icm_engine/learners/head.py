@@ -83,6 +83,8 @@ class HeadLearner(Learner):
         sample = [distinct[k] for k in sorted(np.random.default_rng(0).permutation(len(distinct))[:max(4 * want, 32)])]
         if progress is not None:
             progress(0, len(prompts), f"choosing {want} demonstrations to read after")
+        # read_label_position, not label_logprobs: the label words' logits without projecting each prompt onto
+        # the whole vocabulary (262k words for Gemma 3), which on a CPU costs more than the forward
         _, raw = self.backend.read_label_position([(q,) for q in sample], [0], self.task.label_words)
         log_odds = raw[:, 1] - raw[:, 0]
         log_odds = log_odds - log_odds.mean()
