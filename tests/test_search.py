@@ -82,6 +82,24 @@ def test_step_record_is_complete_and_consistent():
             assert r.flips == []
 
 
+class PrefixStoreLM(FakeLM):
+    """The fake model with a prefix store that serves every segment of a prompt but its last."""
+
+    def label_logprobs(self, queries):
+        self.stats.tokens_reused += sum(self.count_tokens(s) for q in queries for s in q.segments[:-1])
+        return super().label_logprobs(queries)
+
+
+def test_each_step_records_the_prompt_tokens_its_prefix_store_served():
+    examples, _ = polarity_examples(12, seed=1)
+    backend = PrefixStoreLM(strength=6)
+    search = Search(Scorer(backend, SINGLE, examples), SearchConfig(seed=0, steps=8, k_init=4))
+    records = run_all(search)
+    assert sum(r.tokens_reused for r in records) == backend.stats.tokens_reused > 0
+    assert all(r.tokens_reused > 0 for r in records if r.kind == "propose" and r.model_calls)
+    assert all(r.tokens_reused == 0 for r in run_all(make_search(n=12, steps=8)[0]))  # no store, nothing served
+
+
 def test_consistency_fix_leaves_complementary_pairs_consistent():
     search, gold = make_search(n=10, paired=True, steps=50)
     records = run_all(search)

@@ -99,6 +99,7 @@ class StepRecord:
     labeled_count: int = 0
     model_calls: int = 0
     tokens_forwarded: int = 0
+    tokens_reused: int = 0  # prompt tokens a prefix store served instead of forwarding (backends.base.BackendStats)
     seconds: float = 0.0
     note: str = ""  # for people to read; nothing parses it (a set_param event's values are in params)
     params: list[ParamChange] = field(default_factory=list)  # a set_param event's changes, in order

@@ -390,6 +390,7 @@ class Search(Steering):
     def _record(self, record: StepRecord, started: float, calls) -> StepRecord:
         used = self.scorer.backend.stats.since(calls)
         record.model_calls, record.tokens_forwarded = used.model_calls, used.tokens_forwarded
+        record.tokens_reused = used.tokens_reused
         record.seconds = time.perf_counter() - started
         record.labeled_count = len(self.labels)
         if record.u_after is None and self._current is not None and record.kind == "init":
