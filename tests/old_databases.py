@@ -1,9 +1,9 @@
-"""ICM Studio database files as versions 1 to 4 wrote them: 1..3 with no marker, only their exact
-schema; 4 with the marker table; none with the param_changes table of version 5 (a set_param
-event's values lived in its note).
+"""ICM Studio database files as versions 1 to 5 wrote them: 1..3 with no marker, only their exact
+schema; 4 with the marker table; none before 5 with its param_changes table (a set_param event's
+values lived in its note); none with the events.tokens_reused column of version 6.
 
 The schema is copied from the first release (commit 4698c35, icm_engine/store.py) and upgraded
-with the statements versions 2 to 4 ran, so the tests check recognition and migration against
+with the statements versions 2 to 5 ran, so the tests check recognition and migration against
 what users' files really hold, not against the current code's idea of them.
 """
 from __future__ import annotations
@@ -66,7 +66,10 @@ UPGRADES = {2: ["ALTER TABLE run_state ADD COLUMN IF NOT EXISTS progress_json VA
             3: ["ALTER TABLE datasets ADD COLUMN IF NOT EXISTS content_hash VARCHAR",
                 "ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR"],
             4: ["CREATE TABLE IF NOT EXISTS icm_studio (marker VARCHAR NOT NULL)",
-                "INSERT INTO icm_studio VALUES ('ICM Studio database 7d0f2c61-3b4e-4f0a-9c55-1e8a9b2d4f63')"]}
+                "INSERT INTO icm_studio VALUES ('ICM Studio database 7d0f2c61-3b4e-4f0a-9c55-1e8a9b2d4f63')"],
+            5: ["CREATE TABLE IF NOT EXISTS param_changes (run_id INTEGER NOT NULL, seq INTEGER NOT NULL, "
+                "ord INTEGER NOT NULL, iteration INTEGER NOT NULL, parameter VARCHAR NOT NULL, old_value DOUBLE, "
+                "new_value DOUBLE NOT NULL, PRIMARY KEY (run_id, seq, ord))"]}
 CONFIG = {"task": "claims", "dataset": "tests", "search": {"seed": 0, "steps": 5}, "model": {"name": "fake"}}
 TASK = {"name": "claims", "template": "Q: {question}\nA: {answer}\nCorrect:", "fields": ["question", "answer"]}
 

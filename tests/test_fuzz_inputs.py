@@ -223,8 +223,8 @@ SQL_TYPES = ("INTEGER", "VARCHAR", "BIGINT", "DOUBLE", "BOOLEAN", "TIMESTAMP")
 def databases(draw, size: int) -> tuple:
     """A recipe for a --db file, small to show when a case fails: made into a file by `build`."""
     kind = draw(st.sampled_from(["bytes", "magic", "schema", "cut", "flip", "old"]))
-    if kind == "old":  # a file of ICM Studio 1..4, which must still open (tests/old_databases.py)
-        return kind, draw(st.integers(1, 4))
+    if kind == "old":  # a file of ICM Studio 1..5, which must still open (tests/old_databases.py)
+        return kind, draw(st.integers(1, 5))
     if kind == "bytes":
         return kind, draw(st.binary(max_size=300))
     if kind == "magic":  # random bytes that DuckDB's header check would take for one of its own

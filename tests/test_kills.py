@@ -32,7 +32,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 # inside steps (the seeds are fixed); ICM_TEST_KILLS=20 (and up) for a longer hunt.
 KILLS = int(os.environ.get("ICM_TEST_KILLS", "6"))
 # What a step costs and when it was written differ between processes; everything it decided must not.
-COST_COLUMNS = {"created_at", "seconds", "model_calls", "tokens_forwarded"}
+COST_COLUMNS = {"created_at", "seconds", "model_calls", "tokens_forwarded", "tokens_reused"}
 
 
 @pytest.fixture(scope="module")

@@ -97,14 +97,14 @@ def test_alpha_t0_and_two_extensions_are_stored_as_rows_and_replayed_from_them()
 
 
 def test_a_run_stored_by_schema_4_replays_from_its_migrated_notes(tmp_path):
-    """The same steered run as version 4 kept it (no parameter rows, values only in the notes):
+    """The same steered run as version 4 kept it (no parameter rows, values only in the notes, no reused tokens):
     upgraded, its notes become rows without values before, and it replays bit for bit."""
     path = str(tmp_path / "v4.duckdb")
     with Store(path) as store:
         run_id = _steered_run(store, FakeLM(strength=6))
         written = store.param_changes(run_id)
     con = duckdb.connect(path)
-    con.execute("DROP TABLE param_changes; UPDATE schema_version SET version = 4")
+    con.execute("DROP TABLE param_changes; ALTER TABLE events DROP COLUMN tokens_reused; UPDATE schema_version SET version = 4")
     con.close()
     with Store(path) as store:
         migrated = store.param_changes(run_id)

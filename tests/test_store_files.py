@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from icm_engine.cli.run import ensure_dataset
+from icm_engine.core.records import SearchSnapshot, StepRecord
 from icm_engine.core.tasks import Example, Task
 from icm_engine.store import database as store_module
 from icm_engine.store.database import ForeignDatabaseError, Store, StoreError
@@ -68,7 +69,7 @@ def test_reading_commands_open_read_only_and_change_nothing(tmp_path):
     assert digest(path) == before
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_an_older_file_is_read_untouched_and_upgraded_only_by_a_writing_open(tmp_path, version):
     path = tmp_path / "old.duckdb"
     old_database(path, version)
@@ -108,11 +109,33 @@ def test_an_older_files_set_param_notes_become_parameter_rows_once(tmp_path, ver
         assert param_rows(s) == OLD_NOTE_ROWS
     assert digest(path) == before
     with Store(str(path)) as s:
-        assert s._rows("SELECT version FROM schema_version") == [(5,)]
+        assert s._rows("SELECT version FROM schema_version") == [(store_module.SCHEMA_VERSION,)]
         assert param_rows(s) == OLD_NOTE_ROWS
         assert list(s.events(1)["note"]) == [note for _, note in OLD_NOTES]  # the notes stay, for people
     with Store(str(path)) as s:  # upgraded once: opening again reads the rows, and adds none
         assert param_rows(s) == OLD_NOTE_ROWS
+
+
+@pytest.mark.parametrize("version", [5, 1])
+def test_steps_written_before_schema_6_read_their_reused_tokens_as_not_recorded(tmp_path, version):
+    """events.tokens_reused: NULL for an older file's events, read-only (the file stays byte for byte)
+    and upgraded; steps written after the upgrade record it, and a new file has the column too."""
+    path = tmp_path / "old.duckdb"
+    old_database(path, version, [(0, "")])
+    before = digest(path)
+    with Store.existing(str(path)) as s:
+        assert s.events(1)["tokens_reused"].isna().tolist() == [True]
+        assert list(s.events(1).columns)[-1] == "tokens_reused"  # where the upgrade puts it
+    assert digest(path) == before
+    with Store(str(path)) as s:
+        assert s.events(1)["tokens_reused"].isna().tolist() == [True]
+        s.record_step(1, StepRecord(iteration=1, kind="propose", model_calls=2, tokens_forwarded=30, tokens_reused=90),
+                      SearchSnapshot(iteration=1, labels={}, excluded=set(), rng_state={}, next_position=0, alpha=1.0, t0=1.0))
+    with Store.existing(str(path)) as s:
+        reused = s.events(1)["tokens_reused"]
+        assert reused.isna().tolist() == [True, False] and int(reused.iloc[1]) == 90
+    with Store(str(tmp_path / "new.duckdb")) as s:
+        assert "tokens_reused" in s.events(1).columns
 
 
 def test_an_old_note_that_no_release_wrote_gives_no_changes():

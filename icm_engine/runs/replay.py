@@ -35,7 +35,7 @@ from .runner import open_search
 SCORE_COLUMNS = ("proposal_logp_json", "u_before", "u_after", "ap_before", "ap_after", "delta", "accept_prob")
 SCORE_FIX_KEYS = ("u_before", "u_after")
 # When and at what cost a step ran differ between processes by nature.
-COST_COLUMNS = ("run_id", "seq", "model_calls", "tokens_forwarded", "seconds", "created_at")
+COST_COLUMNS = ("run_id", "seq", "model_calls", "tokens_forwarded", "tokens_reused", "seconds", "created_at")
 
 
 class ReplayDiverged(ValueError):

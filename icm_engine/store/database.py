@@ -40,13 +40,18 @@ from .old_notes import param_changes_from_note
 #    not by table names other tools use too (schema_version is a common one)
 # 5: the table param_changes: what a set_param event changed (alpha, T0, the step budget), one row
 #    per parameter; an older file's notes are read into it once, when it is upgraded
-SCHEMA_VERSION = 5
+# 6: events.tokens_reused, the prompt tokens a prefix store served in the step (NULL for steps
+#    written before: their cost was not recorded)
+SCHEMA_VERSION = 6
 _PARAM_CHANGES_SINCE = 5
 MARKER = "ICM Studio database 7d0f2c61-3b4e-4f0a-9c55-1e8a9b2d4f63"
 # What versions 2 and 3 added: a file of 1..3 carries no marker, so it is recognised by its exact
 # schema (the current one less these columns) and upgraded by adding them.
 _ADDED_COLUMNS = {2: (("run_state", "progress_json", "VARCHAR"),),
                   3: (("datasets", "content_hash", "VARCHAR"), ("runs", "owner", "VARCHAR"))}
+# What versions after the marker added to tables of _TABLES: kept out of it (it must stay the schema
+# of 1..3), so every file gets them by ALTER TABLE, a new one too, and a read-only open shows them as NULL.
+_LATER_COLUMNS = {6: (("events", "tokens_reused", "BIGINT"),)}
 RUN_STATUSES = ("created", "running", "paused", "stopped", "finished", "failed")
 # Not stored: what a 'running' run reads as when the process running it is gone.
 INTERRUPTED = "interrupted"
@@ -108,6 +113,12 @@ CREATE TABLE IF NOT EXISTS eval_rows (
     accuracy DOUBLE, n_test INTEGER, n_demos INTEGER, extra_json VARCHAR NOT NULL,
     PRIMARY KEY (eval_id, row_no));
 """
+# The events columns in the order record_step writes them: named, as a column added by ALTER TABLE
+# comes last in an upgraded file and wherever a later version puts it in a new one.
+_EVENT_COLUMNS = ("run_id", "iteration", "seq", "kind", "temperature", "example", "old_label", "proposed_label",
+                  "proposal_logp_json", "fixes_json", "u_before", "u_after", "ap_before", "ap_after", "i_before",
+                  "i_after", "delta", "accept_prob", "draw", "accepted", "labeled_count", "model_calls",
+                  "tokens_forwarded", "seconds", "note", "created_at", "tokens_reused")
 # Kept out of _TABLES, which must stay the schema of versions 1..3 (they are recognised by it).
 _PARAM_CHANGES_COLUMNS = """(
     run_id INTEGER NOT NULL, seq INTEGER NOT NULL, ord INTEGER NOT NULL, iteration INTEGER NOT NULL,
@@ -380,6 +391,10 @@ class Store:
                     for table, column, kind in added:  # their events; older loads have no hash: never reused
                         con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             con.execute(_SCHEMA)
+            for version, added in _LATER_COLUMNS.items():
+                if found is None or found < version:  # NULL in the rows already there: not recorded then
+                    for table, column, kind in added:
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             if found is not None and found < _PARAM_CHANGES_SINCE:
                 _param_changes_from_notes(con, "param_changes")
             con.execute("DELETE FROM icm_studio")
@@ -393,7 +408,7 @@ class Store:
         con = self._connection()
         catalog = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
         missing: dict[str, list[str]] = {}
-        for version, added in _ADDED_COLUMNS.items():
+        for version, added in [*_ADDED_COLUMNS.items(), *_LATER_COLUMNS.items()]:  # in the order the upgrade adds them
             for table, column, kind in added if found < version else ():
                 missing.setdefault(table, []).append(f"NULL::{kind} AS {column}")
         for table, columns in missing.items():  # the temporary schema comes first when a name is looked up
@@ -626,7 +641,7 @@ class Store:
             seq, now = last_seq + 1, _now()
             r = record
             con.execute(
-                "INSERT INTO events VALUES (" + ", ".join("?" * 26) + ")",
+                f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})",
                 [run_id, r.iteration, seq, r.kind, _opt_float(r.temperature), _opt_int(r.example),
                  _opt_int(r.old_label), _opt_int(r.proposed_label),
                  None if r.proposal_logp is None else to_json(list(r.proposal_logp)),
@@ -634,7 +649,7 @@ class Store:
                  _opt_float(r.u_before), _opt_float(r.u_after), _opt_float(r.ap_before), _opt_float(r.ap_after),
                  _opt_int(r.i_before), _opt_int(r.i_after), _opt_float(r.delta), _opt_float(r.accept_prob),
                  _opt_float(r.draw), bool(r.accepted), int(r.labeled_count), int(r.model_calls),
-                 int(r.tokens_forwarded), float(r.seconds), r.note, now],
+                 int(r.tokens_forwarded), float(r.seconds), r.note, now, int(r.tokens_reused)],
             )
             if r.flips:
                 con.execute(
