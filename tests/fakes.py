@@ -40,6 +40,15 @@ def polarity_examples(n: int, seed: int = 0, paired: bool = False) -> tuple[list
     return examples, gold
 
 
+class PrefixStoreLM(FakeLM):
+    """The fake model with a prefix store that serves every segment of a prompt but its last:
+    what a step's tokens_reused counts. (Its forwarded count stays the fake's whole prompt.)"""
+
+    def label_logprobs(self, queries):
+        self.stats.tokens_reused += sum(self.count_tokens(s) for q in queries for s in q.segments[:-1])
+        return super().label_logprobs(queries)
+
+
 class PolarityStates(FakeLM):
     """The fake polarity model with hidden states at the label position: noise plus the review's
     polarity along one direction, so a head can learn what the labels say."""

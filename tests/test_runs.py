@@ -13,7 +13,7 @@ from icm_engine.backends.fake import FakeLM
 from icm_engine.core.config import RunConfig, SearchConfig
 from icm_engine.runs.runner import advance, create_run, open_search
 from icm_engine.store.database import Store
-from tests.fakes import PAIRED, polarity_examples
+from tests.fakes import PAIRED, PrefixStoreLM, polarity_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +85,32 @@ def test_report_summarizes_cost_and_audit():
     store, run_id = _run_with(polarity_examples(10, seed=2, paired=True)[1])
     text = summarize_run(store, run_id)
     assert "iterations 25" in text and "cost per step" in text and "audit only" in text
+
+
+def test_report_gives_the_prefix_stores_hit_rate_where_the_steps_recorded_it():
+    import pandas as pd
+
+    from icm_engine.evaluation.run_report import prefix_store_hits, prefix_store_summary, summarize_run
+
+    examples, _ = polarity_examples(10, seed=2, paired=True)
+    store = Store(":memory:")
+    dataset_id = store.add_dataset("polarity", PAIRED.to_dict(), examples, None)
+    config = RunConfig(task=PAIRED.name, dataset="polarity", search=SearchConfig(seed=7, steps=10, k_init=4))
+    backend = PrefixStoreLM(strength=6)
+    run_id = create_run(store, dataset_id, config, backend)
+    advance(store, run_id, open_search(store, run_id, backend))
+    hits = prefix_store_hits(store.events(run_id))
+    assert (hits.reused, hits.forwarded) == (backend.stats.tokens_reused, backend.stats.tokens_forwarded)
+    assert f"Prefix store: served {backend.stats.hit_rate:.0%} of the prompt tokens over the whole run" in summarize_run(store, run_id)
+    # written before schema 6 (NULL), then 3 steps of 25% and 2 of 75%; no token at all says nothing
+    events = pd.DataFrame({"tokens_reused": [None, 25, 25, 25, 75, 75], "tokens_forwarded": [9, 75, 75, 75, 25, 25]})
+    assert prefix_store_hits(events.head(1)) is None and prefix_store_hits(events).steps == 5
+    assert prefix_store_summary(events, recent=2) == ("Prefix store: served 45% of the prompt tokens over the 5 of its "
+                                                      "6 steps that recorded it, 75% over the last 2 steps.")
+    assert prefix_store_summary(events, recent=6) == ("Prefix store: served 45% of the prompt tokens over the 5 of its "
+                                                      "6 steps that recorded it.")  # the window reaches older steps
+    assert prefix_store_summary(events.assign(tokens_reused=0)) is None  # no store served anything: no line
+    assert "Prefix store" not in summarize_run(*_run_with(None))  # the plain fake has no store
 
 
 def test_prompting_baselines_use_gold_demos_from_other_groups_only():

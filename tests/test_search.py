@@ -11,7 +11,7 @@ from icm_engine.core.config import SearchConfig
 from icm_engine.core.records import ParamChange
 from icm_engine.core.scoring import Scorer, normalize
 from icm_engine.core.search import Search, acceptance_probability, temperature
-from tests.fakes import PAIRED, SINGLE, polarity_examples
+from tests.fakes import PAIRED, SINGLE, PrefixStoreLM, polarity_examples
 
 
 def make_search(n=16, paired=False, seed=0, steps=40, **overrides):
@@ -80,14 +80,6 @@ def test_step_record_is_complete_and_consistent():
             assert r.flips[0].cause == "proposal" and r.flips[0].new == r.proposed_label
         if not r.accepted:
             assert r.flips == []
-
-
-class PrefixStoreLM(FakeLM):
-    """The fake model with a prefix store that serves every segment of a prompt but its last."""
-
-    def label_logprobs(self, queries):
-        self.stats.tokens_reused += sum(self.count_tokens(s) for q in queries for s in q.segments[:-1])
-        return super().label_logprobs(queries)
 
 
 def test_each_step_records_the_prompt_tokens_its_prefix_store_served():

@@ -2,9 +2,55 @@
 and audit-only comparisons with gold, which the search never calls."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
 from ..store.database import Store
+
+RECENT_STEPS = 50  # the window of the "over the last N steps" hit rate the Live page shows beside the whole run's
+
+
+@dataclass(frozen=True)
+class PrefixStoreHits:
+    """Prompt tokens of a run's steps: read from the backend's prefix store, or forwarded."""
+
+    reused: int
+    forwarded: int
+    steps: int  # the steps that recorded it (schema 6 on)
+
+    @property
+    def rate(self) -> float | None:
+        """Share of the prompt tokens the store served; None where the steps used no token."""
+        total = self.reused + self.forwarded
+        return self.reused / total if total else None
+
+
+def prefix_store_hits(events: pd.DataFrame, last: int | None = None) -> PrefixStoreHits | None:
+    """The prefix store's hits summed over a run's events (Store.events), or over its `last` events;
+    None where none of them recorded tokens_reused (written before schema 6)."""
+    window = events if last is None else events.tail(last)
+    known = window[window["tokens_reused"].notna()]
+    if known.empty:
+        return None
+    return PrefixStoreHits(int(known["tokens_reused"].sum()), int(known["tokens_forwarded"].sum()), len(known))
+
+
+def prefix_store_summary(events: pd.DataFrame, recent: int = RECENT_STEPS) -> str | None:
+    """The run's prefix-store hit rate as stored with its steps, in words: over the whole run (the steps
+    that recorded it, where older ones did not) and over the last `recent` steps. None where no step
+    recorded it, or none was served a token: a run without a store (a server, a stand-in model) or
+    with it off would only read 0%."""
+    whole = prefix_store_hits(events)
+    if whole is None or not whole.reused:
+        return None
+    over = (f"the whole run ({whole.steps} steps)" if whole.steps == len(events)
+            else f"the {whole.steps} of its {len(events)} steps that recorded it")
+    text = f"Prefix store: served {whole.rate:.0%} of the prompt tokens over {over}"
+    latest = prefix_store_hits(events, recent) if len(events) > recent else None
+    if latest is not None and latest.steps == recent and latest.rate is not None:  # not straddling older steps
+        text += f", {latest.rate:.0%} over the last {recent} steps"
+    return text + "."
 
 
 def cost_by_labeled_count(events: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
@@ -51,6 +97,7 @@ def summarize_run(store: Store, run_id: int) -> str:
         f"accepted {int(changed['accepted'].sum())} of {len(changed)} proposals that changed D",
         f"search time {steps['seconds'].sum():.0f} s, {steps['seconds'].mean():.2f} s/step, "
         f"{steps['tokens_forwarded'].sum() / max(steps['seconds'].sum(), 1e-9):,.0f} tokens/s",
+        *filter(None, [prefix_store_summary(events)]),
         "",
         "cost per step against the number of labeled examples:",
         cost_by_labeled_count(events).to_string(index=False, float_format=lambda v: f"{v:,.2f}"),
