@@ -176,6 +176,39 @@ def test_live_page_has_no_gold_chart_without_gold(manager):
     assert not any("gold" in t for t in titles)
 
 
+def test_live_page_shows_the_stored_hit_rate_of_a_run_this_studio_did_not_run(tmp_path):
+    """A run written by another process (as `icm run` does) with a prefix store: its steps' reused tokens
+    are read from the file, picked in the page's run picker; the plain fake's run shows no such line."""
+    from icm_engine.core.config import RunConfig, SearchConfig
+    from icm_engine.evaluation.run_report import prefix_store_hits
+    from icm_engine.runs.manager import RunManager
+    from icm_engine.runs.runner import advance, create_run, open_search
+    from icm_engine.store.database import Store
+    from tests.conftest import fake_backend_factory
+    from tests.fakes import SINGLE, PrefixStoreLM, polarity_examples
+
+    path = str(tmp_path / "cli.duckdb")
+    with Store(path) as store:
+        examples, gold = polarity_examples(12, seed=1)
+        dataset_id = store.add_dataset(SINGLE.name, SINGLE.to_dict(), examples, gold)
+        config = RunConfig(task=SINGLE.name, dataset="test", search=SearchConfig(steps=60, k_init=4, seed=0))
+        with_store = create_run(store, dataset_id, config, PrefixStoreLM(strength=6))
+        advance(store, with_store, open_search(store, with_store, backend := PrefixStoreLM(strength=6)))
+        whole, recent = prefix_store_hits(store.events(with_store)), prefix_store_hits(store.events(with_store), 50)
+    manager = RunManager(path, backend_factory=fake_backend_factory)
+    try:
+        plain = finished_run(manager)
+        at = open_page(manager, "live")
+        assert at.selectbox(key="live.run").value == plain and not any("Prefix store" in c.value for c in at.caption)
+        at = at.selectbox(key="live.run").select(with_store).run()
+        assert not at.exception
+        assert f"Prefix store: served {whole.rate:.0%} of the prompt tokens over the whole run ({whole.steps} steps), " \
+               f"{recent.rate:.0%} over the last 50 steps." in [c.value for c in at.caption]
+        assert whole.reused == backend.stats.tokens_reused > 0 and whole.steps > 50
+    finally:
+        manager.shutdown()
+
+
 def test_audit_page_explains_an_examples_labels(manager):
     run_id = finished_run(manager, steps=20)
     labels = manager.store.labels(run_id)

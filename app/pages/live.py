@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from icm_engine.evaluation.run_report import prefix_store_summary
 from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers
@@ -32,6 +33,10 @@ def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> Non
     ran = len(view.events) and (view.events["kind"] == "final_pass").any()
     cols[3].metric("Labeled by the final pass", by_pass if ran else "not needed" if not covered["unlabeled"] else "not run yet",
                    help="examples the search left, labeled by argmax given the final labeled set")
+    served = prefix_store_summary(view.events)  # as stored with each step: any run, whoever ran it
+    if served:
+        st.caption(served, help="Prompt tokens read from the model's key/value prefix store instead of forwarded, "
+                                "as each step recorded them (steps written before ICM Studio recorded it are left out).")
     stall = readers.growth_stall(view.events, covered["unlabeled"])
     if stall:
         st.warning(stall)
