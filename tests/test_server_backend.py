@@ -237,6 +237,8 @@ def test_backend_sends_in_prefix_order_with_bounded_concurrency(stub, monkeypatc
     assert all(abs(a - b) <= 3 for a, b in zip(firsts, sorted(firsts)))
     assert lm.stats.model_calls == 12 and lm.prompt_tokens == sum(len(p) for p in sent)
     assert lm.cache_hit_rate() == pytest.approx(sum(len(p) // 2 for p in sent) / sum(len(p) for p in sent))
+    assert lm.stats.tokens_reused == sum(len(p) // 2 for p in sent)  # what each step stores as its hit rate
+    assert lm.stats.hit_rate == pytest.approx(lm.cache_hit_rate())
     lm.close()
 
 

@@ -233,6 +233,7 @@ class ServerLM(LanguageModel):
                 self.cache_reported = True
                 self.cached_tokens += cached
             self.stats.tokens_forwarded += sent - (cached or 0)
+            self.stats.tokens_reused += cached or 0  # the server's prefix cache: the step's hit rate
 
     def _tokens(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
         """Each text tokenized on its own (no BOS), memoized; unseen texts are asked for concurrently."""
