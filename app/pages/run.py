@@ -27,7 +27,7 @@ SETTLE_S = 0.3  # after Pause or Stop, wait this long for the step in flight so 
 
 # Where each search setting sits on the form, by row. A setting placed nowhere still gets its
 # widget, in the last row of the expander, so adding one to SearchConfig needs no change here.
-MAIN_ROWS = (("algorithm", "folds"), ("objective", "calibration", "alpha", "seed"),
+MAIN_ROWS = (("algorithm", "folds", "batch_size"), ("objective", "calibration", "alpha", "seed"),
              ("stop", "steps", "patience_sweeps", "final_pass"))
 MORE_ROWS = (("clock", "t0", "t_min", "beta"), ("k_init", "balanced_init", "group_weight", "max_fix_iters"),
              ("scorer", "use_consistency"))

@@ -93,6 +93,12 @@ class SearchConfig:
     init_run: int = setting(0, "scalable: start from a learner fit on this earlier run's labels (an in-context run "
                                "on a batch of the same data, matched by example id); 0: the model's zero-shot reading",
                             label="Initial labels from run (scalable; 0 = zero-shot)", low=0, high=2**31 - 1)
+    # the released code's way with a dataset that does not fit one prompt (its README: batches of about
+    # 256); runs/batches.py plans them and runs one in-context search per batch, docs/scalable.md
+    batch_size: int = setting(0, "icl: split the dataset into batches of about this many examples (whole consistency "
+                                 "groups, each batch small enough for one prompt to hold it) and run one search per "
+                                 "batch, in order, under one parent run; 0: one search over everything",
+                              label="Batch size (icl; 0 = one search over everything)", low=0, high=1_000_000)
 
     def __post_init__(self) -> None:
         for name, allowed in SEARCH_CHOICES.items():
@@ -119,6 +125,11 @@ class SearchConfig:
             raise ValueError("folds must be at least 2")
         if self.init_run < 0:
             raise ValueError("init_run must be a run id, or 0 for none")
+        if self.batch_size < 0:
+            raise ValueError("batch_size must be 0 (one search over everything) or a number of examples per batch")
+        if self.batch_size and self.algorithm != "icl":
+            raise ValueError("batch_size splits the in-context search (algorithm icl); the scalable algorithm takes "
+                             "any size whole: leave batch_size at 0")
         if self.steps < 0 or self.max_fix_iters < 0 or self.seed < 0:
             raise ValueError("steps, max_fix_iters and seed must be >= 0")
 
@@ -211,7 +222,9 @@ class LearnerConfig:
     learning_rate: float = setting(5e-5, "lora: learning rate (the paper's LoRA runs: 5e-5)", label="Learning rate",
                                    low=1e-8, high=1.0, form_format="%.1e")
     epochs: float = setting(3.0, "lora: passes over the labels (the paper: 3)", label="Epochs", low=0.01, high=100.0)
-    batch_size: int = setting(8, "lora: examples per optimizer step", label="Batch size", low=1, high=4096)
+    # --lora-batch-size: `icm run`'s --batch-size is the search's batches (SearchConfig.batch_size)
+    batch_size: int = setting(8, "lora: examples per optimizer step", label="LoRA batch size", low=1, high=4096,
+                              flag="--lora-batch-size")
 
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
@@ -229,9 +242,23 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)  # the scalable search's fold scorer
+    # A batch run's examples (dataset indices): its search sees only these, every other example
+    # excluded from the start (runs/batches.py); None: the whole dataset.
+    members: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.members is not None:
+            if not self.members or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.members):
+                raise ValueError(f"members must be example indices (0 or more), at least one; got {self.members!r}")
+            object.__setattr__(self, "members", tuple(self.members))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.members is None:  # a run over the whole dataset stores no members (as before they existed)
+            del data["members"]
+        else:
+            data["members"] = list(self.members)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -244,4 +271,5 @@ class RunConfig:
             search=SearchConfig(**data.get("search", {})),
             model=ModelConfig(**data.get("model", {})),
             learner=LearnerConfig(**data.get("learner", {})),
+            members=None if data.get("members") is None else tuple(data["members"]),
         )
