@@ -68,6 +68,11 @@ def run(args) -> int:
     if args.resume is None and config.search.algorithm == "icl":  # a scalable run holds one example per prompt
         _check_fits(backend, loaded, config, args.data)
     with Store(args.db) as store:
+        if config.search.batch_size:  # one search per batch under a parent run (runs/batches.py)
+            from .run_batches import run_batched, start_batched
+
+            parent = args.resume if args.resume is not None else start_batched(args, store, config, loaded, backend)
+            return run_batched(args, store, parent, backend)
         if args.resume is None:
             dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
             run_id = create_run(store, dataset_id, config, backend, name=args.name)
@@ -94,10 +99,21 @@ def run(args) -> int:
                          f"{record.labeled_count} labeled, {'accepted' if record.accepted else 'rejected'}")
             advance(store, run_id, search, on_step=on_step)
         print_outcome(run_id, search)
+        _refresh_parent(store, run_id)
         agreement = run_gold_agreement(store, run_id)
         if agreement and agreement["accuracy"] is not None:
             print(f"audit only (gold never used by the search): agreement with gold {agreement['accuracy']:.3f} on {agreement['n']} labeled")
     return 0
+
+
+def _refresh_parent(store, run_id: int) -> None:
+    """A batch run resumed on its own: its parent's labels follow (and it finishes with the last batch)."""
+    from ..runs.batches import refresh_parent
+
+    parent = refresh_parent(store, run_id)
+    if parent is not None:
+        print(f"batched run {parent}: {len(store.labels(parent))} examples labeled over its batches "
+              f"({store.run(parent)['status']})")
 
 
 def _checked_start(args):
@@ -139,6 +155,9 @@ def _checked_resume(args):
     _refuse_changed_settings(args, config)
     if args.steps is not None and args.steps < 0:
         raise SystemExit(f"icm run: --steps must be at least 0, got {args.steps}")
+    if config.search.batch_size and (args.replay or args.steps is not None):
+        raise SystemExit(f"icm run --resume {args.resume}: a batched run continues its batch runs as they were "
+                         f"started; --replay and --steps apply to one batch run (icm runs lists them: --resume BATCH_RUN)")
     return config, None
 
 

@@ -165,11 +165,13 @@ class Scorer:
         segments = self.prompts.segments(((j, labels[j]) for j in demos[dropped:]), target)
         return LabelQuery(segments, self.task.label_words), dropped
 
-    def check_fits(self) -> None:
+    def check_fits(self, only: Sequence[int] | None = None) -> None:
         """Refuse, naming the first one, examples whose prompt cannot fit the context window even
-        with no demonstrations: found when the data meets the model, not as a failed run later."""
+        with no demonstrations: found when the data meets the model, not as a failed run later.
+        `only`: check just these examples (a batch run's)."""
         longest_label = max(self._tokens(self.prompts.answer(y)) for y in (0, 1))
-        for i, example in enumerate(self.examples):
+        for i in range(len(self.examples)) if only is None else only:
+            example = self.examples[i]
             needed = self._tokens(self.prompts.query(i)) + 1
             if needed > self.backend.context_window:
                 raise ContextOverflowError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -42,7 +42,10 @@ def acceptance_probability(delta: float, temp: float) -> float:
 class Search(Steering):
     """One ICM run over `examples`, scored by `scorer`; see the module docstring."""
 
-    def __init__(self, scorer: Scorer, config: SearchConfig, snapshot: SearchSnapshot | None = None) -> None:
+    def __init__(self, scorer: Scorer, config: SearchConfig, snapshot: SearchSnapshot | None = None,
+                 excluded: Iterable[int] = ()) -> None:
+        """`excluded`: examples out of the search from the start (a batch run's non-members); a
+        snapshot carries its own."""
         self.scorer = scorer
         self.config = config
         self.n_examples = len(scorer.examples)
@@ -50,7 +53,7 @@ class Search(Steering):
         if snapshot is None:
             self.iteration = -1  # -1: not initialized; 0 after initialization
             self.labels: dict[int, LabelState] = {}
-            self.excluded: set[int] = set()
+            self.excluded: set[int] = set(excluded)
             self.next_position = 0
             self.alpha = config.alpha
             self.t0 = config.t0

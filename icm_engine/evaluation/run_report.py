@@ -82,13 +82,20 @@ def run_gold_agreement(store: Store, run_id: int) -> dict | None:
 
 
 def summarize_run(store: Store, run_id: int) -> str:
+    """A batched run is summed over its batch runs' steps, with a line per batch."""
+    from ..runs.batches import batch_table, is_batched
+
     run = store.run(run_id)
-    events = store.events(run_id)
+    batches = batch_table(store, run_id) if is_batched(run["config"]) else []
+    events = (pd.concat([store.events(row.run_id) for row in batches], ignore_index=True) if batches
+              else store.events(run_id))
     steps = events[events["kind"] == "propose"]
     changed = steps[steps["old_label"].fillna(-1) != steps["proposed_label"]]
     labels = store.labels(run_id)
     search = run["config"].get("search", {})  # a run stored before a setting existed lacks its key
     iterations = "no steps yet" if run["last_iteration"] is None else f"iterations {int(run['last_iteration'])}"
+    if batches:
+        iterations = f"iterations {sum(int(store.run(r.run_id)['last_iteration'] or 0) for r in batches)} over its batches"
     lines = [
         f"run {run_id} ({run['status']}): task {run['config'].get('task')}, model {run['model'].get('name')}, "
         f"seed {search.get('seed')}, calibration {search.get('calibration', 'none')}",
@@ -98,6 +105,9 @@ def summarize_run(store: Store, run_id: int) -> str:
         f"search time {steps['seconds'].sum():.0f} s, {steps['seconds'].mean():.2f} s/step, "
         f"{steps['tokens_forwarded'].sum() / max(steps['seconds'].sum(), 1e-9):,.0f} tokens/s",
         *filter(None, [prefix_store_summary(events)]),
+        *([f"{len(batches)} batches, {sum(r.status == 'finished' for r in batches)} finished:"] if batches else []),
+        *(f"  batch {r.index}/{r.total}: run {r.run_id} {r.status}, {r.labeled} of {r.examples} labeled"
+          for r in batches),
         "",
         "cost per step against the number of labeled examples:",
         cost_by_labeled_count(events).to_string(index=False, float_format=lambda v: f"{v:,.2f}"),

@@ -20,6 +20,7 @@ from ..core.scoring import label_confidence
 from ..core.tasks import LABEL_NAMES
 from ..store.database import Store
 from ..store.run_loader import load_run
+from .batches import batch_table, is_batched, members
 
 FORMATS = ("csv", "sft", "preference", "provenance")
 # Where an example's label came from, read from its last flip (records.FLIP_CAUSES).
@@ -32,9 +33,23 @@ class ExportError(InputError, ValueError):
 
 
 def labeled_frame(store: Store, run_id: int) -> pd.DataFrame:
-    """One row per example of the run's dataset: inputs, label, its source, confidence, last change."""
+    """One row per example of the run's dataset: inputs, label, its source, confidence, last change.
+    A batched run's rows are its batch runs' rows of their own examples, each as that run is now
+    (runs/batches.py): sources and confidences as each batch's search scored them."""
     stored = load_run(store, run_id)
-    run, task, examples = stored.run, stored.task, stored.examples
+    if not is_batched(stored.run["config"]):
+        return _frame(store, stored, run_id, range(len(stored.examples)))
+    parts = [_frame(store, stored, child, members(store, child)) for child in store.child_runs(run_id)]
+    covered = {i for part in parts for i in part.index}
+    rest = [i for i in range(len(stored.examples)) if i not in covered]  # batches not created yet
+    if rest:
+        parts.append(_frame(store, stored, run_id, rest))
+    return pd.concat(parts).sort_index()
+
+
+def _frame(store: Store, stored, run_id: int, indices) -> pd.DataFrame:
+    """labeled_frame's rows of `indices` (examples of stored's dataset), read from run `run_id`, indexed by example."""
+    run, task, examples = store.run(run_id), stored.task, stored.examples
     labels = store.labels(run_id).set_index("example")
     snapshot = store.load_snapshot(run_id)
     excluded = snapshot.excluded if snapshot else set()
@@ -47,7 +62,8 @@ def labeled_frame(store: Store, run_id: int) -> pd.DataFrame:
     confidence = dict(zip(labels.index.astype(int), probability))
     odds = dict(zip(labels.index.astype(int), log_odds))
     rows = []
-    for index, example in enumerate(examples):
+    for index in indices:
+        example = examples[index]
         record = {"uid": example.uid, **{name: example.fields[name] for name in task.fields},
                   "group": example.group, "key": example.key}
         labeled = index in labels.index
@@ -72,7 +88,7 @@ def labeled_frame(store: Store, run_id: int) -> pd.DataFrame:
         rows.append(record)
     columns = ["uid", *task.fields, "group", "key", "label", "label_name", "source", "confidence", "log_odds",
                "last_set_iteration", "pinned"]
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns, index=pd.Index(list(indices), dtype=int))
     for column in ("label", "last_set_iteration"):
         frame[column] = frame[column].astype("Int64")  # empty, not NaN-as-float, where there is none
     return frame
@@ -169,6 +185,11 @@ def provenance(store: Store, run_id: int) -> bytes:
             for e in steering.itertuples(index=False)
         ],
     }
+    if is_batched(run["config"]):  # where each batch's labels came from: its own run's provenance
+        record["batches"] = [{"batch": f"{row.index}/{row.total}", "run_id": row.run_id, "status": row.status,
+                              "examples": row.examples, "labeled": row.labeled,
+                              "seed": store.run(row.run_id)["config"]["search"]["seed"]}
+                             for row in batch_table(store, run_id)]
     return (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 

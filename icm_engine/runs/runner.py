@@ -45,6 +45,9 @@ def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | 
     states first (`progress` reports it)."""
     stored = load_run(store, run_id)  # inputs only: gold stays in its own table and never reaches the search
     config = RunConfig.from_dict(stored.run["config"])
+    if config.search.batch_size:
+        raise ValueError(f"run {run_id} is a batched run: its batch runs search (icm run --resume {run_id} runs them "
+                         f"in order; each one can be opened on its own)")
     if steps is not None:
         config = replace(config, search=replace(config.search, steps=steps))
     snapshot = None if from_start else store.load_snapshot(run_id)
@@ -53,8 +56,10 @@ def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | 
         return open_scalable(backend, stored.task, stored.examples, config, snapshot, progress, seed,
                              f"run {config.search.init_run}")
     scorer = make_scorer(backend, stored.task, stored.examples, config)
-    scorer.check_fits()  # an example no prompt can hold: say which, before any step
-    return Search(scorer, config.search, snapshot)
+    scorer.check_fits(config.members)  # an example no prompt can hold: say which, before any step
+    # a batch run sees its members only: every other example is excluded from the start
+    outside = () if config.members is None else set(range(len(stored.examples))) - set(config.members)
+    return Search(scorer, config.search, snapshot, excluded=outside)
 
 
 def seed_labels(store: Store, run_id: int, examples) -> tuple[list[int], list[int]]:

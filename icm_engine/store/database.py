@@ -756,6 +756,42 @@ class Store:
         frame["status"] = [_status(s, o) for s, o in zip(frame["status"], frame["owner"])]
         return frame
 
+    def child_runs(self, run_id: int) -> list[int]:
+        """The runs created under `run_id` (parent_run_id): a batched run's batch runs, in order."""
+        with self._lock:
+            if not self._rows("SELECT 1 FROM runs WHERE run_id = ?", [run_id]):
+                raise self._no_run(run_id)
+            return [int(r) for (r,) in self._rows("SELECT run_id FROM runs WHERE parent_run_id = ? ORDER BY run_id",
+                                                 [run_id])]
+
+    def replace_labels(self, run_id: int, labels: pd.DataFrame) -> None:
+        """Set a run's labeled set without a step: a batched run's labels, the union of its batch
+        runs' (runs/batches.py). `labels` has the columns example, label, position, logp_false,
+        logp_true and pinned (as Store.labels gives them). Such a run has no events, so last_seq
+        counts these writes instead: readers keyed by it (the studio's caches) see each one."""
+        rows = labels.sort_values("example")
+        examples = [int(e) for e in rows["example"]]
+        if not rows["label"].isin((0, 1)).all():
+            raise ValueError("labels must be 0 or 1")
+        if len(set(examples)) != len(examples):
+            raise ValueError(f"run {run_id}: an example labeled twice")
+        with self._transaction() as con:
+            sql = "SELECT n_examples FROM runs JOIN datasets USING (dataset_id) WHERE run_id = ?"
+            found = con.execute(sql, [run_id]).fetchall()
+            if not found:
+                raise self._no_run(run_id)
+            if any(not 0 <= e < found[0][0] for e in examples):
+                raise ValueError(f"run {run_id}: example index outside 0..{found[0][0] - 1}")
+            con.execute("DELETE FROM labels WHERE run_id = ?", [run_id])
+            if examples:
+                con.execute(
+                    "INSERT INTO labels SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?::DOUBLE[]), "
+                    "unnest(?::DOUBLE[]), unnest(?)",
+                    [run_id, examples, [int(y) for y in rows["label"]], [int(p) for p in rows["position"]],
+                     *([None if pd.isna(v) else float(v) for v in rows[c]] for c in ("logp_false", "logp_true")),
+                     [bool(p) for p in rows["pinned"]]])
+            con.execute("UPDATE runs SET last_seq = last_seq + 1, updated_at = ? WHERE run_id = ?", [_now(), run_id])
+
     def delete_run(self, run_id: int) -> None:
         """Remove a run and its whole history; runs forked from it keep parent_run_id as a record."""
         with self._transaction() as con:
