@@ -67,11 +67,19 @@ def run(args) -> int:
     backend = load_backend(config.model)
     if args.resume is None and config.search.algorithm == "icl":  # a scalable run holds one example per prompt
         _check_fits(backend, loaded, config, args.data)
+    if args.resume is None and config.search.batch_size:  # a group too long for one prompt: said before any write
+        from .run_batches import check_plan
+
+        check_plan(args, config, loaded, backend)
     with Store(args.db) as store:
         if config.search.batch_size:  # one search per batch under a parent run (runs/batches.py)
-            from .run_batches import run_batched, start_batched
+            from ..runs.batches import create_batched_run
+            from .run_batches import run_batched
 
-            parent = args.resume if args.resume is not None else start_batched(args, store, config, loaded, backend)
+            parent = args.resume
+            if parent is None:
+                dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
+                parent = create_batched_run(store, dataset_id, config, backend, name=args.name)
             return run_batched(args, store, parent, backend)
         if args.resume is None:
             dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)

@@ -2,21 +2,20 @@
 batch by batch; `icm run --resume PARENT` continues the batch in flight and the rest."""
 from __future__ import annotations
 
+import json
+
 from .progress import Progress
 
 
-def start_batched(args, store, config, loaded, backend) -> int:
-    """Plan the batches (refused in one line before anything is written), store the dataset, create
-    the parent and its batch runs; returns the parent's id."""
-    from ..runs.batches import create_batched_run, plan_batches
-    from .run import ensure_dataset
+def check_plan(args, config, loaded, backend) -> None:
+    """The batches can be planned (no consistency group is too long for one prompt): said in one
+    line before anything is written."""
+    from ..runs.batches import plan_batches
 
     try:
         plan_batches(loaded.task, loaded.examples, backend, config.search.batch_size)
     except ValueError as error:
         raise SystemExit(f"icm: {args.data}: {error}") from None
-    dataset_id = ensure_dataset(store, args.data, args.task, args.limit, loaded)
-    return create_batched_run(store, dataset_id, config, backend, name=args.name)
 
 
 def run_batched(args, store, parent_id: int, backend) -> int:
@@ -30,15 +29,18 @@ def run_batched(args, store, parent_id: int, backend) -> int:
     done = sum(row.status == "finished" for row in batch_table(store, parent_id))
     print(f"run {parent_id}: {n} examples in {len(children)} batches (runs {children[0]}-{children[-1]}), "
           f"{done} finished; model {backend.name}, db {args.db}")
-    batch = ""  # the batch in flight, as its progress bar names it
+    batch, running = "", None  # the batch in flight, as its progress bar names it, and its run
     with Progress() as progress:
         def on_batch(index: int, total: int, child: int, search) -> None:
-            nonlocal batch
-            batch = f"batch {index}/{total}"
+            nonlocal batch, running
+            batch, running = f"batch {index}/{total}", child
             where = f", resuming at iteration {search.iteration}" if search.initialized else ""
             print(f"{batch}: run {child}, {len(search.active())} examples{where}", flush=True)
 
         def on_step(search, record) -> None:
+            if args.print_steps:
+                print(json.dumps({"run_id": running, "iteration": record.iteration, "accepted": record.accepted,
+                                  "labeled": record.labeled_count, "parent_run_id": parent_id}), flush=True)
             phase, step_done, step_total = search.stop_progress()
             progress(step_done, step_total, f"{batch}: {phase}", f"step {record.iteration}, {record.labeled_count} labeled")
 
