@@ -66,6 +66,18 @@ def store_usage(cache, hit_rate: float | None) -> str | None:
             f"{cache.evictions} evictions); {served}.")
 
 
+def runs_in_order(runs: pd.DataFrame, positions: Mapping[int, tuple[int, int, int]]) -> list[int]:
+    """Run ids newest first, each batched run followed by its batch runs in batch order
+    (`positions`: runs.batches.batch_positions), so they show under their parent."""
+    ids = [int(r) for r in runs["run_id"]]
+    under: dict[int, list[int]] = {}
+    for run_id, (_, _, parent) in sorted(positions.items(), key=lambda item: item[1][0]):
+        if parent in ids:
+            under.setdefault(parent, []).append(run_id)
+    placed = {child for children in under.values() for child in children}
+    return [r for top in sorted((r for r in ids if r not in placed), reverse=True) for r in [top, *under.get(top, [])]]
+
+
 def coverage(n_examples: int, labels: pd.DataFrame, excluded: set[int]) -> dict:
     """How much of the dataset is labeled: labeled, total, excluded, and the active (not excluded) count."""
     active = n_examples - len(excluded)

@@ -22,6 +22,7 @@ from icm_engine.core.tasks import Example, Task
 from icm_engine.evaluation.baseline_export import export_baseline
 from icm_engine.evaluation.trust import TrustReport, diagnose
 from icm_engine.evaluation.trust import seed_runs as trust_seed_runs
+from icm_engine.runs import batches
 from icm_engine.runs.export import export
 from icm_engine.runs.export import labeled_frame as export_frame
 from icm_engine.runs.manager import RunManager
@@ -45,6 +46,22 @@ def get_manager(path: str) -> RunManager:
 def runs(manager: RunManager) -> pd.DataFrame:
     """Every run with its dataset and coverage."""
     return manager.store.runs()
+
+
+def batch_rows(manager: RunManager, run_id: int) -> pd.DataFrame:
+    """A batched run's batch runs, in order: batch (k/B), run, state (its worker's where one holds
+    it), examples, labeled (of its own examples) and coverage. Empty before the model loaded."""
+    rows = batches.batch_table(manager.store, run_id)
+    return pd.DataFrame({
+        "batch": [f"{r.index}/{r.total}" for r in rows], "run": [r.run_id for r in rows],
+        "state": [manager.status(r.run_id).state for r in rows], "examples": [r.examples for r in rows],
+        "labeled": [r.labeled for r in rows], "coverage": [r.labeled / max(r.examples, 1) for r in rows]},
+        columns=["batch", "run", "state", "examples", "labeled", "coverage"])
+
+
+def is_batched(manager: RunManager, run_id: int) -> bool:
+    """Whether the run is a batched run, whose batch runs search (runs/batches.py)."""
+    return batches.is_batched(run_info(manager, run_id)["config"])
 
 
 def datasets(manager: RunManager) -> pd.DataFrame:

@@ -133,6 +133,10 @@ def render_audit(manager: RunManager) -> None:
     run_id = run_picker(manager, "audit")
     if run_id is None:
         return
+    if services.is_batched(manager, run_id):
+        st.info(f"Run #{run_id} is a batched run: its labels are its batch runs' (export them on Export); audit "
+                "one of its batch runs, listed under it in the picker, to see why a label changed.")
+        return
     view = run_view(manager, run_id)
     show_gold = view.gold is not None and st.checkbox("Show gold labels (audit only: the search never sees them)",
                                                        key="audit.gold")

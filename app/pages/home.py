@@ -1,12 +1,15 @@
 """Home: what ICM Studio does, the runs in this database with their state and coverage, what to do next."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import streamlit as st
 
+from icm_engine.runs.batches import batch_positions
 from icm_engine.runs.manager import RunManager
 
-from .. import services
+from .. import readers, services
 
 INTRO = """
 ICM Studio labels a dataset **without any labels to start from**. It searches for the labels a
@@ -46,16 +49,23 @@ def render_home(manager: RunManager) -> None:
     live = {r: manager.status(r).state for r in manager.active_runs()}
     st.subheader("Runs in this database")
     if len(runs):
+        # a batch run's scope is its own examples: the rest of the dataset was never in its search
+        size = [len(json.loads(c).get("members") or ()) or int(n) for c, n in zip(runs["config_json"], runs["n_examples"])]
+        left_out = [int(x) - (int(n) - k) for x, n, k in zip(runs["excluded"], runs["n_examples"], size)]
         table = pd.DataFrame({
             "run": runs["run_id"].astype(int), "name": runs["name"], "dataset": runs["dataset_name"],
             "state": [live.get(int(r), s) for r, s in zip(runs["run_id"], runs["status"])],
             "iteration": runs["last_iteration"],
-            "coverage": [labeled / max(n - excluded, 1) for labeled, n, excluded
-                         in zip(runs["labeled"], runs["n_examples"], runs["excluded"])],
+            "coverage": [labeled / max(n - excluded, 1) for labeled, n, excluded in zip(runs["labeled"], size, left_out)],
             "labeled": [f"{int(labeled)} of {int(n - excluded)}" + (f" ({int(excluded)} excluded)" if excluded else "")
-                        for labeled, n, excluded in zip(runs["labeled"], runs["n_examples"], runs["excluded"])],
+                        for labeled, n, excluded in zip(runs["labeled"], size, left_out)],
             "updated": runs["updated_at"],
-        }).iloc[::-1]  # newest first
+        })
+        table.index = runs["run_id"].astype(int).to_numpy()
+        positions = batch_positions(runs)
+        table.insert(2, "batch", [f"{positions[r][0]}/{positions[r][1]} of run {positions[r][2]}" if r in positions
+                                  else "" for r in table.index])
+        table = table.loc[readers.runs_in_order(runs, positions)]  # newest first, batch runs under their parent
         st.dataframe(table, hide_index=True, key="home.runs", column_config={
             "coverage": st.column_config.ProgressColumn("coverage", min_value=0.0, max_value=1.0, format="percent")})
     else:

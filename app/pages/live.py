@@ -7,8 +7,8 @@ from icm_engine.evaluation.run_report import prefix_store_summary
 from icm_engine.runs.manager import RunManager
 
 from .. import charts, readers
-from ..services import label_matrix, run_view
-from ..widgets import is_live, run_picker
+from ..services import is_batched, label_matrix, run_view
+from ..widgets import batch_panel, is_live, run_picker
 
 # Redrawing five plotly charts costs the browser ~0.3-1 s of main-thread time on a small, busy
 # machine (measured on 2 cores); every 2 s keeps the charts current and the page quick to answer.
@@ -23,7 +23,9 @@ def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> Non
     if not len(curves):
         st.info(readers.before_first_step(state))
         return
-    covered = readers.coverage(len(view.examples), view.labels, view.excluded)
+    # a batch run's scope is its own examples: the rest of the dataset was never in its search
+    scope = list(view.settings.members) if view.settings.members is not None else range(len(view.examples))
+    covered = readers.coverage(len(scope), view.labels, view.excluded & set(scope))
     cols = st.columns(4)
     cols[0].metric("Labeled", f"{covered['labeled']} / {covered['active']}",
                    help="labeled examples of those not excluded")
@@ -43,6 +45,8 @@ def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> Non
     marks = readers.steering_marks(view.events, view.params, view.uids)
     st.plotly_chart(charts.search_curves_figure(curves, marks), key="live.curves")
     matrix = label_matrix(manager, view)
+    if view.settings.members is not None:
+        matrix = matrix.loc[scope]
     window = st.session_state.get("live.window", 20)
     left, right = st.columns(2)
     with left:
@@ -53,7 +57,7 @@ def draw_live(manager: RunManager, run_id: int, state: str | None = None) -> Non
     if agreement is not None:
         st.plotly_chart(charts.gold_figure(agreement), key="live.gold")
         st.caption("Gold labels are read for this chart only; the search never sees them.")
-    excluded = readers.exclusion_matrix(view.events, len(view.examples), matrix.columns)
+    excluded = readers.exclusion_matrix(view.events, len(view.examples), matrix.columns).loc[matrix.index]
     st.plotly_chart(charts.flip_raster_figure(matrix, view.uids, excluded), key="live.raster")
     if len(marks):
         with st.expander(f"Steering events ({len(marks)})"):
@@ -75,6 +79,11 @@ def render_live(manager: RunManager) -> None:
     @st.fragment(run_every=refresh if is_live(status) else None)
     def live_charts() -> None:
         now = manager.status(run_id)
+        if is_batched(manager, run_id):  # its batch runs search: progress per batch, each one's charts on its own
+            batch_panel(manager, run_id, now)
+            if is_live(now) != is_live(status):
+                st.rerun(scope="app")
+            return
         started = now.iteration is not None and now.iteration >= 0
         where = f"iteration {now.iteration} of at most {now.steps}" if started else "not started yet"
         st.caption(f"Run #{run_id} · {now.state} · {where}" + (f" · refreshing every {refresh} s" if is_live(now) else ""))

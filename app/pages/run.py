@@ -171,12 +171,18 @@ def _start_form(manager: RunManager) -> None:
             f"#{d} {rows[d]['name']} · task {tasks[d]} · {rows[d]['n_examples']} examples"))
         name = st.text_input("Run name (optional)", key="run.name")
         model = _model_config()
-        search = _search_config()
+        try:
+            search = _search_config()
+        except ValueError as error:  # settings that do not go together (batches with the scalable algorithm)
+            search = error
         learner = _learner_config()
         submitted = st.form_submit_button("Start", type="primary")
     if submitted:
         if not model.name:
             st.error("Enter the model's local path, or the server's URL and the model name it serves.")
+            return
+        if isinstance(search, ValueError):
+            st.error(f"Could not start: {search}")
             return
         try:
             config = RunConfig(task=tasks[dataset_id],
@@ -187,7 +193,8 @@ def _start_form(manager: RunManager) -> None:
             st.error(f"Could not start: {error}")
             return
         st.session_state[CURRENT_RUN] = run_id
-        if config.search.algorithm == "icl" and int(rows[dataset_id]["n_examples"]) > readers.LARGE_DATASET:
+        if (config.search.algorithm == "icl" and not config.search.batch_size
+                and int(rows[dataset_id]["n_examples"]) > readers.LARGE_DATASET):
             st.warning(f"Run {run_id} searches {rows[dataset_id]['n_examples']} examples in context: on a CPU with a "
                        "small model that takes hours. The scalable algorithm labels 1,000 sentences in about 6 minutes.")
         # kept in the session: the live status below reruns the page as soon as the run's state moves
@@ -221,11 +228,12 @@ def _continue_controls(manager: RunManager, run_id: int, status: dict) -> None:
 def _controls(manager: RunManager, run_id: int, status: dict) -> None:
     live = status.state in ("loading", "running")
     done = status.state == "finished"
+    batched = services.is_batched(manager, run_id)  # stepped through its batch runs, not itself
     # Callbacks run before the rerun the click starts, so that one rerun already draws the new state.
     actions = {
         "Pause": (lambda: (manager.pause(run_id), _settle(manager, run_id)), not live),
-        "Step 1": (lambda: manager.step(run_id, 1), done),
-        "Step 10": (lambda: manager.step(run_id, 10), done),
+        "Step 1": (lambda: manager.step(run_id, 1), done or batched),
+        "Step 10": (lambda: manager.step(run_id, 10), done or batched),
         "Resume": (lambda: manager.resume(run_id), done or status.state == "running"),
         # Stop ends a run's worker before its end; a finished run has nothing left to stop
         "Stop": (lambda: (manager.stop(run_id), _settle(manager, run_id)), not status.active or done),
@@ -245,10 +253,14 @@ def render_run(manager: RunManager) -> None:
     if run_id is None:
         return
     if st.session_state.get("run.started") == run_id:
-        st.success(f"Started run #{run_id}; the model loads in the background, then the search runs.")
+        batch_size = services.run_info(manager, run_id)["config"]["search"].get("batch_size")
+        st.success(f"Started run #{run_id}; the model loads in the background, then the search runs." + (
+            f" It searches its dataset in batches of about {batch_size} examples, one after another; once the model "
+            "has loaded, its batch runs are listed under it." if batch_size else ""))
     status = manager.status(run_id)
     _controls(manager, run_id, status)
-    _continue_controls(manager, run_id, status)
+    if not services.is_batched(manager, run_id):  # a batched run is continued through its batch runs
+        _continue_controls(manager, run_id, status)
 
     @st.fragment(run_every=1.0 if is_live(status) else None)
     def live_status() -> None:

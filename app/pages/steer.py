@@ -6,7 +6,7 @@ import streamlit as st
 from icm_engine.core.tasks import LABEL_NAMES
 from icm_engine.runs.manager import RunManager
 
-from .. import actions, readers
+from .. import actions, readers, services
 from ..services import run_view
 from ..widgets import run_picker
 
@@ -23,6 +23,9 @@ def render_steer(manager: RunManager) -> None:
     st.title("Steer")
     run_id = run_picker(manager, "steer")
     if run_id is None:
+        return
+    if services.is_batched(manager, run_id):
+        st.info(f"Run #{run_id} is a batched run: steer one of its batch runs (listed under it in the picker).")
         return
     status = manager.status(run_id)
     view = run_view(manager, run_id)

@@ -216,12 +216,16 @@ def advance_batches(store: Store, parent_id: int, backend: LanguageModel,
 
 def refresh_parent(store: Store, run_id: int) -> int | None:
     """After a batch run moved on its own (resumed, steered, extended): its parent's labels again,
-    and the parent finished when every batch is. Returns the parent's id, None for other runs."""
+    and the parent finished when every batch is (paused again when a finished one was continued).
+    Returns the parent's id, None for other runs."""
     parent_id = store.run(run_id)["parent_run_id"]
     if parent_id is None or not is_batched(store.run(int(parent_id))["config"]):
         return None
     parent_id = int(parent_id)
     collect_labels(store, parent_id)
-    if all(store.run(child)["status"] == "finished" for child in store.child_runs(parent_id)):
+    every = all(store.run(child)["status"] == "finished" for child in store.child_runs(parent_id))
+    if every:
         store.set_status(parent_id, "finished")
+    elif store.run(parent_id)["status"] == "finished":  # a batch continued past its end: the parent is not done
+        store.set_status(parent_id, "paused")
     return parent_id

@@ -26,6 +26,8 @@ from ..core.config import ModelConfig, RunConfig
 from ..core.records import StepRecord
 from ..core.search import Search
 from ..store.database import INTERRUPTED, Store
+from .batch_driver import BatchDriver
+from .batches import is_batched, refresh_parent
 from .finetune_jobs import FinetuneJobs
 from .runner import advance, describe_error, is_user_error, open_search, record_steering
 
@@ -75,8 +77,10 @@ _WORKER_FIELDS = ("state", "message", "progress", "iteration", "steps", "labeled
 class _Worker:
     """The thread that owns one run's Search; see the module docstring."""
 
-    def __init__(self, manager: "RunManager", run_id: int, model: ModelConfig, steps_total: int) -> None:
+    def __init__(self, manager: "RunManager", run_id: int, model: ModelConfig, steps_total: int,
+                 parent_id: int | None = None) -> None:
         self.manager, self.run_id, self.model = manager, run_id, model
+        self.parent_id = parent_id  # a batch run's parent, whose labels follow this run's
         self._cond = threading.Condition()
         self._budget: int | None = 0  # steps still wanted: None = to the end, 0 = wait
         self._stopping = False
@@ -148,6 +152,7 @@ class _Worker:
                 if search.done:
                     self._budget = 0
             self._set(state="finished" if search.done else "paused")
+            self._refresh_parent()
         # a finished run stays finished: stopping its worker ends nothing the search had left to do
         final = "finished" if search.done else "stopped"
         store.set_status(self.run_id, final)
@@ -200,7 +205,13 @@ class _Worker:
                 if state != self.now["state"]:
                     self.manager.store.set_status(self.run_id, state)
                     self._set(state=state)
+            self._refresh_parent()
             future.set_result(record)
+
+    def _refresh_parent(self) -> None:
+        """A batch run's labels moved: its parent's labels follow (runs/batches.refresh_parent)."""
+        if self.parent_id is not None:
+            refresh_parent(self.manager.store, self.run_id)
 
     def _fail(self, error: Exception) -> None:
         message = describe_error(error)
@@ -237,6 +248,7 @@ class RunManager:
         self._workers: dict[int, _Worker] = {}
         self._closed = False
         self.finetunes = FinetuneJobs(self)  # fine-tunes started from the studio
+        self.batches = BatchDriver(self)  # batched runs (config.search.batch_size), one batch at a time
 
     # -- data ------------------------------------------------------------------------------
     def add_dataset(self, dataset, progress: Callable[[float], None] | None = None) -> int:
@@ -250,11 +262,19 @@ class RunManager:
         provisional = asdict(ModelInfo(name=config.model.name, device=config.model.device, dtype=config.model.dtype,
                                        quantization=config.model.quantization, extra={"loaded": False}))
         run_id = self.store.create_run(dataset_id, config.to_dict(), provisional, name=name)
+        if config.search.batch_size:  # its batch runs are created once the model can count tokens
+            if run:
+                self.batches.start(run_id)
+            return run_id
         self._worker(run_id, budget=None if run else 0)
         return run_id
 
     def resume(self, run_id: int) -> None:
-        """Run to the end of the step budget, reopening the run from the database if needed."""
+        """Run to the end of the step budget, reopening the run from the database if needed; a
+        batched run: its unfinished batch runs, one after another."""
+        if self._is_batched(run_id):
+            self.batches.start(run_id)
+            return
         self._worker(run_id, budget=None)
 
     def step(self, run_id: int, n: int = 1) -> None:
@@ -264,12 +284,16 @@ class RunManager:
         self._worker(run_id, budget=n)
 
     def pause(self, run_id: int) -> None:
+        if self.batches.halt(run_id, "pause"):  # a batched run: its batch in flight
+            return
         worker = self._active(run_id)
         if worker is not None:
             worker.want(0)
 
     def stop(self, run_id: int, timeout: float | None = None) -> None:
         """Finish the step in flight, mark the run stopped and end its worker (resume reopens it)."""
+        if self.batches.halt(run_id, "stop"):  # a batched run: its batch in flight, and with it the parent
+            return
         worker = self._active(run_id)
         if worker is not None:
             worker.stop()
@@ -298,6 +322,7 @@ class RunManager:
                 return
             self._closed = True
             workers = list(self._workers.values())
+        self.batches.shutdown(timeout)  # each drive stops its batch in flight and marks its parent
         for worker in workers:
             worker.want(0)
             worker.stop()
@@ -344,6 +369,8 @@ class RunManager:
         """What the run is doing: from its worker while one holds it (or has just failed or
         stopped), else from the store."""
         run = self.store.run(run_id)
+        if is_batched(run["config"]):
+            return self._batched_status(run)
         worker = self._workers.get(run_id)
         about = {"run_id": run_id, "name": run["name"], "dataset_id": run["dataset_id"]}
         if worker is not None and (worker.alive or worker.now["state"] in ("failed", "stopped")):
@@ -362,11 +389,25 @@ class RunManager:
             status = replace(status, iteration=run["last_iteration"])
         return status
 
+    def _batched_status(self, run: dict) -> RunStatus:
+        """A batched run's status: its drive's while one runs it (the batch in flight has its own), else the store's."""
+        run_id = int(run["run_id"])
+        about = {"run_id": run_id, "name": run["name"], "dataset_id": run["dataset_id"],
+                 "iteration": None, "steps": run["config"]["search"]["steps"]}  # per batch: runs/batches.batch_table
+        drive = self.batches.last(run_id)
+        if drive is not None and (drive.thread.is_alive() or drive.state == "failed"):
+            alive = drive.thread.is_alive()
+            return RunStatus(**about, state=drive.state, message=drive.message, progress=drive.progress,
+                             error=drive.error or run["error"], active=alive, busy=alive, pausing=alive and drive.halt == "pause")
+        state = INTERRUPTED if run["status"] == "running" else run["status"]
+        return RunStatus(**about, state=state, error=run["error"])
+
     def active_runs(self) -> list[int]:
         """Runs working now: loading, searching or applying a steering action (a finished or
         paused run keeps an idle worker, which is not activity)."""
         with self._lock:
             alive = sorted(r for r, w in self._workers.items() if w.alive)
+        alive = sorted(alive + self.batches.driving())
         working = []
         for run_id in alive:
             status = self.status(run_id)
@@ -386,7 +427,11 @@ class RunManager:
             if worker is None or not worker.alive:
                 run = self.store.run(run_id)  # KeyError for an unknown run, before any thread starts
                 config = RunConfig.from_dict(run["config"])
-                worker = _Worker(self, run_id, config.model, config.search.steps)
+                if config.search.batch_size:
+                    raise ValueError(f"run {run_id} is a batched run: resume, pause or stop it; step, steer or "
+                                     "extend one of its batch runs")
+                parent = run["parent_run_id"]
+                worker = _Worker(self, run_id, config.model, config.search.steps, None if parent is None else int(parent))
                 worker.now["iteration"] = run["last_iteration"]
                 self._workers[run_id] = worker
                 worker.want(budget)
@@ -395,6 +440,9 @@ class RunManager:
         if budget != 0:  # steering alone must not wake a paused run
             worker.want(budget)
         return worker
+
+    def _is_batched(self, run_id: int) -> bool:
+        return is_batched(self.store.run(run_id)["config"])
 
     def model_for(self, run_id: int, progress: Progress | None = None) -> SharedBackend:
         """The model of a run's stored settings, shared with its worker (loaded once per process):
