@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from icm_engine.backends.fake import FakeLM
@@ -164,6 +165,22 @@ def test_icm_run_batch_size_prints_each_batch_and_the_parent_exports_the_whole_d
     assert len(rows) == 17 and not any(",unlabeled," in r for r in rows)
     assert cli.main(["report", "--db", str(db), "--run", "1"]) == 0
     assert "4 batches, 4 finished" in capsys.readouterr().out
+    # iterative fine-tuning: batch 1's ICM labels train a head that labels batch 2, and so on
+    out = tmp_path / "iterative.csv"
+    assert cli.main(["finetune", "--db", str(db), "--run", "1", "--iterative", "--head-layer", "1", "--head-context",
+                     "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for j in (1, 2, 3):
+        assert (f"round {j}/3: trained on batches 1-{j} ({4 * j} labels), labeled batch {j + 1}/4 (4 examples, "
+                in printed) and f"agreement with its ICM labels (run {j + 2}) " in printed
+    assert "saved ft-1 (head): trained on batches 1-3 (12 labels)" in printed
+    rows = pd.read_csv(out)
+    assert len(rows) == 16 and rows["source"].tolist() == ["icm"] * 4 + [f"round {j}" for j in (1, 2, 3) for _ in range(4)]
+    assert rows["icm_label"].notna().all() and rows["p_true"].isna().tolist() == [True] * 4 + [False] * 12
+    assert cli.main(["models", "--db", str(db)]) == 0
+    assert "iterative over 4 batches" in capsys.readouterr().out
+    assert cli.main(["finetune", "--db", str(db), "--run", "2", "--iterative"]) == 2  # a batch run is no batched run
+    assert "is not a batched run" in capsys.readouterr().err
     # a parent continues its batches as started: a new step cap or a replay is for one batch run
     assert cli.main(_command(db, tiny_model, "--resume", "1", "--steps", "50")) == 2
     assert cli.main(["run", "--db", str(db), "--batch-size", "4", "--algorithm", "scalable"]) == 2
@@ -195,3 +212,36 @@ def test_a_parent_killed_mid_batch_resumes_to_the_labels_of_one_never_killed(tmp
             assert killed.labels(run_id)[["example", "label"]].values.tolist() == \
                 reference.labels(run_id)[["example", "label"]].values.tolist(), run_id
         assert killed.run(1)["status"] == "finished"
+
+
+def test_iterative_fine_tuning_trains_on_batch_1_then_on_each_batch_its_model_labeled(tmp_path):
+    from icm_engine.core.config import LearnerConfig
+    from icm_engine.runs.finetune import finetuned_models
+    from icm_engine.runs.iterative import batched_labels, iterative_finetune
+    from tests.fakes import PolarityStates
+
+    outcomes = []
+    examples, gold = polarity_examples(10, seed=2, paired=True)
+    for truth in (gold, None):  # gold is never read: the same rounds without it
+        store, parent = batched(gold=truth)
+        advance_batches(store, parent, FakeLM(strength=6))
+        source = batched_labels(store, parent)
+        heard = []
+        provenance, labeling = iterative_finetune(tmp_path / f"{truth is None}.duckdb", source, PolarityStates(strength=1),
+                                                  LearnerConfig(learner="head", layer=1, context=2),
+                                                  on_round=heard.append)
+        outcomes.append((labeling, [{k: v for k, v in r.items() if k != "final_loss"} for r in heard]))
+        assert heard == provenance["rounds"] and len(heard) == 3
+        assert [r["n_train"] for r in heard] == [6, 12, 18] and [r["labeled_batch"] for r in heard] == [2, 3, 4]
+        assert [r["trained_on_runs"] for r in heard] == [store.child_runs(parent)[:j] for j in (1, 2, 3)]
+        icm = {int(e): int(y) for e, y in zip(store.labels(parent)["example"], store.labels(parent)["label"])}
+        for r, batch in zip(heard, source.batches[1:]):  # agreement with that batch's own ICM labels
+            assert r["icm_agreement"] == pytest.approx(sum(labeling[i][0] == icm[i] for i in batch) / len(batch))
+        assert sorted(labeling) == list(range(20))
+        assert {labeling[i][1] for i in source.batches[0]} == {"icm"} and labeling[19][1] == "round 3"
+        assert provenance["iterative"] and provenance["n_labels"] == 18
+        assert [m["id"] for m in finetuned_models(tmp_path / f"{truth is None}.duckdb")] == ["ft-1"]
+    assert outcomes[0] == outcomes[1]
+    store, parent = batched(batch_size=100)  # one batch: nothing to iterate
+    with pytest.raises(ValueError, match="iterating needs two or more"):
+        batched_labels(store, parent)

@@ -23,5 +23,6 @@ def run(args) -> int:
         curve = p.get("loss_curve") or [float("nan")]
         run = f"run {p['run_id']}" if p.get("run_id") is not None else "labels"
         print(f"{p['id']:8s} {p['kind']:5s} on {p['model']['name']}, {run}'s {p['n_labels']} labels, "
-              f"loss {curve[0]:.3f} -> {curve[-1]:.3f}, {p['seconds']:.0f} s, {p['created_at']}")
+              f"loss {curve[0]:.3f} -> {curve[-1]:.3f}, {p['seconds']:.0f} s, {p['created_at']}"
+              + (f", iterative over {len(p['rounds']) + 1} batches" if p.get("iterative") else ""))
     return 0
