@@ -116,3 +116,22 @@ def test_live_home_and_export_show_a_batched_run_batch_by_batch_and_over_the_who
     assert export_page.dataframe[0].value["uid"].tolist() == frame["uid"].tolist()
     steer = open_page(manager, "steer", parent)
     assert "steer one of its batch runs" in steer.info[0].value
+
+
+def test_a_label_pinned_in_a_batch_run_is_its_parents_label_at_once_and_resuming_the_parent_finishes_it(manager):
+    parent = manager.start_run(add_polarity_dataset(manager, n=12, paired=True), batched_config())
+    assert manager.wait(parent, timeout=60).state == "finished"
+    child = manager.store.child_runs(parent)[1]
+    example = int(manager.store.labels(child)["example"].iloc[0])
+    before = int(manager.store.labels(parent).set_index("example").loc[example, "label"])
+    steer = open_page(manager, "steer", child)
+    steer.selectbox(key="steer.example").set_value(example)
+    steer.radio(key="steer.action").set_value("Pin True" if before == 0 else "Pin False")
+    steer.button(key="FormSubmitter:steer.example_form-Apply").click().run()
+    assert manager.wait(child, timeout=30).state == "paused"  # a pin reopens a finished run, and with it the parent
+    assert int(manager.store.labels(parent).set_index("example").loc[example, "label"]) == 1 - before
+    assert manager.store.run(parent)["status"] == "paused"
+    run_page = open_page(manager, "run", parent)
+    run_page.button(key="run.control.resume").click().run()
+    assert manager.wait(parent, timeout=60).state == "finished" and manager.status(child).state == "finished"
+    assert int(manager.store.labels(parent).set_index("example").loc[example, "label"]) == 1 - before
