@@ -181,6 +181,8 @@ def test_icm_run_batch_size_prints_each_batch_and_the_parent_exports_the_whole_d
     assert "iterative over 4 batches" in capsys.readouterr().out
     assert cli.main(["finetune", "--db", str(db), "--run", "2", "--iterative"]) == 2  # a batch run is no batched run
     assert "is not a batched run" in capsys.readouterr().err
+    assert cli.main(["finalize", "--db", str(db), "--run", "1", "--model", tiny_model]) == 2  # one line, no traceback
+    assert "run 1 is a batched run: its batch runs search" in capsys.readouterr().err
     # a parent continues its batches as started: a new step cap or a replay is for one batch run
     assert cli.main(_command(db, tiny_model, "--resume", "1", "--steps", "50")) == 2
     assert cli.main(["run", "--db", str(db), "--batch-size", "4", "--algorithm", "scalable"]) == 2

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..backends.base import LanguageModel
 from ..core.config import RunConfig
+from ..core.errors import InputError
 from ..core.prompts import Prompts
 from ..core.records import StepRecord
 from ..core.search import Search
@@ -32,14 +33,18 @@ from ..store.run_loader import load_dataset_inputs
 from .runner import advance, describe_error, open_search
 
 
+class BatchError(InputError, ValueError):
+    """A batched run that cannot be planned or continued as asked; the message says why."""
+
+
 def plan_batches(task: Task, examples: Sequence[Example], backend: LanguageModel, batch_size: int) -> list[list[int]]:
     """Consecutive batches, in dataset order, of at most `batch_size` examples (one consistency group
     larger than that makes a batch of its own), never splitting a group, and each small enough that
     one prompt holding all its examples (each with its longer label word) fits the model's context
     window: a batch closes early when the next group would overflow it. Groups are taken whole where
-    their first member comes. Raises ValueError for a group no prompt can hold."""
+    their first member comes. Raises BatchError for a group no prompt can hold."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise BatchError(f"batch_size must be at least 1, got {batch_size}")
     prompts = Prompts(task, examples)
     answer = max(backend.count_tokens(prompts.answer(y)) for y in (0, 1))
     room = backend.context_window - 1  # the label word is read at the position after the prompt
@@ -51,7 +56,7 @@ def plan_batches(task: Task, examples: Sequence[Example], backend: LanguageModel
         tokens = sum(backend.count_tokens(prompts.query(i)) + answer for i in unit)
         if tokens > room:
             what = f"group {examples[unit[0]].group!r}" if len(unit) > 1 else f"example {examples[unit[0]].uid!r}"
-            raise ValueError(f"{what} ({len(unit)} examples, {tokens} tokens with its labels) does not fit the model's "
+            raise BatchError(f"{what} ({len(unit)} examples, {tokens} tokens with its labels) does not fit the model's "
                              f"context window of {backend.context_window} tokens in one prompt")
         if current and (len(current) + len(unit) > batch_size or used + tokens > room):
             batches.append(current)
@@ -70,7 +75,7 @@ def is_batched(config: dict) -> bool:
 def create_batched_run(store: Store, dataset_id: int, config: RunConfig, backend: LanguageModel, name: str = "") -> int:
     """The parent run and its batch runs (see the module docstring); returns the parent's id."""
     if not config.search.batch_size:
-        raise ValueError("a batched run needs search.batch_size > 0")
+        raise BatchError("a batched run needs search.batch_size > 0")
     plan_batches(*load_dataset_inputs(store, dataset_id), backend, config.search.batch_size)  # refused before any row
     parent = store.create_run(dataset_id, config.to_dict(), asdict(backend.info), name=name)
     ensure_batches(store, parent, backend)
@@ -90,7 +95,7 @@ def ensure_batches(store: Store, parent_id: int, backend: LanguageModel) -> list
     plan = plan_batches(task, examples, backend, config.search.batch_size)
     made = [list(members(store, child)) for child in children]
     if made != plan[:len(made)]:
-        raise ValueError(f"run {parent_id}'s batch runs do not follow the plan for {backend.name}: it was planned "
+        raise BatchError(f"run {parent_id}'s batch runs do not follow the plan for {backend.name}: it was planned "
                          "with another model's tokenizer or context window; start a new batched run")
     for k in range(len(children), len(plan)):
         batch = replace(config, search=replace(config.search, batch_size=0, seed=config.search.seed + k),
@@ -104,7 +109,7 @@ def members(store: Store, run_id: int) -> tuple[int, ...]:
     """A batch run's examples (dataset indices)."""
     found = store.run(run_id)["config"].get("members")
     if found is None:
-        raise ValueError(f"run {run_id} is not a batch run (its config names no members)")
+        raise BatchError(f"run {run_id} is not a batch run (its config names no members)")
     return tuple(int(i) for i in found)
 
 
@@ -168,7 +173,7 @@ def run_batches(store: Store, parent_id: int, run_one: Callable[[int, int, int],
     Returns whether all finished."""
     children = store.child_runs(parent_id)
     if not children:
-        raise ValueError(f"run {parent_id} has no batch runs yet: create them with ensure_batches")
+        raise BatchError(f"run {parent_id} has no batch runs yet: create them with ensure_batches")
     store.set_status(parent_id, "running")
     try:
         collect_labels(store, parent_id)

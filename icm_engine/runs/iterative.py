@@ -24,7 +24,7 @@ from ..learners.base import TrainProgress
 from ..learners.saved import finetuned_root, read_provenance, save_trained
 from ..store.database import Store
 from ..store.run_loader import load_run
-from .batches import is_batched, members
+from .batches import BatchError, is_batched, members
 from .finetune import make_learner
 
 
@@ -43,21 +43,21 @@ class BatchedLabels:
 
 
 def batched_labels(store: Store, run_id: int) -> BatchedLabels:
-    """A batched run's batches and their ICM labels; refused (ValueError) where there is nothing to iterate."""
+    """A batched run's batches and their ICM labels; refused (BatchError) where there is nothing to iterate."""
     stored = load_run(store, run_id)
     if not is_batched(stored.run["config"]):
-        raise ValueError(f"run {run_id} is not a batched run (icm run --batch-size N makes one): --iterative labels "
+        raise BatchError(f"run {run_id} is not a batched run (icm run --batch-size N makes one): --iterative labels "
                          "its batches one after another")
     children = store.child_runs(run_id)
     if len(children) < 2:
-        raise ValueError(f"run {run_id} has {len(children)} batch run(s): iterating needs two or more")
+        raise BatchError(f"run {run_id} has {len(children)} batch run(s): iterating needs two or more")
     batches = [members(store, child) for child in children]
     icm = []
     for child, own in zip(children, batches):
         table = store.labels(child)
         icm.append({int(e): int(y) for e, y in zip(table["example"], table["label"]) if int(e) in set(own)})
     if not icm[0]:
-        raise ValueError(f"run {run_id}'s first batch (run {children[0]}) has no labels yet: run it first "
+        raise BatchError(f"run {run_id}'s first batch (run {children[0]}) has no labels yet: run it first "
                          f"(icm run --resume {run_id})")
     return BatchedLabels(run_id, int(stored.run["dataset_id"]), stored.task, stored.examples, batches, children, icm,
                          stored.run["config"].get("model", {}))

@@ -29,7 +29,7 @@ from ..store.database import INTERRUPTED, Store
 from .batch_driver import BatchDriver
 from .batches import is_batched, refresh_parent
 from .finetune_jobs import FinetuneJobs
-from .runner import advance, describe_error, is_user_error, open_search, record_steering
+from .runner import BatchedRunError, advance, describe_error, is_user_error, open_search, record_steering
 
 # progress(message, fraction or None), as models.load_model reports model conversion and loading
 Progress = Callable[[str, "float | None"], None]
@@ -428,7 +428,7 @@ class RunManager:
                 run = self.store.run(run_id)  # KeyError for an unknown run, before any thread starts
                 config = RunConfig.from_dict(run["config"])
                 if config.search.batch_size:
-                    raise ValueError(f"run {run_id} is a batched run: resume, pause or stop it; step, steer or "
+                    raise BatchedRunError(f"run {run_id} is a batched run: resume, pause or stop it; step, steer or "
                                      "extend one of its batch runs")
                 parent = run["parent_run_id"]
                 worker = _Worker(self, run_id, config.model, config.search.steps, None if parent is None else int(parent))

@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..backends.base import LanguageModel
 from ..core.config import RunConfig
+from ..core.errors import InputError
 from ..core.records import StepRecord
 from ..core.scoring import Scorer
 from ..core.scalable import ScalableSearch
@@ -19,6 +20,10 @@ from ..learners.base import TrainProgress
 from ..learners.folds import PreparedFolds
 from ..store.database import Store, StoreError
 from ..store.run_loader import load_run
+
+
+class BatchedRunError(InputError, ValueError):
+    """A batched run's own search was asked for: its batch runs search (runs/batches.py)."""
 
 
 def create_run(store: Store, dataset_id: int, config: RunConfig, backend: LanguageModel, name: str = "") -> int:
@@ -46,7 +51,7 @@ def open_search(store: Store, run_id: int, backend: LanguageModel, steps: int | 
     stored = load_run(store, run_id)  # inputs only: gold stays in its own table and never reaches the search
     config = RunConfig.from_dict(stored.run["config"])
     if config.search.batch_size:
-        raise ValueError(f"run {run_id} is a batched run: its batch runs search (icm run --resume {run_id} runs them "
+        raise BatchedRunError(f"run {run_id} is a batched run: its batch runs search (icm run --resume {run_id} runs them "
                          f"in order; each one can be opened on its own)")
     if steps is not None:
         config = replace(config, search=replace(config.search, steps=steps))
