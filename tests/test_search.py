@@ -16,7 +16,7 @@ from tests.fakes import PAIRED, SINGLE, PrefixStoreLM, polarity_examples
 
 def make_search(n=16, paired=False, seed=0, steps=40, **overrides):
     examples, gold = polarity_examples(n, seed=1, paired=paired)
-    config = SearchConfig(seed=seed, steps=steps, k_init=4, **overrides)
+    config = SearchConfig(seed=seed, steps=steps, **{"k_init": 4, **overrides})
     scorer = Scorer(FakeLM(strength=6), PAIRED if paired else SINGLE, examples,
                     calibration=config.calibration, use_consistency=config.use_consistency, objective=config.objective)
     return Search(scorer, config), gold
@@ -68,6 +68,7 @@ def test_step_record_is_complete_and_consistent():
     records = run_all(search)
     assert [r.kind for r in records[:11]] == ["init"] + ["propose"] * 10
     assert [r.kind for r in records[11:]] in ([], ["final_pass"])  # the final pass labels what is left
+    answered_from_memory = 0
     for r in records[1:11]:
         assert r.temperature == temperature(r.iteration, 10, 0.01, 0.99)
         assert r.example is not None and r.proposed_label in (0, 1)
@@ -75,11 +76,13 @@ def test_step_record_is_complete_and_consistent():
             assert r.delta == pytest.approx(r.u_after - r.u_before)
             assert 0 <= r.draw < 1 and 0 <= r.accept_prob <= 1
             assert r.accepted == (r.delta > 0 or r.draw < r.accept_prob)
-            assert r.model_calls > 0 and r.tokens_forwarded > 0
+            assert (r.model_calls > 0) == (r.tokens_forwarded > 0)
+            answered_from_memory += r.model_calls == 0  # D-hat scored before, at an earlier step
         if r.accepted and r.proposed_label != r.old_label:
             assert r.flips[0].cause == "proposal" and r.flips[0].new == r.proposed_label
         if not r.accepted:
             assert r.flips == []
+    assert answered_from_memory <= search.scorer.remembered_hits
 
 
 def test_each_step_records_the_prompt_tokens_its_prefix_store_served():
@@ -206,3 +209,40 @@ def test_stop_progress_counts_labels_then_quiet_steps_and_ends_full():
     capped, _ = make_search(n=12, steps=5, stop="steps")
     run_all(capped)
     assert capped.stop_progress() == ("steps", 5, 5)
+
+
+# ----- what a search spares: labeled sets scored before -----
+
+def test_the_scorer_answers_a_labeled_set_it_scored_before_from_memory():
+    examples, _ = polarity_examples(6, seed=1)
+    backend = FakeLM(strength=6)
+    scorer = Scorer(backend, SINGLE, examples, calibration="centered", objective="mean")
+    order, labels = [0, 1, 2, 3], {0: 1, 1: 0, 2: 1, 3: 0}
+    first = scorer.evaluate(order, labels)
+    calls = backend.stats.model_calls
+    assert scorer.evaluate(order, dict(labels)) is first and backend.stats.model_calls == calls
+    relabeled = scorer.evaluate_many([(order, labels), (order, {**labels, 2: 0})])  # one known, one new
+    assert relabeled[0] is first and backend.stats.model_calls == calls + len(order)
+    assert scorer.remembered_hits == 2
+    reordered = scorer.evaluate([1, 0, 2, 3], labels)  # another demonstration order is another prompt set
+    assert reordered is not first and backend.stats.model_calls == calls + 2 * len(order)
+    scorer.remember = 1  # the oldest is forgotten first
+    scorer.evaluate(order, {**labels, 3: 1})
+    assert len(scorer._remembered) == 1
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_remembering_evaluations_changes_no_decision_and_spares_model_calls(paired):
+    runs = []
+    for remember in (0, 256):
+        # a cold search under the paper's sum: rejected additions come back while D stands
+        search, _ = make_search(n=10, paired=paired, seed=1, steps=60, t0=0.05,
+                                k_init=6, objective="sum", calibration="none")
+        search.scorer.remember = remember
+        records = run_all(search)
+        runs.append((search, [(r.kind, r.example, r.proposed_label, r.accepted, r.u_after, r.draw) for r in records]))
+    (plain, plain_steps), (remembering, remembering_steps) = runs
+    assert remembering_steps == plain_steps and remembering.label_map() == plain.label_map()
+    assert remembering.order() == plain.order()
+    assert remembering.scorer.remembered_hits > 0
+    assert remembering.scorer.backend.stats.model_calls < plain.scorer.backend.stats.model_calls

@@ -10,6 +10,7 @@ as segments, so that a backend can share computation between prompts with common
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -126,9 +127,16 @@ class Scorer:
     mode: str = "exact"
     context_policy: str = "drop_oldest"
     objective: str = "sum"
+    # Evaluations of labeled sets already scored, by (order, labels): the same set scores the same.
+    # A search re-proposes the same change while D stands (a rejected relabel comes back each time its
+    # example is drawn), so this spares whole leave-one-out scorings; 0 turns it off (icm bench's
+    # per-step timings, which score the same sets again on purpose).
+    remember: int = 256
     consistency: ConsistencyIndex = field(init=False)
     prompts: Prompts = field(init=False)
     _token_counts: dict[str, int] = field(init=False, default_factory=dict)
+    _remembered: "OrderedDict[tuple, Evaluation]" = field(init=False, default_factory=OrderedDict)
+    remembered_hits: int = field(init=False, default=0)  # labeled sets answered from memory, not the model
 
     def __post_init__(self) -> None:
         if self.context_policy not in CONTEXT_POLICIES:
@@ -215,6 +223,22 @@ class Scorer:
         """Score several labeled sets with one backend call (e.g. every ConsistencyFix option)."""
         if self.mode == "prequential":
             return [self._evaluate_prequential(order, labels) for order, labels in candidates]
+        keys = [(tuple(order), tuple(labels[i] for i in order)) for order, labels in candidates]
+        missing = [k for k, key in enumerate(keys) if key not in self._remembered]
+        self.remembered_hits += len(keys) - len(missing)
+        found = dict(zip(missing, self._evaluate_unremembered([candidates[k] for k in missing]))) if missing else {}
+        results = []
+        for k, key in enumerate(keys):
+            evaluation = found[k] if k in found else self._remembered[key]
+            if self.remember > 0:  # most recently used last; the oldest forgotten first
+                self._remembered[key] = evaluation
+                self._remembered.move_to_end(key)
+                while len(self._remembered) > self.remember:
+                    self._remembered.popitem(last=False)
+            results.append(evaluation)
+        return results
+
+    def _evaluate_unremembered(self, candidates: Sequence[tuple[Sequence[int], Mapping[int, int]]]) -> list[Evaluation]:
         queries: list[LabelQuery] = []
         dropped_per_candidate = []
         for order, labels in candidates:
