@@ -1,7 +1,7 @@
 """Where an in-context search's time goes, and what it labels: the search `icm eval` runs, step by step.
 
 For each seed: the default search (or the settings given) over the search split `icm eval` draws
-(same data, sizes and split seed), wall time, tokens forwarded and read from the prefix store, and
+(same data, sizes and split seed: the same search as its icm row), wall time, tokens forwarded and read from the prefix store, and
 time and tokens per kind of step: additions, relabels (with the relabeled example's place in the
 demonstration order), proposals equal to the current label, the final pass. Then label accuracy
 against gold (read only to score) and peak memory. The numbers behind docs/speed.md's "A whole search".
@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--search-size", type=int, default=64)
     parser.add_argument("--test-size", type=int, default=200, help="only to draw the same split as icm eval")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="groups read from the data (default: search + test, as icm eval reads them; 0: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="search settings to change")
     parser.add_argument("--model", default=ModelConfig().name)
@@ -92,7 +94,8 @@ def main() -> None:
     parser.add_argument("--places", action="store_true", help="print every relabel's place in the order")
     args = parser.parse_args()
 
-    dataset = load_any(args.data, task=args.task)
+    limit = args.search_size + args.test_size if args.limit is None else args.limit or None
+    dataset = load_any(args.data, task=args.task, limit=limit)  # as icm eval: the same split, the same search
     split = split_by_group(dataset.examples, args.search_size, args.test_size, args.split_seed)
     examples = [dataset.examples[i] for i in split.search]
     gold = [int(dataset.gold[i]) for i in split.search]  # to score only
