@@ -89,6 +89,7 @@ def test_a_search_under_a_budget_far_below_its_working_set_scores_as_the_naive_o
     backend = load_tiny(build_tiny_model_dir(tmp_path / "tiny", max_positions=2048), cache_budget_mb=0.5)
     examples = sentiment.examples[:14]
     fast, naive = Scorer(backend, sentiment.task, examples), Scorer(backend.naive(), sentiment.task, examples)
+    fast.remember = 0  # every scored step asks the store: what this test watches
     store = backend.cache_store
     search = Search(fast, SearchConfig(seed=1, steps=10, k_init=10, alpha=1.0, t0=1.0, stop="steps",
                                       final_pass=False))  # some proposals rejected, some accepted
