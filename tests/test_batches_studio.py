@@ -49,13 +49,14 @@ def test_the_run_form_starts_a_batched_run_whose_batches_run_one_after_another(m
 
 
 class SlowLM(FakeLM):
-    """The fake model, slow after its first `quick` queries: at a pace a page can pause between two steps."""
+    """The fake model, slow after its first `quick` queries: at a pace a page can pause between two steps
+    (a quarter second a call: at 0.02 s the second batch finished before a loaded CI machine opened the page)."""
 
     quick = 0
 
     def label_logprobs(self, queries):
         if self.stats.model_calls > self.quick:
-            time.sleep(0.02)
+            time.sleep(0.25)
         return super().label_logprobs(queries)
 
 
