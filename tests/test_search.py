@@ -246,21 +246,3 @@ def test_remembering_evaluations_changes_no_decision_and_spares_model_calls(pair
     assert remembering.order() == plain.order()
     assert remembering.scorer.remembered_hits > 0
     assert remembering.scorer.backend.stats.model_calls < plain.scorer.backend.stats.model_calls
-
-
-def test_relabel_order_last_moves_an_accepted_relabel_to_the_end_of_the_demonstration_order():
-    for relabel_order in ("last", "in_place"):
-        search, _ = make_search(n=12, seed=5, steps=80, relabel_order=relabel_order, t0=0.5)
-        search.initialize()
-        moved = 0
-        while not search.done:
-            order = search.order()
-            record = search.step()
-            if record.kind == "propose" and record.accepted and record.old_label not in (None, record.proposed_label):
-                now = search.order()
-                assert now == ([i for i in order if i != record.example] + [record.example]
-                               if relabel_order == "last" else order)
-                moved += 1
-        assert moved > 0
-        positions = [state.position for state in search.labels.values()]
-        assert len(set(positions)) == len(positions) and max(positions) < search.next_position

@@ -42,11 +42,6 @@ STOPS = ("steps", "labeled")
 # How mutual predictability is measured: "icl" (Algorithm 1: in context, every other label as a
 # demonstration) or "scalable" (Algorithm 3, appendix G: a learner fine-tuned on the other folds).
 ALGORITHMS = ("icl", "scalable")
-# Where a relabeled example goes in the demonstration order: "in_place" (a relabel at place p
-# recomputes every prompt from p on, each time again) or "last", as a new label goes (its later
-# relabels then recompute one label word per prompt). Stored batch runs spent about half their
-# relabel time relabeling examples relabeled before (docs/speed.md, "A whole search").
-RELABEL_ORDERS = ("in_place", "last")
 
 
 @dataclass(frozen=True)
@@ -95,10 +90,6 @@ class SearchConfig:
                              choice_names={"icl": "in-context (Algorithm 1)", "scalable": "scalable (Algorithm 3)"})
     folds: int = setting(5, "scalable: folds F; each fold is relabeled by a learner fit on the others",
                          label="Folds (scalable)", low=2, high=100)
-    relabel_order: str = setting("in_place", "where a relabeled example goes in the demonstration order: in_place, or "
-                                             "last as a new label does (its later relabels then cost little)",
-                                 label="Relabeled example's place", choices=RELABEL_ORDERS,
-                                 choice_names={"in_place": "where it was", "last": "last, as a new label"})
     init_run: int = setting(0, "scalable: start from a learner fit on this earlier run's labels (an in-context run "
                                "on a batch of the same data, matched by example id); 0: the model's zero-shot reading",
                             label="Initial labels from run (scalable; 0 = zero-shot)", low=0, high=2**31 - 1)

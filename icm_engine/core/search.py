@@ -286,14 +286,12 @@ class Search(Steering):
 
     def _score_proposal(self, record: StepRecord) -> tuple[dict[int, LabelState], Evaluation, dict[int, int]]:
         """Algorithm 1, lines 7-8: D-hat = D with the proposal (a new example goes last in the
-        demonstration order, a relabeled one too under relabel_order "last"), made consistent by ConsistencyFix, then scored; fills the record's
+        demonstration order), made consistent by ConsistencyFix, then scored; fills the record's
         fixes, U after and delta. Returns D-hat, its evaluation, and its labels before the fixes
         (what the fix flips are measured from)."""
         labels = {i: replace(state) for i, state in self.labels.items()}
         if record.example in labels:
             labels[record.example].label = record.proposed_label
-            if self.config.relabel_order == "last":
-                labels[record.example].position = self.next_position
         else:
             labels[record.example] = LabelState(label=record.proposed_label, position=self.next_position)
         evaluation = self._evaluate(labels)
@@ -315,7 +313,7 @@ class Search(Steering):
                 before_fix: dict[int, int]) -> None:
         """D <- D-hat, recording its flips; the accepted clock and the stopping rule count only an
         acceptance that changed a label (ConsistencyFix may have undone the proposal itself)."""
-        if labels[record.example].position == self.next_position:  # added, or relabeled and moved last
+        if record.example not in self.labels:
             self.next_position += 1
         flips = [Flip(record.example, record.old_label, record.proposed_label, "proposal")]
         flips += self._fix_flips(before_fix, labels, record.fixes)
