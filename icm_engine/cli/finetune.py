@@ -20,11 +20,23 @@ def add_parser(subparsers) -> None:
     finetune.set_defaults(model=None)  # default: the run's own model
 
 
-def run(args) -> int:
+def read_source(args, read):
+    """What to train on, read by read(store, run_id) from the database, which is then closed (training
+    does not hold it), and the model: --model, else the run's own. A bad run id: one line, exit 2."""
     from ..core.config import ModelConfig
-    from ..runs.finetune import finetune, run_labels
     from ..store.database import Store
     from .options import model_config
+
+    with Store.existing(args.db) as store:
+        try:
+            source = read(store, args.run)
+        except (KeyError, ValueError) as error:
+            raise SystemExit(f"icm finetune: {error.args[0] if error.args else error}") from None
+    return source, model_config(args) if args.model is not None else ModelConfig(**source.model_config)
+
+
+def run(args) -> int:
+    from ..runs.finetune import finetune, run_labels
 
     config = learner_config(args)
     if args.out is not None and not args.iterative:
@@ -32,12 +44,7 @@ def run(args) -> int:
                          "(icm export), and icm predict labels new data")
     if args.iterative:
         return run_iterative(args, config)
-    with Store.existing(args.db) as store:  # read, then closed: training does not hold the database
-        try:
-            source = run_labels(store, args.run)
-        except (KeyError, ValueError) as error:
-            raise SystemExit(f"icm finetune: {error.args[0] if error.args else error}") from None
-    model = model_config(args) if args.model is not None else ModelConfig(**source.model_config)
+    source, model = read_source(args, run_labels)
     print(f"fine-tuning {model.name} with the {config.learner} learner on run {args.run}'s {len(source.labels)} labels "
           f"({sum(source.labels)} True)")
     backend = load_backend(model)
@@ -70,17 +77,10 @@ def run_iterative(args, config) -> int:
 
     import pandas as pd
 
-    from ..core.config import ModelConfig
     from ..runs.iterative import batched_labels, iterative_finetune
-    from ..store.database import Store
-    from .options import model_config, write_atomically
+    from .options import write_atomically
 
-    with Store.existing(args.db) as store:  # read, then closed: training does not hold the database
-        try:
-            source = batched_labels(store, args.run)
-        except (KeyError, ValueError) as error:
-            raise SystemExit(f"icm finetune: {error.args[0] if error.args else error}") from None
-    model = model_config(args) if args.model is not None else ModelConfig(**source.model_config)
+    source, model = read_source(args, batched_labels)
     total = len(source.batches)
     print(f"iterative fine-tuning of {model.name} with the {config.learner} learner over run {args.run}'s {total} "
           f"batches: batch 1's {len(source.icm[0])} ICM labels, then {total - 1} rounds")

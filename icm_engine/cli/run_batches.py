@@ -25,8 +25,8 @@ def run_batched(args, store, parent_id: int, backend) -> int:
     from ..runs.batches import advance_batches, batch_table, ensure_batches
 
     children = ensure_batches(store, parent_id, backend)
-    n = sum(row.examples for row in batch_table(store, parent_id))
-    done = sum(row.status == "finished" for row in batch_table(store, parent_id))
+    rows = batch_table(store, parent_id)
+    n, done = sum(row.examples for row in rows), sum(row.status == "finished" for row in rows)
     print(f"run {parent_id}: {n} examples in {len(children)} batches (runs {children[0]}-{children[-1]}), "
           f"{done} finished; model {backend.name}, db {args.db}")
     batch, running = "", None  # the batch in flight, as its progress bar names it, and its run
