@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from icm_engine.core.prompts import Prompts
+from icm_engine.core.prompts import Prompts, demonstrations
 from icm_engine.core.records import SEARCH_KINDS, STEERING_KINDS
 from icm_engine.core.scoring import label_confidence, normalize
 from icm_engine.core.tasks import LABEL_NAMES, Example, Task
@@ -300,10 +300,20 @@ def labels_before(flips: pd.DataFrame, seq: int) -> pd.DataFrame:
                         columns=["example", "label", "position"])
 
 
-def prompt_text(task: Task, examples: Sequence[Example], labels: pd.DataFrame, target: int) -> str:
-    """What the model reads to score `target`: the other labeled examples in position order as
+def prompt_demos(labels: pd.DataFrame, target: int, folds: int = 0) -> pd.DataFrame:
+    """The labeled examples the prompt for `target` shows (every other one, or the other in-context
+    folds'), in position order: the engine's own choice (prompts.demonstrations)."""
+    if not len(labels):
+        return labels
+    ordered = labels.sort_values("position")
+    shown = set(demonstrations([int(e) for e in ordered["example"]], target, folds))
+    return ordered[ordered["example"].isin(shown)]
+
+
+def prompt_text(task: Task, examples: Sequence[Example], labels: pd.DataFrame, target: int, folds: int = 0) -> str:
+    """What the model reads to score `target`: the labeled examples it may see in position order as
     demonstrations, then the target's query (before any trimming to the model's context window)."""
-    demos = labels[labels["example"] != target].sort_values("position") if len(labels) else labels
+    demos = prompt_demos(labels, target, folds)
     return Prompts(task, examples).text(((int(r.example), int(r.label)) for r in demos.itertuples()), target)
 
 

@@ -74,7 +74,7 @@ def run_seed(backend, task, examples, gold, config: SearchConfig, remember: bool
     labels = search.label_map()
     accuracy = float(np.mean([labels[i] == gold[i] for i in range(len(examples))]))
     return {"wall": wall, "cost": dict(cost), "places": places, "accuracy": accuracy, "steps": search.iteration,
-            "labeled_by_search": search.labeled_by_search}
+            "labeled_by_search": search.labeled_by_search, "answered": scorer.answered_prompts}
 
 
 def main() -> None:
@@ -109,7 +109,7 @@ def main() -> None:
         result = run_seed(backend, dataset.task, examples, gold, replace(base, seed=seed), not args.no_memory)
         results.append(result)
         print(f"seed {seed}: {result['wall']:.0f} s, label accuracy {result['accuracy']:.3f}, {result['steps']} steps, "
-              f"{result['labeled_by_search']} labeled by the search")
+              f"{result['labeled_by_search']} labeled by the search, {result['answered']} prompts answered from memory")
         for kind, (steps, accepted, tokens, seconds, reused, remembered) in sorted(result["cost"].items(),
                                                                                   key=lambda kv: -kv[1][3]):
             served = reused / (reused + tokens) if reused + tokens else 0.0

@@ -228,6 +228,18 @@ def test_audit_page_explains_an_examples_labels(manager):
     assert len(at.dataframe[0].value) == 0  # nothing pinned in this run
 
 
+def test_audit_shows_the_prompt_of_an_in_context_fold_with_the_other_folds_labels_only(manager):
+    run_id = finished_run(manager, steps=20, icl_folds=3)
+    labels = manager.store.labels(run_id)
+    example = int(labels["example"].iloc[0])
+    at = open_page(manager, "audit", run_id)
+    at.selectbox(key="audit.example").set_value(example).run()
+    assert not at.exception
+    shown = [int(e) for e in labels["example"] if int(e) % 3 != example % 3]
+    assert at.code[-1].value.count("Positive?") == len(shown) + 1  # the other folds' labels, then the query
+    assert any(f"fold {example % 3 + 1} of 3" in m.value for m in at.markdown)
+
+
 def test_steer_page_pins_a_label_and_records_the_event(manager):
     run_id = finished_run(manager)
     at = open_page(manager, "steer", run_id)

@@ -110,9 +110,10 @@ def test_a_search_under_a_budget_far_below_its_working_set_scores_as_the_naive_o
         assert abs(current.utility(search.alpha) - reference.utility(search.alpha)) <= 1e-3
         for i in current.raw:
             np.testing.assert_allclose(current.raw[i], reference.raw[i], atol=1e-4, rtol=0)
-        if not record.accepted:  # the step started from this order and held it: its prompts are still covered
+        if not record.accepted:  # the step started from this order and held it: its demonstrations are still covered
             last = fast.prompt(before_order, before_labels, before_order[-1])[0]
-            assert store.match_length(backend._prompt_tokens(last.segments)) == len(backend._prompt_tokens(last.segments))
+            demonstrations = backend._prompt_tokens(last.segments[:-1])
+            assert store.match_length(demonstrations) == len(demonstrations)
     assert scored_steps >= 5
 
 
@@ -156,3 +157,61 @@ def test_prequential_reads_each_label_after_its_predecessors_only(tiny_backend, 
         query, _ = exact.prompt(prefix + [target], labels, target)
         expected = tiny_backend.naive().label_logprobs([query])[0]
         np.testing.assert_allclose(approx.raw[target], expected, atol=1e-4)
+
+
+# in-context folds -------------------------------------------------------------------------
+
+def test_with_folds_a_prompt_shows_the_other_folds_labels_only_and_the_fast_scorer_stays_exact(tiny_backend, sentiment):
+    examples = sentiment.examples[:40]
+    fast = Scorer(tiny_backend, sentiment.task, examples, folds=3)
+    naive = Scorer(tiny_backend.naive(), sentiment.task, examples, folds=3)
+    rng = np.random.default_rng(1)
+    order = rng.choice(40, size=12, replace=False).tolist()
+    labels = {i: int(rng.integers(2)) for i in order}
+    target = order[5]
+    query, _ = fast.prompt(order, labels, target)
+    shown = [j for j in order if j % 3 != target % 3]
+    assert query.segments == fast.prompts.segments(((j, labels[j]) for j in shown), target)
+    relabeled = order[2] if order[2] % 3 != target % 3 else order[3]
+    sets = [(order, labels), (order + [int(np.setdiff1d(np.arange(40), order)[0])], {**labels}),
+            (order, {**labels, relabeled: 1 - labels[relabeled]})]
+    sets[1][1][sets[1][0][-1]] = 1  # an addition
+    for (o, l), f, g in zip(sets, [fast.evaluate(o, l) for o, l in sets], naive.evaluate_many(sets)):
+        assert abs(f.utility(20) - g.utility(20)) <= 1e-3
+        for i in f.raw:
+            np.testing.assert_allclose(f.raw[i], g.raw[i], atol=1e-4)
+    # a target never reads its own fold's labels: relabeling a fold-mate leaves its scores as they were
+    mate = next(j for j in order if j % 3 == target % 3 and j != target)
+    flipped = {**labels, mate: 1 - labels[mate]}
+    assert fast.prompt(order, flipped, target) == fast.prompt(order, labels, target)
+    np.testing.assert_allclose(fast.evaluate(order, flipped).raw[target], fast.evaluate(order, labels).raw[target],
+                               atol=1e-6)
+
+
+def test_with_folds_a_relabel_forwards_a_fraction_of_the_leave_one_out_tokens(tmp_path, sentiment):
+    """The point of folds: a relabel recomputes F - 1 prompts (and the queries after them), not one
+    prompt per labeled example."""
+    from tests.tiny_model import build_tiny_model_dir
+
+    backend = load_tiny(build_tiny_model_dir(tmp_path / "tiny", max_positions=4096))
+    examples = sentiment.examples[:32]
+    order = list(range(32))
+    labels = {i: i % 2 for i in order}
+    relabeled = {**labels, 4: 1 - labels[4]}  # early in the order: most of every prompt comes after it
+    forwarded = {}
+    for folds in (0, 4):
+        scorer = Scorer(backend, sentiment.task, examples, folds=folds, remember=0)
+        backend.cache_store.clear()
+        scorer.evaluate(order, labels)
+        before = backend.stats.snapshot()
+        scorer.evaluate(order, relabeled)
+        forwarded[folds] = backend.stats.since(before).tokens_forwarded
+    assert forwarded[4] * 4 < forwarded[0]
+
+
+def test_folds_are_a_setting_of_the_in_context_search_only():
+    assert SearchConfig(icl_folds=4).icl_folds == 4
+    for bad in ({"icl_folds": 1}, {"icl_folds": -2}, {"icl_folds": 4, "algorithm": "scalable"},
+                {"icl_folds": 4, "scorer": "prequential"}):
+        with pytest.raises(ValueError, match="icl_folds"):
+            SearchConfig(**bad)

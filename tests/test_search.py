@@ -222,10 +222,13 @@ def test_the_scorer_answers_a_labeled_set_it_scored_before_from_memory():
     calls = backend.stats.model_calls
     assert scorer.evaluate(order, dict(labels)) is first and backend.stats.model_calls == calls
     relabeled = scorer.evaluate_many([(order, labels), (order, {**labels, 2: 0})])  # one known, one new
-    assert relabeled[0] is first and backend.stats.model_calls == calls + len(order)
-    assert scorer.remembered_hits == 2
+    # the new set's prompts are asked, but for example 2's own: it never shows 2's label, so it was answered before
+    assert relabeled[0] is first and backend.stats.model_calls == calls + len(order) - 1
+    assert scorer.remembered_hits == 2 and scorer.answered_prompts == 1
     reordered = scorer.evaluate([1, 0, 2, 3], labels)  # another demonstration order is another prompt set
-    assert reordered is not first and backend.stats.model_calls == calls + 2 * len(order)
+    # ... but for the prompts of 0 and 1, which show the others in the same order as before
+    assert reordered is not first and backend.stats.model_calls == calls + 2 * len(order) - 3
+    assert scorer.answered_prompts == 3
     scorer.remember = 1  # the oldest is forgotten first
     scorer.evaluate(order, {**labels, 3: 1})
     assert len(scorer._remembered) == 1

@@ -177,13 +177,14 @@ def test_stats_count_only_tokens_actually_forwarded(loaded):
     first = lm.stats.snapshot()
     assert 1 <= first.model_calls <= len(queries) and first.seconds > 0
     assert max(lengths) < first.tokens_forwarded < sum(lengths)
-    lm.label_logprobs(queries)  # everything cached: one token each, for its output, in one batch
+    lm.label_logprobs(queries)  # the demonstrations cached, not the queries: each query again, in one batch
     again = lm.stats.since(first)
-    assert again.model_calls == 1 and again.tokens_forwarded == len(queries)
+    query_tokens = [len(lm._tokenize_segment(q.segments[-1])) for q in queries]
+    assert again.model_calls == 1 and again.tokens_forwarded == sum(query_tokens)
     lm.clear_cache()
     assert len(lm.cache_store) == 0
     lm.label_logprobs(queries)
-    assert lm.stats.tokens_forwarded - first.tokens_forwarded - len(queries) == first.tokens_forwarded
+    assert lm.stats.tokens_forwarded - first.tokens_forwarded - sum(query_tokens) == first.tokens_forwarded
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from icm_engine.core.prompts import fold_of
 from icm_engine.core.scoring import normalize
 from icm_engine.core.tasks import LABEL_NAMES
 from icm_engine.evaluation.trust import recorded_verdicts
@@ -86,7 +87,10 @@ def _detail(manager: RunManager, view, example: int) -> None:
         row = current.iloc[0]
         if not (pd.isna(row["logp_false"]) or pd.isna(row["logp_true"])):
             renormalized = normalize([[row["logp_false"], row["logp_true"]]])[0]
+            folds = view.settings.search.icl_folds
             given = ("from the model fit on the other folds' labels, not this one's (scalable ICM)" if scalable
+                     else f"given the labeled examples of the other {folds - 1} in-context folds as demonstrations "
+                          f"(this one is in fold {fold_of(example, folds) + 1} of {folds})" if folds
                      else "given every other labeled example as demonstrations")
             st.markdown(f"**Label log-probabilities now** (iteration {view.last_iteration}, {given}): "
                         f"P(True) = {np.exp(renormalized[1]):.3f}")
@@ -109,7 +113,8 @@ def _detail(manager: RunManager, view, example: int) -> None:
         return
     st.markdown("**The prompt the model sees for this example now** (demonstrations in position order, then the "
                 "query; before any trimming to the model's context window)")
-    st.code(readers.prompt_text(view.task, view.examples, view.labels, example), language=None, wrap_lines=True)
+    st.code(readers.prompt_text(view.task, view.examples, view.labels, example, view.settings.search.icl_folds),
+            language=None, wrap_lines=True)
 
 
 def _as_it_was(view, example: int, history: pd.DataFrame) -> None:
@@ -120,12 +125,13 @@ def _as_it_was(view, example: int, history: pd.DataFrame) -> None:
                                               f"→ {changes[k]['to']} ({changes[k]['cause']})")
     change = changes[pick]
     before = readers.labels_before(view.flips, int(change["seq"]))
-    demos = before[before["example"] != example]
+    demos = readers.prompt_demos(before, example, view.settings.search.icl_folds)
     p_true = history["P(True) then"].iloc[pick]
     scored = "" if pd.isna(p_true) else f" The model gave it P(True) = {p_true:.3f} then."
     with st.expander(f"At iteration {change['iteration']}, before this change: {len(demos)} demonstrations.{scored}",
                      expanded=False):
-        st.code(readers.prompt_text(view.task, view.examples, before, example), language=None, wrap_lines=True)
+        st.code(readers.prompt_text(view.task, view.examples, before, example, view.settings.search.icl_folds),
+                language=None, wrap_lines=True)
 
 
 def render_audit(manager: RunManager) -> None:

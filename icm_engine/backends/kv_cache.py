@@ -172,11 +172,13 @@ class PrefixKVStore:
         limit = len(tokens) if limit is None else min(limit, len(tokens))
         return max((min(common_prefix_length(e.tokens, tokens), limit) for e in self._entries.values()), default=0)
 
-    def put(self, tokens: np.ndarray, layers: tuple[LayerKV, ...]) -> bool:
+    def put(self, tokens: np.ndarray, layers: tuple[LayerKV, ...], copy: bool = False) -> bool:
         """Store the states of a full token sequence; return whether they were kept.
 
         An entry whose tokens are a prefix of the new ones is dropped (the new entry covers it);
         if an entry already covers the new tokens, that one is refreshed instead of storing twice.
+        copy: keep a copy, not views (a caller storing few rows of a large batch buffer, which a
+        view would keep alive whole).
         """
         tokens = np.asarray(tokens, dtype=np.int64)
         for entry_id, entry in list(self._entries.items()):
@@ -189,7 +191,7 @@ class PrefixKVStore:
         dtype = layers[0][0].dtype if layers else torch.float32
         packed = tuple((pack(k, self.kv_dtype), pack(v, self.kv_dtype)) for k, v in layers)
         blocks = _storages(packed)
-        if sum(blocks.values()) > self.budget_bytes // 2:
+        if copy or sum(blocks.values()) > self.budget_bytes // 2:
             # A row of a batched forward views the whole padded buffer: under a tight budget that
             # buffer would crowd out everything else, or not fit at all, so keep a copy of the row.
             packed = tuple(tuple(tuple(t.clone(memory_format=torch.contiguous_format) for t in part) for part in pair)

@@ -36,6 +36,14 @@ class Job:
     index: int  # position in the caller's list
     tokens: np.ndarray
     positions: list[int]
+    # Store the states of the first keep_length tokens only (None: all). A label query keeps its
+    # demonstrations, not its own query: later prompts continue the demonstrations, while the
+    # query ends this prompt alone (with in-context folds, every prompt of a fold shares them).
+    keep_length: int | None = None
+
+    @property
+    def kept_tokens(self) -> np.ndarray:
+        return self.tokens if self.keep_length is None else self.tokens[: self.keep_length]
 
     @property
     def reuse_limit(self) -> int:

@@ -194,7 +194,7 @@ def _compare_kv_dtypes(backend, task, examples, kv_dtypes: list[str], args, naiv
     print(f"{'kv dtype':10s} {'add':>9s} {'relabel':>9s} {'fix':>9s} {'store peak MiB':>15s} {'fast s/step':>12s}")
     for kv_dtype in kv_dtypes:
         view = backend.with_kv_dtype(kv_dtype)
-        scorer = Scorer(view, task, examples, remember=0)
+        scorer = Scorer(view, task, examples, remember=0, folds=args.icl_folds)
         with Progress() as progress:
             results = compare_step_types(scorer, naive, args.n, np.random.default_rng(args.seed), args.repeats,
                                          not args.no_naive, progress, naive_memo)
@@ -226,6 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mix-steps", type=int, default=20, help="steps of a real search for the step-type mix")
     parser.add_argument("--no-naive", action="store_true", help="skip the (slow) naive reference")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--icl-folds", type=int, default=0, metavar="F",
+                        help="score with F in-context folds (both scorers; 0: leave-one-out), as a run's --icl-folds")
     parser.add_argument("--kv-dtypes", default="", metavar="LIST",
                         help="also measure the step types with the prefix store in each of these key/value dtypes "
                              f"(comma-separated, of {', '.join(KV_DTYPES)}) against the same naive reference: "
@@ -244,15 +246,18 @@ def run(args) -> int:
     loaded = load_any(args.data, task=args.task)
     task = load_task(args.task) if args.task else loaded.task
     # remember=0: the bench scores the same sets again on purpose, to time the forwards themselves
-    fast = Scorer(backend, task, loaded.examples, remember=0)
-    naive = Scorer(backend.naive(), task, loaded.examples, remember=0)
+    if args.icl_folds == 1 or args.icl_folds < 0:
+        raise SystemExit("icm bench: --icl-folds takes 0 (leave-one-out) or a number of folds of at least 2")
+    fast = Scorer(backend, task, loaded.examples, remember=0, folds=args.icl_folds)
+    naive = Scorer(backend.naive(), task, loaded.examples, remember=0, folds=args.icl_folds)
     prequential = Scorer(backend, task, loaded.examples, mode="prequential")
     rng = np.random.default_rng(args.seed)
     if _is_server(backend) and not args.no_naive:
         print("an inference server: no naive reference to compare (the server computes each prompt whole or from its cache)")
         args.no_naive = True
     print(f"model {backend.name} ({backend.info.dtype}, quantization {backend.info.quantization}) on "
-          f"{_device_name(backend)}; task {task.name}; n = {args.n} labeled")
+          f"{_device_name(backend)}; task {task.name}; n = {args.n} labeled; "
+          + (f"{args.icl_folds} in-context folds" if args.icl_folds else "leave-one-out prompts"))
     raw = backend.raw_throughput(1024)
     print(f"raw model throughput (one 1024-token forward): {raw:,.0f} tokens/s")
 

@@ -99,6 +99,13 @@ class SearchConfig:
                                  "groups, each batch small enough for one prompt to hold it) and run one search per "
                                  "batch, in order, under one parent run; 0: one search over everything",
                               label="Batch size (icl; 0 = one search over everything)", low=0, high=1_000_000)
+    # A relabel at place p recomputes every leave-one-out prompt from p on (n of them at size n):
+    # with F folds it recomputes F - 1, which is what lets an in-context search reach hundreds of
+    # examples on a CPU (docs/speed.md, "In-context folds")
+    icl_folds: int = setting(0, "icl: 0 shows each prompt every other label (leave-one-out, Algorithm 1); F >= 2 splits "
+                                "the examples into F folds and shows each prompt the labels of the other folds only: "
+                                "a change recomputes F - 1 prompts instead of one per labeled example",
+                             label="In-context folds (icl; 0 = leave-one-out)", low=0, high=10_000)
 
     def __post_init__(self) -> None:
         for name, allowed in SEARCH_CHOICES.items():
@@ -130,6 +137,11 @@ class SearchConfig:
         if self.batch_size and self.algorithm != "icl":
             raise ValueError("batch_size splits the in-context search (algorithm icl); the scalable algorithm takes "
                              "any size whole: leave batch_size at 0")
+        if self.icl_folds == 1 or self.icl_folds < 0:
+            raise ValueError("icl_folds must be 0 (leave-one-out) or at least 2")
+        if self.icl_folds and (self.algorithm != "icl" or self.scorer == "prequential"):
+            raise ValueError("icl_folds splits the in-context search's prompts (algorithm icl, scorer exact or naive); "
+                             "the scalable algorithm has its own folds: leave icl_folds at 0")
         if self.steps < 0 or self.max_fix_iters < 0 or self.seed < 0:
             raise ValueError("steps, max_fix_iters and seed must be >= 0")
 

@@ -42,6 +42,24 @@ class Prompts:
         return "".join(self.segments(demos, target))
 
 
+def fold_of(example: int, folds: int) -> int:
+    """The in-context fold of an example (by its index, so it never changes as labels come and go)."""
+    return example % folds
+
+
+def demonstrations(order: Sequence[int], target: int, folds: int = 0) -> list[int]:
+    """The labeled examples whose labels the prompt for `target` shows, in demonstration order.
+
+    folds 0: every other labeled example (leave-one-out, Algorithm 1). folds F >= 2: the labeled
+    examples of the other F - 1 folds, so every target of one fold reads the same prompt and a
+    change to one label recomputes F - 1 prompts instead of one per labeled example
+    (docs/speed.md, "In-context folds"); no prompt shows its target's own label either way."""
+    if folds:
+        fold = fold_of(target, folds)
+        return [j for j in order if j % folds != fold]
+    return [j for j in order if j != target]
+
+
 def demo_prefix(task: Task, demos: Sequence[Example], labels: Sequence[int]) -> tuple[str, ...]:
     """The segments of `demos` labeled `labels`, for prompts whose queries come after them."""
     if len(demos) != len(labels):

@@ -1,7 +1,8 @@
 """Mutual predictability and U(D) (paper section 2.2), over any LanguageModel backend.
 
-For each labeled example i, the prompt is every other labeled example as a demonstration, in
-the fixed demonstration order, then x_i's query; log P(y_i | x_i, D minus i) is read from the
+For each labeled example i, the prompt is every other labeled example as a demonstration (or,
+with in-context folds, those of the other folds: prompts.demonstrations), in the fixed
+demonstration order, then x_i's query; log P(y_i | x_i, D minus i) is read from the
 next-token distribution over the task's label words. U(D) = alpha * P(D) - I(D), where P(D)
 is the configured objective (config.OBJECTIVES) over those log-probabilities.
 
@@ -17,11 +18,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..backends.base import LabelQuery, LanguageModel
-from .prompts import Prompts
+from .prompts import Prompts, demonstrations
 from .records import UtilityParts
 from .tasks import ConsistencyIndex, Example, Task
 
 CONTEXT_POLICIES = ("drop_oldest", "error")
+PROMPTS_PER_SET = 16  # prompt answers remembered per remembered labeled set
 
 
 class ContextOverflowError(ValueError):
@@ -127,6 +129,7 @@ class Scorer:
     mode: str = "exact"
     context_policy: str = "drop_oldest"
     objective: str = "sum"
+    folds: int = 0  # in-context folds: 0 leave-one-out; F >= 2 each prompt shows the other folds' labels
     # Evaluations of labeled sets already scored, by (order, labels): the same set scores the same.
     # A search re-proposes the same change while D stands (a rejected relabel comes back each time its
     # example is drawn), so this spares whole leave-one-out scorings; 0 turns it off (icm bench's
@@ -137,10 +140,20 @@ class Scorer:
     _token_counts: dict[str, int] = field(init=False, default_factory=dict)
     _remembered: "OrderedDict[tuple, Evaluation]" = field(init=False, default_factory=OrderedDict)
     remembered_hits: int = field(init=False, default=0)  # labeled sets answered from memory, not the model
+    # Answers to single prompts asked before, by their segments (remember x PROMPTS_PER_SET of them):
+    # a step leaves many prompts as they were (the relabeled example's own; with in-context folds,
+    # a whole fold's after an addition to another), and the backend keeps their demonstrations'
+    # states but not their queries'.
+    _answers: "OrderedDict[tuple[str, ...], np.ndarray]" = field(init=False, default_factory=OrderedDict)
+    answered_prompts: int = field(init=False, default=0)  # prompts answered from memory, not the model
 
     def __post_init__(self) -> None:
         if self.context_policy not in CONTEXT_POLICIES:
             raise ValueError(f"context_policy must be one of {CONTEXT_POLICIES}")
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError("folds must be 0 (leave-one-out) or at least 2")
+        if self.folds and self.mode == "prequential":
+            raise ValueError("the prequential scorer reads D as one prompt: it has no folds")
         rule = self.task.rule if self.use_consistency else "none"
         self.consistency = ConsistencyIndex(rule, list(self.examples))
         self.prompts = Prompts(self.task, self.examples)
@@ -153,8 +166,9 @@ class Scorer:
         return self._token_counts[text]
 
     def prompt(self, order: Sequence[int], labels: Mapping[int, int], target: int) -> tuple[LabelQuery, int]:
-        """The prompt for `target` given every other labeled example; returns (query, demos dropped)."""
-        demos = [j for j in order if j != target]
+        """The prompt for `target` given the labeled examples it may see (every other one, or the
+        other folds'); returns (query, demos dropped)."""
+        demos = demonstrations(order, target, self.folds)
         budget = self.backend.context_window - 1 - self._tokens(self.prompts.query(target))
         lengths = [self._tokens(self.prompts.query(j)) + self._tokens(self.prompts.answer(labels[j])) for j in demos]
         dropped = 0
@@ -196,7 +210,9 @@ class Scorer:
         cache keeps what they reuse: each of their prompts begins with a leading part of its
         demonstrations, all of which the last example's prompt holds. Once the context window
         drops demonstrations, prompts start at different ones and no one prefix serves them
-        all: then nothing is held (measured in docs/speed.md, "Eviction")."""
+        all: then nothing is held (measured in docs/speed.md, "Eviction"). With in-context folds
+        the next prompts start with one of F prefixes: the last example's fold's is held, the
+        others are few and small enough for the store's recency order to keep."""
         segments: tuple[str, ...] = ()
         if order:
             try:
@@ -212,8 +228,23 @@ class Scorer:
 
     def predict_many(self, order: Sequence[int], labels: Mapping[int, int], targets: Sequence[int]) -> np.ndarray:
         """predict() for several targets in one backend call: raw label log-probs [len(targets), 2]."""
-        queries = [self.prompt(order, labels, target)[0] for target in targets]
-        return self.backend.label_logprobs(queries) if queries else np.zeros((0, 2))
+        return self._ask([self.prompt(order, labels, target)[0] for target in targets])
+
+    def _ask(self, queries: Sequence[LabelQuery]) -> np.ndarray:
+        """Raw label log-probs [len(queries), 2]: remembered answers, the backend for the rest."""
+        rows: list[np.ndarray | None] = [self._answers.get(query.segments) for query in queries]
+        missing = [k for k, row in enumerate(rows) if row is None]
+        self.answered_prompts += len(queries) - len(missing)
+        if missing:
+            for k, row in zip(missing, self.backend.label_logprobs([queries[k] for k in missing])):
+                rows[k] = row
+        limit = self.remember * PROMPTS_PER_SET
+        for query, row in zip(queries, rows) if limit else ():
+            self._answers[query.segments] = row
+            self._answers.move_to_end(query.segments)
+        while len(self._answers) > limit:
+            self._answers.popitem(last=False)
+        return np.stack(rows) if rows else np.zeros((0, 2))
 
     def evaluate(self, order: Sequence[int], labels: Mapping[int, int]) -> Evaluation:
         """Score one labeled set: order lists its examples in demonstration order."""
@@ -248,7 +279,7 @@ class Scorer:
                 queries.append(query)
                 dropped_total += dropped
             dropped_per_candidate.append(dropped_total)
-        raw_all = self.backend.label_logprobs(queries) if queries else np.zeros((0, 2))
+        raw_all = self._ask(queries)
         results, start = [], 0
         for (order, labels), dropped in zip(candidates, dropped_per_candidate):
             raw = {target: raw_all[start + k] for k, target in enumerate(order)}

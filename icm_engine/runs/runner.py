@@ -40,6 +40,7 @@ def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Sc
         use_consistency=search.use_consistency,
         objective=search.objective,
         mode="prequential" if search.scorer == "prequential" else "exact",
+        folds=search.icl_folds,
     )
 
 

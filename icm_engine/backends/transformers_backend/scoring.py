@@ -45,7 +45,8 @@ class Scoring:
             if self._deferred_head_ok is None:
                 self._deferred_head_ok = self._probe_deferred_head()
             if self._deferred_head_ok:
-                jobs = [Job(i, tokens, [len(tokens) - 1]) for i, tokens in enumerate(prompts)]
+                jobs = [Job(i, tokens, [len(tokens) - 1], self._demonstrations_length(query, tokens))
+                        for i, (query, tokens) in enumerate(zip(queries, prompts))]
                 return self._label_logprobs_from_hidden(torch.cat(self._forward_jobs(jobs)), label_ids)
             # Lexicographic order = depth-first order of the prompts' prefix tree: each prompt
             # then finds in the store everything it shares with the prompts before it.
@@ -165,16 +166,25 @@ class Scoring:
                         final = out.last_hidden_state[row, at]
                         read[row][k] = (torch.stack([*(out.hidden_states[layer][row, at] for layer in layers), final])
                                         if layers else final)
-        for row, (job, n, new) in enumerate(zip(jobs, reused, new_lengths)):
+        for row, job in enumerate(jobs):
             results[job.index] = torch.stack(read[row])
-            if not keep:
-                continue
-            span = slice(past_length - n, past_length + new)
-            self._store.put(job.tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
-                                              for layer in cache.layers))
+        kept = [(row, job.kept_tokens) for row, job in enumerate(jobs) if keep and len(job.kept_tokens) > 1]
+        fresh = [(row, tokens) for row, tokens in kept if self._store.match_length(tokens) < len(tokens)]
+        # Rows a store entry covers already are not stored again; when most rows are such (the
+        # queries of one in-context fold share one prompt), the few stored rows are copied so
+        # that the batch buffer is freed (a view would hold all of it).
+        copy = len(fresh) * 2 < len(jobs)
+        for row, tokens in kept:
+            span = slice(past_length - reused[row], past_length - reused[row] + len(tokens))
+            self._store.put(tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
+                                          for layer in cache.layers), copy=copy)
         self._count(sum(new_lengths), start, sum(reused))
         if self.device.type == "cpu":
             memory.relieve_memory_pressure(self._store)
+
+    def _demonstrations_length(self, query: LabelQuery, tokens: np.ndarray) -> int:
+        """Tokens of a label prompt before its last segment (the query): what later prompts share."""
+        return len(tokens) - len(self._tokenize_segment(query.segments[-1])) if query.segments else len(tokens)
 
     # ----- the vocabulary projection -----
 
