@@ -307,7 +307,10 @@ def test_memory_pressure_evicts_what_is_missing_and_keeps_a_quarter(loaded, monk
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1)  # far too little: keep a quarter
     for _ in range(3):
         memory.relieve_memory_pressure(lm.cache_store)
-    assert memory.CPU_PRESSURE_KEEP_FRACTION * budget <= lm.cache_store.nbytes < 0.5 * held
+    store, floor = lm.cache_store, memory.CPU_PRESSURE_KEEP_FRACTION * budget
+    assert floor <= store.nbytes < held
+    # released down to the floor: evicting the next entry would pass below it
+    assert store.nbytes - store._freed_by_removing(store._eviction_order()[0]) < floor
     assert_matches_naive(lm, loo_queries(demos))  # what is left still scores exactly
 
 
@@ -368,6 +371,23 @@ def test_waves_wait_only_for_a_worthwhile_neighbour():
     # rows go shortest-new-part first, and a batch never passes the byte budget
     batches = split_batches(jobs, [100, 0, 0, 50], bytes_per_token=1, max_bytes=2 * 160, max_rows=8)
     assert batches == [[0, 3], [1, 2]]  # 2 x (100 + 10) and 2 x (0 + 145) fit 320; 3 rows would not
+
+
+def test_the_queries_of_one_shared_prompt_wait_together_for_its_first():
+    """An in-context fold: many prompts share one long new prefix and differ in their queries. One
+    computes the prefix, all the others wait for it in the same next wave (not one wave each), and
+    a small shared part still makes them wait when, summed over the siblings, it saves enough."""
+    from icm_engine.backends.prefix_batches import MIN_TOKENS_SAVED_BY_WAITING as GAIN, Job, plan_waves
+
+    store = PrefixKVStore(1 << 20)
+    prefix = np.arange(1000, 1000 + 2 * GAIN, dtype=np.int64)
+    jobs = [Job(k, np.concatenate([prefix, [k, 5, 6]]), [2 * GAIN + 2]) for k in range(10)]
+    assert [len(wave) for wave in plan_waves(jobs, store)] == [1, 9]
+    short = prefix[: GAIN // 4]  # each sibling alone would save too little to wait
+    few = [Job(k, np.concatenate([short, [k, 5]]), [len(short) + 1]) for k in range(2)]
+    many = [Job(k, np.concatenate([short, [k, 5]]), [len(short) + 1]) for k in range(10)]
+    assert [len(wave) for wave in plan_waves(few, store)] == [2]
+    assert [len(wave) for wave in plan_waves(many, store)] == [1, 9]
 
 
 def test_new_tokens_run_in_chunks_of_the_smallest_sliding_window():

@@ -24,8 +24,9 @@ from transformers.cache_utils import DynamicLayer
 
 from icm_engine.backends.kv_cache import LayerKV, PrefixKVStore, common_prefix_length
 
-# Waiting for a prompt of the same call must save at least this many tokens; below that the
-# prompt goes into the earlier batch and recomputes them, which is cheaper than a lone forward.
+# Waiting for a prompt of the same call must save at least this many tokens (over the jobs that
+# wait together); below that they go into the earlier batch and recompute them, which is cheaper
+# than a lone forward.
 MIN_TOKENS_SAVED_BY_WAITING = 48
 
 
@@ -55,23 +56,35 @@ def plan_waves(jobs: Sequence[Job], store: PrefixKVStore, bytes_per_token: int =
     """Group jobs into waves run one after another; jobs of one wave are independent.
 
     Jobs are taken in lexicographic token order (a depth-first walk of their prefix tree), where
-    the longest prefix a job shares with any earlier job is the one it shares with the job just
-    before it. A job waits one wave after that neighbour when the neighbour's state would save
-    it MIN_TOKENS_SAVED_BY_WAITING tokens over the best stored prefix, and when the store can
-    hold the neighbour's whole wave (given bytes_per_token): a state evicted before the next wave
-    would leave the waiting job to start from scratch, one small forward after another.
+    the jobs sharing at least L leading tokens with a job are a run of its neighbours. A job
+    waits for the earliest wave among the jobs before it that share its longest common prefix
+    (any of them computes and stores it) when waiting saves MIN_TOKENS_SAVED_BY_WAITING tokens
+    over the best stored prefix, counted over every job of that run that waits with it
+    (the queries of one in-context fold share one prompt: each saves a demonstration, together
+    many), and when the store can hold that wave (given bytes_per_token): a state evicted before
+    the next wave would leave the waiting job to start from scratch.
     """
     capacity = store.budget_bytes // bytes_per_token if bytes_per_token else float("inf")
     ordered = sorted(jobs, key=lambda job: tuple(job.tokens))
+    # shared[k]: leading tokens job k shares with job k - 1; job j < k shares min(shared[j+1..k]) with k
+    shared = [0] + [common_prefix_length(a.tokens, b.tokens) for a, b in zip(ordered, ordered[1:])]
     wave_of: list[int] = []
     wave_tokens: list[int] = []
     for k, job in enumerate(ordered):
         wave = 0
-        if k:
-            from_neighbour = min(common_prefix_length(ordered[k - 1].tokens, job.tokens), job.reuse_limit)
-            saves = from_neighbour - store.match_length(job.tokens, job.reuse_limit)
-            if saves >= MIN_TOKENS_SAVED_BY_WAITING and wave_tokens[wave_of[k - 1]] <= capacity:
-                wave = wave_of[k - 1] + 1
+        length = min(shared[k], job.reuse_limit) if k else 0
+        saves = length - store.match_length(job.tokens, job.reuse_limit) if k else 0
+        if saves > 0:
+            source, j = wave_of[k - 1], k - 1
+            while j > 0 and shared[j] >= length:
+                j -= 1
+                source = min(source, wave_of[j])
+            after = 0
+            while k + after + 1 < len(ordered) and shared[k + after + 1] >= length:
+                after += 1
+            waiting = (k - j - 1) + 1 + after  # the run sharing `length` tokens, less the one computing them
+            if saves * waiting >= MIN_TOKENS_SAVED_BY_WAITING and wave_tokens[source] <= capacity:
+                wave = source + 1
         wave_of.append(wave)
         wave_tokens += [0] * (wave + 1 - len(wave_tokens))
         wave_tokens[wave] += len(job.tokens)
