@@ -210,7 +210,7 @@ def test_live_page_shows_the_stored_hit_rate_of_a_run_this_studio_did_not_run(tm
 
 
 def test_audit_page_explains_an_examples_labels(manager):
-    run_id = finished_run(manager, steps=20)
+    run_id = finished_run(manager, steps=20, icl_folds=0)  # leave-one-out: every other label in the prompt
     labels = manager.store.labels(run_id)
     example = int(labels["example"].iloc[0])
     at = open_page(manager, "audit", run_id)
@@ -557,7 +557,7 @@ def test_an_upload_matching_no_task_says_what_is_missing_and_waits_for_a_mapping
 def test_audit_shows_a_past_change_with_the_demonstrations_and_score_of_its_step(manager):
     import numpy as np
 
-    run_id = finished_run(manager, steps=30)
+    run_id = finished_run(manager, steps=30, icl_folds=0)
     events, flips = manager.store.events(run_id), manager.store.flips(run_id)
     proposals = flips[(flips["cause"] == "proposal") & (flips["iteration"] > 1)]
     change = proposals.iloc[0]

@@ -210,8 +210,21 @@ def test_with_folds_a_relabel_forwards_a_fraction_of_the_leave_one_out_tokens(tm
 
 
 def test_folds_are_a_setting_of_the_in_context_search_only():
-    assert SearchConfig(icl_folds=4).icl_folds == 4
-    for bad in ({"icl_folds": 1}, {"icl_folds": -2}, {"icl_folds": 4, "algorithm": "scalable"},
-                {"icl_folds": 4, "scorer": "prequential"}):
+    from icm_engine.core.config import RunConfig, preset
+    from icm_engine.runs.runner import make_scorer
+
+    assert SearchConfig().icl_folds == 4 and preset("paper").icl_folds == preset("released_code").icl_folds == 0
+    for bad in ({"icl_folds": 1}, {"icl_folds": -2}):
         with pytest.raises(ValueError, match="icl_folds"):
             SearchConfig(**bad)
+    examples, _ = polarity_examples(6)
+
+    def folds_of(**search):
+        return make_scorer(FakeLM(), SINGLE, examples, RunConfig(task="polarity", dataset="t", search=SearchConfig(**search))).folds
+
+    assert folds_of() == 4 and folds_of(icl_folds=0) == 0
+    assert folds_of(scorer="prequential") == 0 and folds_of(algorithm="scalable") == 0  # no use for it there
+    # a run stored before folds existed was scored leave-one-out, and resumes so
+    stored = RunConfig(task="polarity", dataset="t").to_dict()
+    del stored["search"]["icl_folds"]
+    assert RunConfig.from_dict(stored).search.icl_folds == 0

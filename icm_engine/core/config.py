@@ -100,11 +100,13 @@ class SearchConfig:
                                  "batch, in order, under one parent run; 0: one search over everything",
                               label="Batch size (icl; 0 = one search over everything)", low=0, high=1_000_000)
     # A relabel at place p recomputes every leave-one-out prompt from p on (n of them at size n):
-    # with F folds it recomputes F - 1, which is what lets an in-context search reach hundreds of
-    # examples on a CPU (docs/speed.md, "In-context folds")
-    icl_folds: int = setting(0, "icl: 0 shows each prompt every other label (leave-one-out, Algorithm 1); F >= 2 splits "
+    # with F folds it recomputes F - 1. 4 by measurement (docs/speed.md, "In-context folds"): the
+    # default 64-sentence search 3.3x faster than leave-one-out over 3 seeds, label accuracy
+    # 0.938 +- 0.016 against 0.943 +- 0.024; the paper's presets keep leave-one-out
+    icl_folds: int = setting(4, "icl: 0 shows each prompt every other label (leave-one-out, Algorithm 1); F >= 2 splits "
                                 "the examples into F folds and shows each prompt the labels of the other folds only: "
-                                "a change recomputes F - 1 prompts instead of one per labeled example",
+                                "a change recomputes F - 1 prompts instead of one per labeled example (the scalable algorithm and the "
+                                "prequential scorer have no use for it)",
                              label="In-context folds (icl; 0 = leave-one-out)", low=0, high=10_000)
 
     def __post_init__(self) -> None:
@@ -139,9 +141,6 @@ class SearchConfig:
                              "any size whole: leave batch_size at 0")
         if self.icl_folds == 1 or self.icl_folds < 0:
             raise ValueError("icl_folds must be 0 (leave-one-out) or at least 2")
-        if self.icl_folds and (self.algorithm != "icl" or self.scorer == "prequential"):
-            raise ValueError("icl_folds splits the in-context search's prompts (algorithm icl, scorer exact or naive); "
-                             "the scalable algorithm has its own folds: leave icl_folds at 0")
         if self.steps < 0 or self.max_fix_iters < 0 or self.seed < 0:
             raise ValueError("steps, max_fix_iters and seed must be >= 0")
 
@@ -157,11 +156,11 @@ PRESETS: dict[str, dict] = {
     "default": {},
     # The paper's text: sum of log-probabilities, iteration clock, alpha 50, a fixed step count.
     "paper": {"objective": "sum", "calibration": "none", "clock": "iteration", "alpha": 50.0, "stop": "steps",
-              "final_pass": False, "balanced_init": False},
+              "final_pass": False, "balanced_init": False, "icl_folds": 0},
     # The released research code as closely as this engine allows: mean signed log-odds, temperature
     # by accepted flips, alpha 30, K seed labels balanced between the two labels.
     "released_code": {"objective": "mean", "calibration": "none", "clock": "accepted", "alpha": 30.0,
-                      "balanced_init": True},
+                      "balanced_init": True, "icl_folds": 0},
 }
 
 
@@ -280,7 +279,8 @@ class RunConfig:
         return cls(
             task=data["task"],
             dataset=data["dataset"],
-            search=SearchConfig(**data.get("search", {})),
+            # a run stored before in-context folds existed was scored leave-one-out: it resumes so
+            search=SearchConfig(**{"icl_folds": 0, **data.get("search", {})}),
             model=ModelConfig(**data.get("model", {})),
             learner=LearnerConfig(**data.get("learner", {})),
             members=None if data.get("members") is None else tuple(data["members"]),

@@ -40,7 +40,8 @@ def make_scorer(backend: LanguageModel, task, examples, config: RunConfig) -> Sc
         use_consistency=search.use_consistency,
         objective=search.objective,
         mode="prequential" if search.scorer == "prequential" else "exact",
-        folds=search.icl_folds,
+        # the prequential scorer reads D as one prompt; a scalable run scores by its learner's folds
+        folds=search.icl_folds if search.scorer != "prequential" and search.algorithm == "icl" else 0,
     )
 
 
