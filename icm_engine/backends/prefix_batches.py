@@ -82,7 +82,7 @@ def plan_waves(jobs: Sequence[Job], store: PrefixKVStore, bytes_per_token: int =
             after = 0
             while k + after + 1 < len(ordered) and shared[k + after + 1] >= length:
                 after += 1
-            waiting = (k - j - 1) + 1 + after  # the run sharing `length` tokens, less the one computing them
+            waiting = k - j + after  # the run j..k+after shares `length` tokens; all but one wait
             if saves * waiting >= MIN_TOKENS_SAVED_BY_WAITING and wave_tokens[source] <= capacity:
                 wave = source + 1
         wave_of.append(wave)

@@ -246,8 +246,10 @@ def run(args) -> int:
     loaded = load_any(args.data, task=args.task)
     task = load_task(args.task) if args.task else loaded.task
     # remember=0: the bench scores the same sets again on purpose, to time the forwards themselves
-    if args.icl_folds == 1 or args.icl_folds < 0:
-        raise SystemExit("icm bench: --icl-folds takes 0 (leave-one-out) or a number of folds of at least 2")
+    try:  # the setting's own check, before the model loads
+        SearchConfig(icl_folds=args.icl_folds)
+    except ValueError as error:
+        raise SystemExit(f"icm bench: --icl-folds: {error}") from None
     fast = Scorer(backend, task, loaded.examples, remember=0, folds=args.icl_folds)
     naive = Scorer(backend.naive(), task, loaded.examples, remember=0, folds=args.icl_folds)
     prequential = Scorer(backend, task, loaded.examples, mode="prequential")

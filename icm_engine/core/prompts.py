@@ -56,7 +56,7 @@ def demonstrations(order: Sequence[int], target: int, folds: int = 0) -> list[in
     (docs/speed.md, "In-context folds"); no prompt shows its target's own label either way."""
     if folds:
         fold = fold_of(target, folds)
-        return [j for j in order if j % folds != fold]
+        return [j for j in order if fold_of(j, folds) != fold]
     return [j for j in order if j != target]
 
 

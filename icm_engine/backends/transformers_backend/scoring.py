@@ -169,11 +169,10 @@ class Scoring:
         for row, job in enumerate(jobs):
             results[job.index] = torch.stack(read[row])
         kept = [(row, job.kept_tokens) for row, job in enumerate(jobs) if keep and len(job.kept_tokens) > 1]
-        fresh = [(row, tokens) for row, tokens in kept if self._store.match_length(tokens) < len(tokens)]
-        # Rows a store entry covers already are not stored again; when most rows are such (the
-        # queries of one in-context fold share one prompt), the few stored rows are copied so
-        # that the batch buffer is freed (a view would hold all of it).
-        copy = len(fresh) * 2 < len(jobs)
+        # Rows keeping the same tokens are stored once (put refreshes the entry that covers them);
+        # when most rows are such (the queries of one in-context fold share one prompt), the few
+        # stored rows are copied so that the batch buffer is freed (a view would hold all of it).
+        copy = len({tokens.tobytes() for _, tokens in kept}) * 2 < len(jobs)
         for row, tokens in kept:
             span = slice(past_length - reused[row], past_length - reused[row] + len(tokens))
             self._store.put(tokens, tuple((layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span])
